@@ -1,0 +1,198 @@
+"""MQTT connector on paho-mqtt 2.x.
+
+Delivery guarantee: QoS 1 with a persistent session (fixed client id, no clean start) and manual
+acknowledgement. A message is acknowledged to the broker (PUBACK) only after the pipeline has
+stored everything in it, so a message the broker acknowledged to its publisher is either stored or
+still held by the broker, which redelivers it after a reconnect; the store's idempotency on
+(line, tag, source timestamp) turns the redelivery into exactly-once storage.
+
+Acknowledgements are tied to the connection they belong to: a message id from an earlier
+connection is never acknowledged on a new one (it would acknowledge a different message); the
+broker redelivers it instead.
+
+Reconnects use jittered exponential backoff (connectors.base.Backoff); subscriptions are renewed on
+every connect. paho objects never leave this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from connectors.base import Backoff, Connector
+from connectors.mqtt.config import MqttConnectorConfig, MqttProtocol, TimestampPolicy, TlsVerify
+from connectors.mqtt.payload import parse_payload
+from twin.samples import RawBatch, now_ns
+
+log = logging.getLogger("twin.connectors.mqtt")
+
+
+class MqttConnector(Connector):
+    kind = "mqtt"
+
+    def __init__(self, config: MqttConnectorConfig, *, default_line_id: str = "") -> None:
+        super().__init__(config.name, config.queue.max_batches, config.queue.overflow)
+        self.config = config
+        self.default_line_id = config.line_id or default_line_id
+        self._generation = 0
+        self._gen_lock = threading.Lock()
+        self._intake_open = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._disconnected: asyncio.Event | None = None
+        self._connected_evt: asyncio.Event | None = None
+        self._closing = False
+        self.last_error: str | None = None
+        self.counters.extra.update({"messages": 0, "acked": 0, "stale_acks_skipped": 0})
+        self._client = self._make_client()
+
+    # -- client set-up -----------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        c = self.config
+        if c.protocol is MqttProtocol.V5:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=c.client_id,
+                                 protocol=mqtt.MQTTv5, reconnect_on_failure=False, manual_ack=True)
+        else:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=c.client_id, clean_session=False,
+                                 protocol=mqtt.MQTTv311, reconnect_on_failure=False, manual_ack=True)
+        if c.username is not None:
+            client.username_pw_set(c.username, c.password)
+        if c.tls is not None:
+            ctx = ssl.create_default_context(cafile=str(c.tls.ca_file) if c.tls.ca_file else None)
+            if c.tls.cert_file is not None:
+                ctx.load_cert_chain(str(c.tls.cert_file), str(c.tls.key_file))
+            if c.tls.verify is TlsVerify.NO_HOSTNAME:
+                ctx.check_hostname = False
+            client.tls_set_context(ctx)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # -- paho callbacks (paho's thread) ------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker refused the connection: {reason_code}"
+            log.error("mqtt %s: %s", self.name, self.last_error)
+            return
+        with self._gen_lock:
+            self._generation += 1
+        self.counters.connected = True
+        self.last_error = None
+        client.subscribe([(t, 1) for t in self.config.topics])
+        log.info("mqtt %s: connected to %s:%s (session present: %s)", self.name, self.config.host,
+                 self.config.port, getattr(flags, "session_present", "?"))
+        if self._loop is not None and self._connected_evt is not None:
+            self._loop.call_soon_threadsafe(self._connected_evt.set)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        self.counters.connected = False
+        with self._gen_lock:
+            self._generation += 1  # acks of earlier deliveries must not go out on a new connection
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not self._intake_open:
+            return  # not acknowledged: the broker keeps it for the next session
+        recv = now_ns()
+        readings, dead = parse_payload(
+            msg.topic, msg.payload, recv, connector=self.name,
+            batch_suffix=self.config.batch_topic_suffix,
+            fill_receive_time=self.config.missing_timestamp is TimestampPolicy.RECEIVE_TIME,
+            max_bytes=self.config.max_payload_bytes)
+        self.counters.extra["messages"] += 1
+        self.counters.received += len(readings) + len(dead)
+        self.counters.rejected += len(dead)
+        gen, mid, qos = self._generation, msg.mid, msg.qos
+
+        def ack() -> None:
+            if qos == 0:
+                return
+            with self._gen_lock:
+                current = self._generation
+            if gen != current:
+                self.counters.extra["stale_acks_skipped"] += 1
+                return
+            client.ack(mid, qos)
+            self.counters.extra["acked"] += 1
+
+        batch = RawBatch(tuple(readings), tuple(dead), ack)
+        try:
+            self.queue.put_threadsafe(batch)
+        except RuntimeError:  # event loop gone (shutdown): leave unacknowledged
+            pass
+
+    # -- the connection loop (asyncio) -------------------------------------------------------
+    def _connect_blocking(self, first: bool) -> None:
+        c = self.config
+        if first:
+            if c.protocol is MqttProtocol.V5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = c.session_expiry_s
+                self._client.connect(c.host, c.port, c.keepalive_s, clean_start=False, properties=props)
+            else:
+                self._client.connect(c.host, c.port, c.keepalive_s)
+        else:
+            self._client.reconnect()
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._connected_evt = asyncio.Event()
+        backoff = Backoff(self.config.backoff.initial_s, self.config.backoff.max_s)
+        first = True
+        while not self._closing:
+            try:
+                await asyncio.to_thread(self._connect_blocking, first)
+                first = False
+            except (OSError, ValueError, ssl.SSLError) as err:
+                self.last_error = f"cannot connect to {self.config.host}:{self.config.port}: {err}"
+                delay = backoff.next_delay()
+                log.warning("mqtt %s: %s; retry in %.1f s", self.name, self.last_error, delay)
+                await asyncio.sleep(delay)
+                continue
+            await asyncio.to_thread(self._client.loop_forever)  # returns when the connection drops
+            self.counters.connected = False
+            if self._closing:
+                break
+            if self._connected_evt.is_set():  # that connection had been accepted: start afresh
+                backoff.reset()
+                self._connected_evt.clear()
+            self.counters.reconnects += 1
+            delay = backoff.next_delay()
+            log.warning("mqtt %s: connection lost (%s); reconnect in %.1f s", self.name,
+                        self.last_error or "dropped", delay)
+            await asyncio.sleep(delay)
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        for _ in range(int(timeout / 0.02)):
+            if self.counters.connected:
+                return
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"mqtt {self.name}: not connected after {timeout} s ({self.last_error})")
+
+    async def stop(self) -> None:
+        """Stop intake: later messages stay unacknowledged at the broker; queued ones drain."""
+        self._intake_open = False
+        self.queue.close()
+
+    async def aclose(self) -> None:
+        self._intake_open = False
+        self._closing = True
+        self.queue.close()
+        try:
+            self._client.disconnect()  # queued PUBACKs go out first (FIFO)
+        except Exception:  # noqa: BLE001 - closing must not raise
+            pass
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=5)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
+                self._task.cancel()

@@ -1,0 +1,96 @@
+"""Ingest validation: RawReading -> Sample | RollEvent | DeadLetter.
+
+Per reading: resolve the address in the compiled tag map, check the type, reject NaN/inf, convert
+to the canonical unit (pint, compiled to an affine map), check the range (canonical unit), map the
+quality, and attach traceability (the roll now on the line and the web position). Every failure is
+a DeadLetter with a precise reason and a short ``reason_code`` for counting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ontology.tagmap import Tag, TagMap, Traceability, ValueType
+from ontology.units import UnitError, affine
+from twin.samples import DeadLetter, Quality, RawReading, RollEvent, Sample, SourceKind
+
+REASON_CODES = (
+    "unknown_address", "wrong_type", "non_finite", "unknown_unit", "unit_dimension",
+    "out_of_range", "missing_timestamp", "bad_timestamp", "malformed_payload",
+)
+
+
+def payload_text(reading: RawReading) -> str:
+    """The raw reading as JSON text for a dead letter (never raises)."""
+    body: dict[str, Any] = {"address": reading.address, "value": reading.value}
+    if reading.unit is not None:
+        body["unit"] = reading.unit
+    if reading.source_ts_ns is not None:
+        body["source_ts_ns"] = reading.source_ts_ns
+    try:
+        return json.dumps(body, default=repr, allow_nan=True)
+    except (TypeError, ValueError):
+        return repr(body)
+
+
+@dataclass
+class TraceState:
+    """Roll and web position per line, as the readings reveal them."""
+
+    roll: dict[str, str] = field(default_factory=dict)
+    web_pos_m: dict[str, float] = field(default_factory=dict)
+
+
+class Tagger:
+    def __init__(self, tagmap: TagMap, default_line_id: str) -> None:
+        self.tagmap = tagmap
+        self.default_line_id = default_line_id
+        self.trace = TraceState()
+
+    def _dead(self, r: RawReading, code: str, reason: str, line: str | None = None) -> DeadLetter:
+        return DeadLetter(r.source, r.address, payload_text(r), reason, code, r.received_ts_ns,
+                          r.connector, line or r.line_id)
+
+    def tag(self, r: RawReading) -> Sample | RollEvent | DeadLetter:
+        b = self.tagmap.resolve(r.source.value if isinstance(r.source, SourceKind) else str(r.source), r.address)
+        if b is None:
+            return self._dead(r, "unknown_address",
+                              f"unknown {r.source.value} address {r.address!r}: no tag map entry matches")
+        tag: Tag = b.tag
+        line = r.line_id or b.line_id or self.default_line_id
+        if r.source_ts_ns is None:
+            return self._dead(r, "missing_timestamp", f"{tag.id}: reading has no source timestamp", line)
+        v = r.value
+        if tag.value_type is ValueType.STRING:
+            if not isinstance(v, str) or not v.strip():
+                return self._dead(r, "wrong_type",
+                                  f"{tag.id}: expected a non-empty string, got {type(v).__name__} {v!r}", line)
+            if tag.traceability is Traceability.ROLL_ID:
+                self.trace.roll[line] = v.strip()
+                self.trace.web_pos_m.pop(line, None)
+            return RollEvent(line, tag.step, v.strip(), r.source_ts_ns, tag.id)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return self._dead(r, "wrong_type", f"{tag.id}: expected a number, got {type(v).__name__} {v!r}", line)
+        x = float(v)
+        if not math.isfinite(x):
+            return self._dead(r, "non_finite", f"{tag.id}: value {x!r} is not finite", line)
+        unit = r.unit if r.unit is not None else b.source_unit
+        if unit != tag.unit:
+            try:
+                a, c = affine(unit, tag.unit)
+            except UnitError as err:
+                return self._dead(r, err.code, f"{tag.id}: {err}", line)
+            x = a * x + c
+        if not (tag.lo <= x <= tag.hi):
+            return self._dead(r, "out_of_range",
+                              f"{tag.id}: value {x:g} {tag.unit} outside allowed range [{tag.lo:g}, {tag.hi:g}] {tag.unit}",
+                              line)
+        if tag.traceability is Traceability.WEB_POSITION:
+            self.trace.web_pos_m[line] = x
+        roll = r.roll_id if r.roll_id is not None else self.trace.roll.get(line)
+        web = r.web_pos_m if r.web_pos_m is not None else self.trace.web_pos_m.get(line)
+        return Sample(line, tag.id, x, tag.unit, r.source_ts_ns, r.received_ts_ns,
+                      r.quality if isinstance(r.quality, Quality) else Quality.GOOD, roll, web)

@@ -1,0 +1,189 @@
+"""HTTP API (FastAPI): health, metrics, tags, latest values, downsampled series, dead letters,
+and a live stream of committed samples (Server-Sent Events).
+
+Times are ISO 8601 with an offset in and out; a time without offset is refused (422), because a
+plant's clocks and its engineers' browsers rarely share a zone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from twin.samples import now_ns, ns_to_iso, parse_time_ns
+from twin.state import sample_json
+
+
+class SeriesPoint(BaseModel):
+    start: str = Field(..., description="bucket start, ISO 8601")
+    end: str = Field(..., description="bucket end, ISO 8601")
+    ts: str = Field(..., description="time of the bucket's mean sample, ISO 8601 (midpoint of first and last)")
+    min: float
+    mean: float
+    max: float
+    count: int
+
+
+class SeriesResponse(BaseModel):
+    tag: str
+    line_id: str | None
+    unit: str
+    start: str
+    end: str
+    points: int
+    buckets: list[SeriesPoint]
+
+
+class LatestItem(BaseModel):
+    line_id: str
+    tag: str
+    value: float
+    unit: str
+    ts: str
+    received: str
+    quality: int
+    roll_id: str | None
+    web_pos_m: float | None
+
+
+class TagItem(BaseModel):
+    id: str
+    step: str
+    kind: str
+    role: str
+    unit: str
+    range: list[float] | None
+    value_type: str
+    traceability: str
+    online: bool
+    parameter: str | None
+    description: str
+
+
+class DeadLetterItem(BaseModel):
+    id: int
+    received: str
+    source: str
+    connector: str | None
+    address: str | None
+    line_id: str | None
+    reason_code: str
+    reason: str
+    payload: str | None
+
+
+def _time(name: str, value: str | None, default_ns: int) -> int:
+    if value is None:
+        return default_ns
+    try:
+        return parse_time_ns(value)
+    except ValueError as err:
+        raise HTTPException(422, detail=[{"loc": ["query", name], "msg": str(err), "type": "value_error"}]) from err
+
+
+def create_app(daemon: Any) -> FastAPI:
+    """``daemon`` provides: store, tagmap, state, metrics, pipeline, health(), connectors."""
+    app = FastAPI(title="Pilot-line twin", version="0.1.0",
+                  description="Queries, live stream and health of the pilot-line digital twin.")
+    app.state.daemon = daemon
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        msgs = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": exc.errors(), "message": "; ".join(msgs)},
+                            )
+
+    @app.get("/healthz", summary="Liveness and component health")
+    async def healthz() -> JSONResponse:
+        h = daemon.health()
+        h["started"] = ns_to_iso(h["started"])
+        return JSONResponse(h, status_code=200 if h["status"] == "ok" else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        await daemon._job_health() if hasattr(daemon, "_job_health") else None
+        return PlainTextResponse(generate_latest(daemon.metrics.registry).decode(),
+                                 media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/v1/tags", response_model=list[TagItem], summary="Every tag the twin knows")
+    async def tags() -> list[dict[str, Any]]:
+        return [t.as_dict() for t in daemon.tagmap.tags.values()]
+
+    @app.get("/api/v1/latest", response_model=list[LatestItem], summary="Newest value per tag")
+    async def latest(line: str | None = Query(None, description="line id"),
+                     tag: list[str] | None = Query(None, description="restrict to these tag ids")) -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(daemon.store.latest, line, tag)
+        return [sample_json(r) for r in rows]
+
+    @app.get("/api/v1/series/{tag}", response_model=SeriesResponse,
+             summary="A time range of one tag, downsampled to at most `points` buckets")
+    async def series(tag: str,
+                     start: str | None = Query(None, description="ISO 8601 with offset; default end - 1 h"),
+                     end: str | None = Query(None, description="ISO 8601 with offset; default now"),
+                     points: int = Query(500, ge=1, le=10_000, description="maximum number of buckets"),
+                     line: str | None = Query(None, description="line id")) -> dict[str, Any]:
+        t = daemon.tagmap.tags.get(tag)
+        if t is None:
+            raise HTTPException(404, detail=f"unknown tag {tag!r}")
+        end_ns = _time("end", end, now_ns())
+        start_ns = _time("start", start, end_ns - 3600 * 10**9)
+        if start_ns >= end_ns:
+            raise HTTPException(422, detail=[{"loc": ["query", "start"], "msg": "start must be before end",
+                                              "type": "value_error"}])
+        buckets = await asyncio.to_thread(daemon.store.series, tag, start_ns, end_ns, points, line)
+        return {
+            "tag": tag, "line_id": line, "unit": t.unit, "start": ns_to_iso(start_ns), "end": ns_to_iso(end_ns),
+            "points": len(buckets),
+            "buckets": [{"start": ns_to_iso(b.start_ns), "end": ns_to_iso(b.end_ns),
+                         "ts": ns_to_iso((b.first_ns + b.last_ns) // 2), "min": b.min, "mean": b.mean,
+                         "max": b.max, "count": b.count} for b in buckets],
+        }
+
+    @app.get("/api/v1/dead-letters", response_model=list[DeadLetterItem],
+             summary="Readings that could not be stored, newest first, with the reason")
+    async def dead_letters(limit: int = Query(100, ge=1, le=10_000),
+                           before_id: int | None = Query(None, ge=1, description="page: ids below this")) -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(daemon.store.dead_letters, limit, before_id)
+        for r in rows:
+            r["received"] = ns_to_iso(r.pop("received_ts_ns"))
+        return rows
+
+    @app.get("/api/v1/rolls", summary="Rolls (lots) seen per line and step, newest first")
+    async def rolls(line: str | None = Query(None), limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(daemon.store.rolls, line, limit)
+        for r in rows:
+            r["ts"] = ns_to_iso(r.pop("source_ts_ns"))
+        return rows
+
+    @app.get("/api/v1/stream", summary="Live stream (Server-Sent Events) of committed samples",
+             description="Each event is `data: {\"type\": \"samples\", \"samples\": [...]}`; "
+                         "other event types (predictions, proposals) share the stream.")
+    async def stream(request: Request, tag: list[str] | None = Query(None)) -> StreamingResponse:
+        sub = daemon.state.subscribe(tag, daemon.config.pipeline.stream_queue)
+
+        async def events() -> Any:
+            try:
+                yield "retry: 2000\n\n"
+                while True:
+                    if await request.is_disconnected():
+                        break
+                    try:
+                        ev = await asyncio.wait_for(sub.queue.get(), timeout=15)
+                    except asyncio.TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield f"event: {ev.get('type', 'message')}\ndata: {json.dumps(ev)}\n\n"
+            finally:
+                daemon.state.unsubscribe(sub)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app

@@ -1,0 +1,116 @@
+"""The ``twin`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from twin.config import ConfigError, check_config, load_config
+
+app = typer.Typer(help="Digital twin of a battery electrode pilot line.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console(stderr=True)
+DEFAULTS = Path(__file__).parent / "defaults"
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path):  # noqa: ANN202
+    try:
+        return check_config(config)
+    except ConfigError as err:
+        _fail(str(err))
+        raise  # unreachable
+
+
+@app.command("check-config")
+def check_config_cmd(config: Path = typer.Argument(..., help="configuration file (TOML)")) -> None:
+    """Validate a configuration and its tag map without connecting to anything."""
+    cfg, tagmap = _load(config)
+    kinds = ", ".join(f"{c.kind}:{c.name}" for c in cfg.connectors) or "none"
+    console.print(f"[green]ok[/] {config}: line {cfg.line_id!r}, {len(tagmap.tags)} tags, "
+                  f"store {cfg.store.backend.value}, connectors {kinds}", highlight=False)
+
+
+def _run_daemon(cfg, tagmap, *, ack_log: Path | None = None, exit_when_finished: bool = False) -> int:  # noqa: ANN001
+    from twin.daemon import Daemon
+
+    _logging(cfg.log_level.value)
+    try:
+        daemon = Daemon(cfg, tagmap=tagmap, ack_log=ack_log, exit_when_finished=exit_when_finished)
+    except (OSError, ValueError) as err:
+        _fail(f"cannot start: {err}")
+        return 2
+    asyncio.run(daemon.run())
+    return 0
+
+
+@app.command("run")
+def run_cmd(config: Path = typer.Option(..., "--config", "-c", help="configuration file (TOML)")) -> None:
+    """Run the daemon: connectors -> tagging -> store, with the API."""
+    cfg, tagmap = _load(config)
+    raise typer.Exit(_run_daemon(cfg, tagmap))
+
+
+@app.command("replay")
+def replay_cmd(
+    file: Path = typer.Argument(..., help="recorded line data (CSV or JSONL, optionally .gz)"),
+    config: Path = typer.Option(..., "--config", "-c", help="configuration file (TOML)"),
+    speed: str = typer.Option("max", help="'realtime', 'max', or a factor such as '10' (10x faster)"),
+    ack_log: Optional[Path] = typer.Option(None, help="append the number of rows stored after each commit"),
+    serve_api: bool = typer.Option(False, "--api/--no-api", help="also serve the API while replaying"),
+) -> None:
+    """Replay a recorded file through the same pipeline as live data, then exit."""
+    from connectors.replay.config import ReplayConnectorConfig, ReplaySpeed
+
+    cfg, tagmap = _load(config)
+    if not file.exists():
+        _fail(f"recorded file {file} does not exist")
+    try:
+        if speed in ("realtime", "max"):
+            rc = ReplayConnectorConfig(path=file.resolve(), speed=ReplaySpeed(speed))
+        else:
+            rc = ReplayConnectorConfig(path=file.resolve(), speed=ReplaySpeed.FACTOR, speed_factor=float(speed))
+    except ValueError as err:
+        _fail(f"--speed {speed!r}: {err}")
+        return
+    cfg = cfg.model_copy(update={"connectors": [rc], "api": cfg.api.model_copy(update={"enabled": serve_api})})
+    raise typer.Exit(_run_daemon(cfg, tagmap, ack_log=ack_log, exit_when_finished=True))
+
+
+@app.command("demo")
+def demo_cmd(
+    port: int = typer.Option(8000, help="port of the API and dashboard on localhost"),
+    state_dir: Path = typer.Option(Path("var/demo"), help="where the demo keeps its store"),
+) -> None:
+    """Run the twin on embedded defaults with the shipped recorded run (no server needed)."""
+    cfg, tagmap = _load(DEFAULTS / "demo.toml")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    store = cfg.store.model_copy(update={"embedded": cfg.store.embedded.model_copy(
+        update={"path": (state_dir / "twin.sqlite").resolve()})})
+    cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": port}), "store": store})
+    console.print(f"[bold]pilot-line twin demo[/]: http://127.0.0.1:{port}/  (Ctrl-C to stop)", highlight=False)
+    raise typer.Exit(_run_daemon(cfg, tagmap))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

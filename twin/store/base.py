@@ -1,0 +1,102 @@
+"""The store interface every backend implements (embedded SQLite now, InfluxDB later).
+
+Contract (tests/test_store_contract.py runs it against every registered backend):
+- ``write`` is durable when it returns: a sample it acknowledged survives ``kill -9`` of the daemon.
+- Idempotent on (line, tag, source timestamp): writing the same sample again stores nothing new.
+- ``latest`` returns the newest sample per (line, tag); ``series`` returns a range downsampled to at
+  most N buckets with min / mean / max / count per bucket; ``apply_retention`` deletes old data.
+Methods are synchronous and thread-safe; the pipeline calls ``write`` from one worker thread and the
+API calls the queries from its threads.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twin.samples import DeadLetter, RollEvent, Sample
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    start_ns: int
+    end_ns: int
+    first_ns: int
+    last_ns: int
+    min: float
+    mean: float
+    max: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSample:
+    line_id: str
+    tag_id: str
+    value: float
+    unit: str
+    source_ts_ns: int
+    received_ts_ns: int
+    quality: int
+    roll_id: str | None
+    web_pos_m: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    inserted: int
+    duplicates: int
+    dead_letters: int
+
+
+class Store(abc.ABC):
+    backend: str = ""
+
+    @abc.abstractmethod
+    def write(self, samples: Sequence[Sample], dead_letters: Sequence[DeadLetter] = (),
+              rolls: Sequence[RollEvent] = ()) -> WriteResult: ...
+
+    @abc.abstractmethod
+    def latest(self, line_id: str | None = None, tags: Sequence[str] | None = None) -> list[StoredSample]: ...
+
+    @abc.abstractmethod
+    def series(self, tag_id: str, start_ns: int, end_ns: int, points: int,
+               line_id: str | None = None) -> list[Bucket]: ...
+
+    @abc.abstractmethod
+    def raw(self, tag_id: str, start_ns: int, end_ns: int, line_id: str | None = None,
+            limit: int = 100_000) -> list[StoredSample]: ...
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100, before_id: int | None = None) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def count(self, tag_id: str | None = None, line_id: str | None = None) -> int: ...
+
+    @abc.abstractmethod
+    def dead_letter_count(self) -> int: ...
+
+    @abc.abstractmethod
+    def rolls(self, line_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def apply_retention(self, samples_before_ns: int, dead_letters_before_ns: int) -> int: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": self.backend, "ok": True}
+
+
+def open_store(config: Any, base_dir: Any = None) -> Store:
+    """Open the backend the config names (``config`` is twin.config.StoreConfig)."""
+    from twin.config import StoreBackend
+
+    if config.backend is StoreBackend.EMBEDDED:
+        from twin.store.sqlite import SQLiteStore
+
+        return SQLiteStore(config.embedded.path, durability=config.embedded.durability)
+    raise ValueError(f"store backend {config.backend.value!r} is not available in this build")
