@@ -42,6 +42,7 @@ class TraceState:
 
     roll: dict[str, str] = field(default_factory=dict)
     web_pos_m: dict[str, float] = field(default_factory=dict)
+    last_roll_value: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 class Tagger:
@@ -54,7 +55,8 @@ class Tagger:
         return DeadLetter(r.source, r.address, payload_text(r), reason, code, r.received_ts_ns,
                           r.connector, line or r.line_id)
 
-    def tag(self, r: RawReading) -> Sample | RollEvent | DeadLetter:
+    def tag(self, r: RawReading) -> Sample | RollEvent | DeadLetter | None:
+        """None: a repeated roll id (the roll did not change)."""
         b = self.tagmap.resolve(r.source.value if isinstance(r.source, SourceKind) else str(r.source), r.address)
         if b is None:
             return self._dead(r, "unknown_address",
@@ -68,10 +70,14 @@ class Tagger:
             if not isinstance(v, str) or not v.strip():
                 return self._dead(r, "wrong_type",
                                   f"{tag.id}: expected a non-empty string, got {type(v).__name__} {v!r}", line)
+            roll = v.strip()
+            key = (line, tag.id)
+            if self.trace.last_roll_value.get(key) == roll:
+                return None  # unchanged roll id: nothing to store
+            self.trace.last_roll_value[key] = roll
             if tag.traceability is Traceability.ROLL_ID:
-                self.trace.roll[line] = v.strip()
-                self.trace.web_pos_m.pop(line, None)
-            return RollEvent(line, tag.step, v.strip(), r.source_ts_ns, tag.id)
+                self.trace.roll[line] = roll
+            return RollEvent(line, tag.step, roll, r.source_ts_ns, tag.id)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return self._dead(r, "wrong_type", f"{tag.id}: expected a number, got {type(v).__name__} {v!r}", line)
         x = float(v)
@@ -94,3 +100,26 @@ class Tagger:
         web = r.web_pos_m if r.web_pos_m is not None else self.trace.web_pos_m.get(line)
         return Sample(line, tag.id, x, tag.unit, r.source_ts_ns, r.received_ts_ns,
                       r.quality if isinstance(r.quality, Quality) else Quality.GOOD, roll, web)
+
+    def _trace_first(self, r: RawReading) -> int:
+        b = self.tagmap.resolve(r.source.value, r.address)
+        return 0 if b is not None and b.tag.traceability is not Traceability.NONE else 1
+
+    def tag_batch(self, readings: "tuple[RawReading, ...] | list[RawReading]") -> "list[Sample | RollEvent | DeadLetter | None]":
+        """Tag a delivery. Readings that share a source timestamp (one row of a recording, one
+        OPC-UA publish) are a row: its roll id and web position apply to all of it, wherever the
+        columns stand."""
+        out: list[Sample | RollEvent | DeadLetter | None] = []
+        tag = self.tag
+        i, n = 0, len(readings)
+        while i < n:
+            ts = readings[i].source_ts_ns
+            j = i + 1
+            while j < n and readings[j].source_ts_ns == ts:
+                j += 1
+            if j - i == 1:
+                out.append(tag(readings[i]))
+            else:
+                out.extend(tag(r) for r in sorted(readings[i:j], key=self._trace_first))
+            i = j
+        return out

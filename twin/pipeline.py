@@ -70,18 +70,16 @@ class Pipeline:
             await self.ingest(batch, connector_name)
 
     async def ingest(self, batch: RawBatch, connector_name: str = "") -> None:
-        tag = self.tagger.tag
         samples, dead, rolls = self._samples, self._dead, self._rolls
         n_dead = 0
-        for r in batch.readings:
-            out = tag(r)
+        for out in self.tagger.tag_batch(batch.readings):
             if type(out) is Sample:
                 samples.append(out)
             elif type(out) is DeadLetter:
                 dead.append(out)
                 n_dead += 1
                 self.metrics.rejected.labels(out.reason_code).inc()
-            else:
+            elif out is not None:
                 rolls.append(out)  # type: ignore[arg-type]
         for d in batch.dead_letters:
             self.metrics.rejected.labels(d.reason_code).inc()

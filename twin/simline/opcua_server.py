@@ -42,7 +42,6 @@ from asyncua.server.user_managers import UserManager
 from connectors.opcua import security as pki
 from connectors.opcua.units import UNECE_NAMESPACE, eu_for
 from twin.simline.model import (
-    LIMITS,
     SIGNALS,
     LineParams,
     LineSimulation,
@@ -444,10 +443,6 @@ def _is_ip(host: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def limits_table() -> list[tuple[str, float, float]]:
-    return [(k, lo, hi) for k, (lo, hi) in LIMITS.items()]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -91,6 +91,12 @@ class Store(abc.ABC):
         return {"backend": self.backend, "ok": True}
 
 
+# backend name -> "module:Class"; the contract test requires a fixture for every entry
+BACKENDS: dict[str, str] = {
+    "embedded": "twin.store.sqlite:SQLiteStore",
+}
+
+
 def open_store(config: Any, base_dir: Any = None) -> Store:
     """Open the backend the config names (``config`` is twin.config.StoreConfig)."""
     from twin.config import StoreBackend

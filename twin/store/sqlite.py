@@ -11,7 +11,7 @@ Schema::
     series(id INTEGER PRIMARY KEY, line TEXT, tag TEXT, unit TEXT, UNIQUE(line, tag))
     samples(series, ts, value, quality, recv, roll, web_pos, PRIMARY KEY(series, ts)) WITHOUT ROWID
     dead_letters(id, recv, source, connector, address, line, reason_code, reason, payload)
-    rolls(line, step, roll, ts, tag, PRIMARY KEY(line, step, ts)) WITHOUT ROWID
+    rolls(line, step, roll, ts, tag, PRIMARY KEY(line, step, roll)) WITHOUT ROWID  -- ts: first seen
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_recv ON dead_letters(recv);
 CREATE TABLE IF NOT EXISTS rolls (
     line TEXT NOT NULL, step TEXT NOT NULL, roll TEXT NOT NULL, ts INTEGER NOT NULL, tag TEXT,
-    PRIMARY KEY (line, step, ts)) WITHOUT ROWID;
+    PRIMARY KEY (line, step, roll)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
@@ -121,7 +121,8 @@ class SQLiteStore(Store):
                         [(d.received_ts_ns, getattr(d.source, "value", str(d.source)), d.connector, d.address,
                           d.line_id, d.reason_code, d.reason, d.payload) for d in dead_letters])
                 if rolls:
-                    w.executemany("INSERT OR IGNORE INTO rolls VALUES (?, ?, ?, ?, ?)",
+                    w.executemany("INSERT INTO rolls VALUES (?, ?, ?, ?, ?) ON CONFLICT(line, step, roll)"
+                                  " DO UPDATE SET ts = MIN(ts, excluded.ts)",
                                   [(r.line_id, r.step, r.roll_id, r.source_ts_ns, r.tag_id) for r in rolls])
                 w.execute("COMMIT")
             except BaseException:

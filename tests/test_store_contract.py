@@ -1,0 +1,125 @@
+"""The store contract, run against every registered backend (embedded SQLite here; the InfluxDB
+backend joins through STORE_FACTORIES). A registered backend without a factory fails the suite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from twin.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
+from twin.store import base as store_base
+from twin.store.base import Store
+from twin.store.sqlite import SQLiteStore
+
+T0 = 1_790_000_000 * 10**9
+S = 10**9
+
+STORE_FACTORIES: dict[str, Callable[[Path], Store]] = {
+    "embedded": lambda d: SQLiteStore(d / "store.sqlite"),
+}
+
+
+def test_every_registered_backend_has_a_contract_fixture() -> None:
+    assert set(store_base.BACKENDS) == set(STORE_FACTORIES)
+
+
+@pytest.fixture(params=sorted(STORE_FACTORIES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = STORE_FACTORIES[request.param](tmp_path)
+    yield s
+    s.close()
+
+
+def smp(tag: str, i: int, v: float, line: str = "L1", roll: str | None = None) -> Sample:
+    return Sample(line, tag, v, "um", T0 + i * S, T0 + i * S + 1000, Quality.GOOD, roll, float(i))
+
+
+def test_write_is_idempotent_on_line_tag_source_ts(store: Store) -> None:
+    batch = [smp("a.b", i, float(i)) for i in range(100)]
+    r1 = store.write(batch)
+    r2 = store.write(batch)
+    assert (r1.inserted, r1.duplicates) == (100, 0)
+    assert (r2.inserted, r2.duplicates) == (0, 100)
+    # same timestamp on another line or tag is a different sample
+    store.write([smp("a.b", 0, 5.0, line="L2"), smp("a.c", 0, 5.0)])
+    assert store.count() == 102
+    assert store.count("a.b") == 101 and store.count("a.b", "L1") == 100
+
+
+def test_latest_per_line_and_tag(store: Store) -> None:
+    store.write([smp("a.b", i, float(i), roll="R1") for i in range(10)] + [smp("a.c", 3, 33.0)])
+    store.write([smp("a.b", 5, 999.0)])  # an older duplicate timestamp does not change latest
+    latest = {(s.line_id, s.tag_id): s for s in store.latest()}
+    assert latest[("L1", "a.b")].value == 9.0 and latest[("L1", "a.b")].roll_id == "R1"
+    assert latest[("L1", "a.b")].web_pos_m == 9.0
+    assert latest[("L1", "a.c")].value == 33.0
+    assert [s.tag_id for s in store.latest(tags=["a.c"])] == ["a.c"]
+    assert store.latest(line_id="nope") == []
+
+
+def test_series_downsampled_to_buckets(store: Store) -> None:
+    store.write([smp("a.b", i, float(i)) for i in range(1000)])  # 1 Hz, values 0..999
+    buckets = store.series("a.b", T0, T0 + 1000 * S, 10)
+    assert len(buckets) == 10
+    assert [b.count for b in buckets] == [100] * 10
+    assert buckets[0].min == 0 and buckets[0].max == 99 and buckets[0].mean == pytest.approx(49.5)
+    assert buckets[-1].mean == pytest.approx(949.5)
+    assert buckets[3].start_ns == T0 + 300 * S
+    assert sum(b.count for b in store.series("a.b", T0 + 100 * S, T0 + 200 * S, 500)) == 100
+    assert store.series("a.b", T0, T0 + 1000 * S, 2000)[0].count == 1
+    assert store.series("missing.tag", T0, T0 + S, 10) == []
+
+
+def test_dead_letters_rolls_and_retention(store: Store) -> None:
+    dl = DeadLetter(SourceKind.MQTT, "x/y", '{"value": "a"}', "x.y: expected a number", "wrong_type", T0, "mqtt", "L1")
+    store.write([smp("a.b", i, 1.0) for i in range(10)], [dl, dl], [RollEvent("L1", "calendering", "R-7", T0)])
+    rows = store.dead_letters()
+    assert len(rows) == 2 and rows[0]["reason_code"] == "wrong_type" and rows[0]["payload"] == '{"value": "a"}'
+    assert store.dead_letter_count() == 2
+    assert store.rolls()[0]["roll_id"] == "R-7"
+    removed = store.apply_retention(T0 + 5 * S, T0 + 1)
+    assert removed == 5 + 2
+    assert store.count() == 5 and store.dead_letter_count() == 0
+
+
+WRITER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from twin.store.sqlite import SQLiteStore
+from twin.samples import Sample, Quality
+s = SQLiteStore(sys.argv[1])
+T0 = 1_790_000_000 * 10**9
+i = 0
+while True:
+    s.write([Sample("L1", "a.b", float(i + k), "um", T0 + (i + k) * 1000, T0, Quality.GOOD) for k in range(500)])
+    i += 500
+    print(i, flush=True)   # acknowledged: write() returned
+"""
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    db = tmp_path / "store.sqlite"
+    root = str(Path(__file__).resolve().parents[1])
+    p = subprocess.Popen([sys.executable, "-c", WRITER, str(db), root], stdout=subprocess.PIPE, text=True)
+    acked = 0
+    assert p.stdout is not None
+    deadline = time.monotonic() + 30
+    while acked < 20_000 and time.monotonic() < deadline:
+        acked = int(p.stdout.readline())
+    p.kill()  # SIGKILL mid-stream
+    p.wait()
+    assert acked >= 20_000
+    s = SQLiteStore(db)
+    try:
+        n = s.count()
+        assert n >= acked  # every acknowledged sample is there (and maybe one more batch)
+        assert n % 500 == 0  # no torn batch: a commit is all or nothing
+        values = [x.value for x in s.raw("a.b", 0, 2**62, limit=10**7)]
+        assert values == [float(i) for i in range(n)]
+    finally:
+        s.close()

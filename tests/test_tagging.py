@@ -1,0 +1,125 @@
+"""Tag map resolution, unit conversion through pint, and dead-letter reasons."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ontology.tagmap import TagMap, TagMapError
+from ontology.units import UnitError, affine
+from ontology.validate import Tagger
+from tests.conftest import DEFAULTS
+from twin.samples import DeadLetter, Quality, RawReading, RollEvent, Sample, SourceKind
+
+T = 1_790_000_000 * 10**9
+
+
+@pytest.fixture(scope="module")
+def tagger() -> Tagger:
+    return Tagger(TagMap.load(DEFAULTS / "tagmap.toml"), "pilot-1")
+
+
+def mq(topic: str, value: object, unit: str | None = None, ts: int | None = T) -> RawReading:
+    return RawReading(SourceKind.MQTT, topic, value, ts, T + 1, unit)
+
+
+def test_mm_reading_for_um_tag_is_stored_converted(tagger: Tagger) -> None:
+    s = tagger.tag(mq("pilot/line-7/calendering/gap_actual", 0.0655, "mm"))
+    assert isinstance(s, Sample)
+    assert s.value == pytest.approx(65.5)
+    assert s.unit == "um" and s.line_id == "line-7" and s.tag_id == "calendering.gap_actual"
+
+
+def test_fahrenheit_reading_for_celsius_tag(tagger: Tagger) -> None:
+    s = tagger.tag(mq("pilot/pilot-1/calendering/roll_temperature", 176.0, "degF"))
+    assert isinstance(s, Sample) and s.value == pytest.approx(80.0)
+    s2 = tagger.tag(mq("pilot/pilot-1/calendering/roll_temperature", 353.15, "K"))
+    assert isinstance(s2, Sample) and s2.value == pytest.approx(80.0)
+
+
+def test_line_load_in_kN_per_m_is_N_per_mm(tagger: Tagger) -> None:
+    s = tagger.tag(mq("pilot/pilot-1/calendering/line_load", 1200.0, "kN/m"))
+    assert isinstance(s, Sample) and s.value == pytest.approx(1200.0)
+
+
+@pytest.mark.parametrize(("value", "unit", "code", "fragment"), [
+    (1.0, "kg", "unit_dimension", "cannot convert"),
+    (1.0, "parsecs-per-fortnight", "unknown_unit", "unknown unit"),
+    (float("nan"), None, "non_finite", "not finite"),
+    (float("inf"), None, "non_finite", "not finite"),
+    ("65", None, "wrong_type", "expected a number"),
+    (True, None, "wrong_type", "expected a number"),
+    (None, None, "wrong_type", "expected a number"),
+    (500.0, None, "out_of_range", "outside allowed range [10, 400] um"),
+    (0.5, "mm", "out_of_range", "value 500 um outside"),
+])
+def test_bad_readings_are_dead_letters_with_precise_reasons(tagger: Tagger, value: object, unit: str | None,
+                                                            code: str, fragment: str) -> None:
+    d = tagger.tag(mq("pilot/pilot-1/calendering/gap_actual", value, unit))
+    assert isinstance(d, DeadLetter)
+    assert d.reason_code == code
+    assert fragment in d.reason
+    assert "calendering.gap_actual" in d.reason
+    assert d.address == "pilot/pilot-1/calendering/gap_actual"
+
+
+def test_unknown_address_and_missing_timestamp(tagger: Tagger) -> None:
+    d = tagger.tag(mq("pilot/pilot-1/calendering/nope", 1.0))
+    assert isinstance(d, DeadLetter) and d.reason_code == "unknown_address"
+    d = tagger.tag(mq("pilot/pilot-1/calendering/gap_actual", 60.0, ts=None))
+    assert isinstance(d, DeadLetter) and d.reason_code == "missing_timestamp"
+    # the same column name from another source kind is not a match
+    d = tagger.tag(RawReading(SourceKind.OPCUA, "calender_gap_actual_um", 60.0, T, T))
+    assert isinstance(d, DeadLetter) and d.reason_code == "unknown_address"
+
+
+def test_roll_id_and_web_position_travel_with_samples(tagger: Tagger) -> None:
+    t = Tagger(tagger.tagmap, "pilot-1")
+    ev = t.tag(RawReading(SourceKind.REPLAY, "roll_id", "R-0042", T, T))
+    assert isinstance(ev, RollEvent) and ev.roll_id == "R-0042" and ev.step == "calendering"
+    w = t.tag(RawReading(SourceKind.REPLAY, "web_position_m", 12.5, T, T))
+    assert isinstance(w, Sample)
+    s = t.tag(RawReading(SourceKind.REPLAY, "calender_gap_actual_um", 66.0, T, T, quality=Quality.UNCERTAIN))
+    assert isinstance(s, Sample) and s.roll_id == "R-0042" and s.web_pos_m == 12.5
+    assert s.quality is Quality.UNCERTAIN
+    bad = t.tag(RawReading(SourceKind.REPLAY, "roll_id", 17.0, T, T))
+    assert isinstance(bad, DeadLetter) and bad.reason_code == "wrong_type"
+
+
+def test_affine_conversions_come_from_pint() -> None:
+    a, b = affine("degF", "degC")
+    assert a * 212 + b == pytest.approx(100.0)
+    assert affine("percent", "dimensionless") == pytest.approx((0.01, 0.0))
+    with pytest.raises(UnitError) as e:
+        affine("um", "N/mm")
+    assert e.value.code == "unit_dimension"
+
+
+@pytest.mark.parametrize(("mutation", "fragment"), [
+    ({"canonical_unit": "bananas"}, "unknown unit 'bananas'"),
+    ({"range": [5, 1]}, "min > max"),
+    ({"sources": [{"mqtt": "a/b", "unit": "kg"}]}, "cannot convert"),
+    ({"kind": "XX"}, "kind"),
+    ({"sources": [{"mqtt": "a/b", "replay": "c"}]}, "exactly one"),
+])
+def test_broken_tag_map_is_refused_naming_the_tag(mutation: dict, fragment: str) -> None:
+    tag = {"id": "calendering.gap_actual", "step": "calendering", "kind": "MP", "canonical_unit": "um",
+           "range": [10, 400], "sources": [{"mqtt": "x/y"}]}
+    tag.update(mutation)
+    with pytest.raises(TagMapError) as e:
+        TagMap.from_dict({"tags": [tag]}, origin="plant.toml")
+    msg = str(e.value)
+    assert "plant.toml" in msg and "calendering.gap_actual" in msg and fragment in msg
+
+
+def test_duplicate_addresses_are_refused() -> None:
+    t1 = {"id": "a.b", "step": "s", "kind": "MP", "sources": [{"mqtt": "x/y"}]}
+    t2 = {"id": "a.c", "step": "s", "kind": "MP", "sources": [{"mqtt": "x/y"}]}
+    with pytest.raises(TagMapError, match="mapped to both"):
+        TagMap.from_dict({"tags": [t1, t2]})
+
+
+def test_nan_never_reaches_the_store_even_in_range_checks(tagger: Tagger) -> None:
+    out = [tagger.tag(mq("pilot/pilot-1/calendering/gap_actual", v)) for v in (65.0, math.nan, -math.inf)]
+    assert [type(o).__name__ for o in out] == ["Sample", "DeadLetter", "DeadLetter"]
