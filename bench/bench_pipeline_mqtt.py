@@ -1,0 +1,112 @@
+"""Pipeline throughput, MQTT -> tag -> store, with batch payloads, against a real mosquitto.
+
+    .venv/bin/python -m bench.bench_pipeline_mqtt [--readings 200000] [--batch 500]
+
+A publisher (its own process) sends QoS-1 batch payloads as fast as the broker takes them; the daemon
+(this process) tags and stores them in the embedded store. Sustained rate = readings / (time from the
+first publish to the last commit). Loss = readings published and acknowledged minus readings stored.
+Also run with single-reading payloads (--batch 1) for the per-message cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import write_result
+
+T0 = 1_790_000_000
+
+
+def publisher(port: int, n: int, batch: int, ready: "mp.synchronize.Event", start: "mp.Value") -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    acked = [0]
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
+    c.max_inflight_messages_set(1000)
+    c.on_publish = lambda *a: acked.__setitem__(0, acked[0] + 1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    tags = ["gap_actual", "line_load", "roll_speed", "roll_temperature", "thickness_after"]
+    ready.wait()
+    start.value = time.time()
+    msgs = 0
+    for i in range(0, n, batch):
+        items = [{"topic": f"pilot/pilot-1/calendering/{tags[j % 5]}", "ts": T0 + j * 0.001,
+                  "value": 60.0 + (j % 50) * 0.1} for j in range(i, min(n, i + batch))]
+        if batch == 1:
+            it = items[0]
+            c.publish(it.pop("topic"), json.dumps(it), qos=1)
+        else:
+            c.publish("pilot/pilot-1/batch", json.dumps({"readings": items}), qos=1)
+        msgs += 1
+        while msgs - acked[0] > 2000:
+            time.sleep(0.001)
+    while acked[0] < msgs:
+        time.sleep(0.01)
+    c.disconnect()
+    c.loop_stop()
+
+
+async def run(readings: int, batch: int) -> dict[str, float]:
+    from tests.conftest import Mosquitto, write_config
+    from twin.config import load_config
+    from twin.daemon import Daemon
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
+    (tmp / "broker").mkdir()
+    broker = Mosquitto(tmp / "broker")
+    broker.start()
+    try:
+        cfg = load_config(write_config(tmp, connectors=(
+            f'[[connectors]]\nkind = "mqtt"\nport = {broker.port}\nclient_id = "bench-twin"\n'
+            'topics = ["pilot/#"]\n')))
+        cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"enabled": False})})
+        d = Daemon(cfg)
+        task = asyncio.create_task(d.run(install_signals=False))
+        await d.connectors[0].wait_connected(10)  # type: ignore[attr-defined]
+        ready = mp.Event()
+        start = mp.Value("d", 0.0)
+        p = mp.Process(target=publisher, args=(broker.port, readings, batch, ready, start))
+        p.start()
+        ready.set()
+        while d.pipeline.stats.stored < readings and (p.is_alive() or d.pipeline.stats.received < readings):
+            await asyncio.sleep(0.005)
+        end = time.time()
+        for _ in range(200):
+            if d.pipeline.stats.stored >= readings:
+                break
+            await asyncio.sleep(0.05)
+        end = time.time() if d.pipeline.stats.stored >= readings else end
+        p.join(60)
+        stored = d.store.count()
+        d.request_stop()
+        await task
+        return {"readings": readings, "batch": batch, "stored": stored, "lost": readings - stored,
+                "seconds": end - start.value, "readings_per_s": stored / (end - start.value),
+                "commits": d.pipeline.stats.commits}
+    finally:
+        broker.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--readings", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--single-readings", type=int, default=20_000)
+    a = ap.parse_args()
+    res = {"batch_payloads": asyncio.run(run(a.readings, a.batch)),
+           "single_payloads": asyncio.run(run(a.single_readings, 1))}
+    res["ratio_batch_over_single"] = (res["batch_payloads"]["readings_per_s"]
+                                      / res["single_payloads"]["readings_per_s"])
+    write_result("pipeline_mqtt", res)
+
+
+if __name__ == "__main__":
+    main()

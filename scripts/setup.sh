@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up everything the twin and its tests need on a fresh Debian machine (idempotent).
+#   - Debian packages: mosquitto (real broker for the tests), default JRE (HermiT reasoner)
+#   - a virtual environment in .venv with the project and its extras
+# Run as root for the Debian packages; otherwise it prints what to install and goes on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${TWIN_EXTRAS:-dev,train,physics}"
+DEBS="${TWIN_DEBS:-mosquitto}"
+
+need=()
+for pkg in $DEBS; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+command -v java >/dev/null 2>&1 || need+=("default-jre-headless")
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian packages: ${need[*]}"
+    (apt-get update -qq || true) >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    # the tests start their own brokers on free loopback ports; keep the packaged service off
+    systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  else
+    echo "setup: please install these Debian packages (as root): ${need[*]}" >&2
+  fi
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+STAMP=.venv/.twin-installed-$(sha1sum pyproject.toml | cut -c1-12)-${EXTRAS//,/_}
+if [ ! -f "$STAMP" ]; then
+  echo "setup: installing the project with extras [$EXTRAS] (torch is pinned to 2.13.0, CPU build)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch first and pinned, so no other package pulls a CUDA build
+  if [[ ",$EXTRAS," == *",train,"* || ",$EXTRAS," == *",physics,"* ]]; then
+    .venv/bin/python -m pip install -q "torch==2.13.0"
+  fi
+  .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+  rm -f .venv/.twin-installed-*
+  touch "$STAMP"
+fi
