@@ -1,0 +1,119 @@
+"""One contract for every registered connector kind (architecture principle 10).
+
+Each kind provides a fixture that makes a live source and a connector for it; the contract then
+checks: the connector is an async context manager; ``batches()`` yields RawBatch objects holding
+only the project's own frozen types (no library objects leak); counters count what was received;
+acknowledgements are callable; after ``stop()`` the iteration ends. A registered kind without a
+fixture here fails the suite."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import paho.mqtt.publish as mqtt_publish
+import pytest
+
+from connectors import registry
+from connectors.base import Connector
+from connectors.mqtt.config import MqttConnectorConfig
+from connectors.mqtt.connector import MqttConnector
+from connectors.replay.config import ReplayConnectorConfig
+from connectors.replay.connector import ReplayConnector
+from tests.conftest import Mosquitto
+from twin.samples import DeadLetter, RawBatch, RawReading
+
+pytestmark = pytest.mark.integration
+
+# kind -> async factory(tmp_path, request) -> (connector, feed), feed() makes the source emit >= 3 readings
+Factory = Callable[[Path, pytest.FixtureRequest], Awaitable[tuple[Connector, Callable[[], Awaitable[None]]]]]
+FACTORIES: dict[str, Factory] = {}
+
+
+def contract(kind: str) -> Callable[[Factory], Factory]:
+    def deco(fn: Factory) -> Factory:
+        FACTORIES[kind] = fn
+        return fn
+    return deco
+
+
+@contract("replay")
+async def _replay(tmp_path: Path, request: pytest.FixtureRequest):  # noqa: ANN202
+    f = tmp_path / "r.csv"
+    f.write_text("timestamp,a,b\n2026-11-22T10:00:00Z,1,2\n2026-11-22T10:00:01Z,3,x\n")
+
+    async def feed() -> None:
+        return None
+
+    return ReplayConnector(ReplayConnectorConfig(path=f), default_line_id="L"), feed
+
+
+@contract("mqtt")
+async def _mqtt(tmp_path: Path, request: pytest.FixtureRequest):  # noqa: ANN202
+    d = tmp_path / "broker"
+    d.mkdir()
+    broker = Mosquitto(d)
+    broker.start()
+    request.addfinalizer(broker.stop)
+    c = MqttConnector(MqttConnectorConfig(port=broker.port, client_id="contract", topics=["c/#"]),
+                      default_line_id="L")
+
+    async def feed() -> None:
+        await c.wait_connected(10)  # type: ignore[attr-defined]
+        msgs = [{"topic": "c/a", "payload": json.dumps({"ts": 1.0, "value": 1}), "qos": 1},
+                {"topic": "c/batch", "payload": json.dumps({"readings": [{"topic": "c/b", "ts": 2.0, "value": 2},
+                                                                         {"topic": "c/c", "ts": 3.0, "value": 3}]}),
+                 "qos": 1},
+                {"topic": "c/d", "payload": "{broken", "qos": 1}]
+        await asyncio.to_thread(mqtt_publish.multiple, msgs, hostname="127.0.0.1", port=broker.port)
+
+    return c, feed
+
+
+def test_every_registered_kind_has_a_contract_fixture() -> None:
+    assert set(registry.kinds()) == set(FACTORIES), "add a contract fixture for each connector kind"
+
+
+def _own_types_only(batch: RawBatch) -> None:
+    assert isinstance(batch, RawBatch)
+    for r in batch.readings:
+        assert isinstance(r, RawReading)
+        assert isinstance(r.value, (int, float, str, bool, type(None))), type(r.value)
+        for f in dataclasses.fields(r):
+            v = getattr(r, f.name)
+            assert type(v).__module__.split(".")[0] in ("builtins", "twin"), (f.name, type(v))
+    for d in batch.dead_letters:
+        assert isinstance(d, DeadLetter) and d.reason
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+async def test_connector_contract(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    connector, feed = await FACTORIES[kind](tmp_path, request)
+    got: list[RawBatch] = []
+
+    async def collect(it: AsyncIterator[RawBatch]) -> None:
+        async for b in it:
+            _own_types_only(b)
+            b.ack()
+            got.append(b)
+            if sum(len(x) for x in got) >= 4:
+                return
+
+    async with connector:
+        await feed()
+        await asyncio.wait_for(collect(connector.batches()), 20)
+        assert connector.counters.received >= 4
+        assert connector.counters.dropped == 0
+        await connector.stop()
+        # after stop() the iteration ends once drained (no hang)
+        await asyncio.wait_for(collect_rest(connector), 10)
+    info = connector.describe()
+    assert info["name"] and info["kind"] == kind
+
+
+async def collect_rest(c: Connector) -> None:
+    async for _ in c.batches():
+        pass
