@@ -19,7 +19,7 @@ from twin.samples import DeadLetter, Quality, RawReading, RollEvent, Sample, Sou
 
 REASON_CODES = (
     "unknown_address", "wrong_type", "non_finite", "unknown_unit", "unit_dimension",
-    "out_of_range", "missing_timestamp", "bad_timestamp", "malformed_payload",
+    "out_of_range", "missing_timestamp", "bad_timestamp", "malformed_payload", "bad_quality",
 )
 
 
@@ -78,6 +78,8 @@ class Tagger:
             if tag.traceability is Traceability.ROLL_ID:
                 self.trace.roll[line] = roll
             return RollEvent(line, tag.step, roll, r.source_ts_ns, tag.id)
+        if v is None and r.quality is Quality.BAD:
+            return self._dead(r, "bad_quality", f"{tag.id}: the source reports bad quality and no value", line)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return self._dead(r, "wrong_type", f"{tag.id}: expected a number, got {type(v).__name__} {v!r}", line)
         x = float(v)

@@ -15,7 +15,9 @@ from twin.config import ConfigError, check_config, load_config
 
 def test_demo_config_and_connector_samples_load() -> None:
     cfg, tagmap = check_config(DEFAULTS / "demo.toml")
-    assert cfg.connectors[0].kind == "replay" and len(tagmap.tags) >= 10
+    assert cfg.connectors[0].kind == "opcua" and len(tagmap.tags) >= 30
+    cfg, _ = check_config(DEFAULTS / "demo_recorded.toml")
+    assert cfg.connectors[0].kind == "replay"
     samples = sorted((ROOT / "connectors").glob("*/sample.toml"))
     assert {p.parent.name for p in samples} >= {"mqtt", "replay"}
     for sample in samples:  # each README's sample: one [[connectors]] table
@@ -68,7 +70,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     twin = [sys.executable, "-m", "twin.cli"]
     ok = subprocess.run([*twin, "check-config", str(DEFAULTS / "demo.toml")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "ok" in ok.stderr and "11 tags" in ok.stderr
+    assert "ok" in ok.stderr and "31 tags" in ok.stderr
     broken = write_config(tmp_path, connectors='[[connectors]]\nkind = "mqtt"\nport = 0\n')
     bad = subprocess.run([*twin, "check-config", str(broken)], capture_output=True, text=True)
     assert bad.returncode == 2

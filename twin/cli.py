@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ DEFAULTS = Path(__file__).parent / "defaults"
 def _logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run is noise
+    for noisy in ("apscheduler", "asyncua"):  # one line per job run / per node added is noise
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -93,19 +95,56 @@ def replay_cmd(
     raise typer.Exit(_run_daemon(cfg, tagmap, ack_log=ack_log, exit_when_finished=True))
 
 
+class DemoSource(str, enum.Enum):
+    SIMULATED = "simulated"
+    RECORDED = "recorded"
+
+
+async def _demo_simulated(cfg, tagmap, opcua_port: int, seed: int) -> None:  # noqa: ANN001
+    from twin.daemon import Daemon
+    from twin.simline.opcua_server import SimLineServer
+
+    async with SimLineServer(port=opcua_port, seed=seed) as line:
+        conns = [c.model_copy(update={"url": line.url}) if c.kind == "opcua" else c for c in cfg.connectors]
+        daemon = Daemon(cfg.model_copy(update={"connectors": conns}), tagmap=tagmap)
+        await daemon.run()
+
+
 @app.command("demo")
 def demo_cmd(
     port: int = typer.Option(8000, help="port of the API and dashboard on localhost"),
     state_dir: Path = typer.Option(Path("var/demo"), help="where the demo keeps its store"),
+    source: DemoSource = typer.Option(DemoSource.SIMULATED, help="simulated line over OPC-UA, or the recorded run"),
+    opcua_port: int = typer.Option(0, help="OPC-UA port of the simulated line on loopback (0: a free one)"),
+    seed: int = typer.Option(0, help="random seed of the simulated line"),
 ) -> None:
-    """Run the twin on embedded defaults with the shipped recorded run (no server needed)."""
-    cfg, tagmap = _load(DEFAULTS / "demo.toml")
+    """Run the twin on embedded defaults beside a simulated line (no external server needed)."""
+    cfg, tagmap = _load(DEFAULTS / ("demo.toml" if source is DemoSource.SIMULATED else "demo_recorded.toml"))
     state_dir.mkdir(parents=True, exist_ok=True)
     store = cfg.store.model_copy(update={"embedded": cfg.store.embedded.model_copy(
         update={"path": (state_dir / "twin.sqlite").resolve()})})
     cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": port}), "store": store})
-    console.print(f"[bold]pilot-line twin demo[/]: http://127.0.0.1:{port}/  (Ctrl-C to stop)", highlight=False)
-    raise typer.Exit(_run_daemon(cfg, tagmap))
+    console.print(f"[bold]pilot-line twin demo[/] ({source.value} line): http://127.0.0.1:{port}/  "
+                  "(Ctrl-C to stop)", highlight=False)
+    if source is DemoSource.RECORDED:
+        raise typer.Exit(_run_daemon(cfg, tagmap))
+    _logging(cfg.log_level.value)
+    if opcua_port == 0:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            opcua_port = sock.getsockname()[1]
+    asyncio.run(_demo_simulated(cfg, tagmap, opcua_port, seed))
+
+
+def _mount() -> None:
+    from twin.simline.cli import register
+
+    register(app)  # simulate-line, browse, opcua make-cert / trust
+
+
+_mount()
 
 
 def main() -> None:  # pragma: no cover

@@ -73,6 +73,11 @@ async def _mqtt(tmp_path: Path, request: pytest.FixtureRequest):  # noqa: ANN202
     return c, feed
 
 
+from tests.opcua.contract import opcua_contract  # noqa: E402
+
+FACTORIES["opcua"] = opcua_contract
+
+
 def test_every_registered_kind_has_a_contract_fixture() -> None:
     assert set(registry.kinds()) == set(FACTORIES), "add a contract fixture for each connector kind"
 

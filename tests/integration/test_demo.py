@@ -1,4 +1,5 @@
-"""`twin demo`: embedded defaults, no server needed; /healthz within 10 s; a calender series has data."""
+"""`twin demo`: embedded defaults beside the simulated line (OPC-UA on loopback), no external server;
+/healthz within 10 s; a calender series has data."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ pytestmark = pytest.mark.integration
 def test_demo_serves_health_and_calender_series(tmp_path: Path) -> None:
     port = free_port()
     t0 = time.monotonic()
+    log = open(tmp_path / "demo.log", "w")  # a file, not a pipe nobody reads while it runs
     p = subprocess.Popen([sys.executable, "-m", "twin.cli", "demo", "--port", str(port), "--state-dir",
-                          str(tmp_path / "state")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          str(tmp_path / "state")], stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         healthy_after = None
         while time.monotonic() - t0 < 10:
@@ -44,5 +46,6 @@ def test_demo_serves_health_and_calender_series(tmp_path: Path) -> None:
         assert "calendering.line_load" in latest and latest["calendering.line_load"]["unit"] == "N/mm"
     finally:
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=30)
-    assert p.returncode == 0, err[-3000:]
+        p.wait(timeout=30)
+        log.close()
+    assert p.returncode == 0, (tmp_path / "demo.log").read_text()[-3000:]

@@ -1,0 +1,1 @@
+"""OPC-UA connector (asyncua): config (importable without asyncua), connector, security, browse."""
