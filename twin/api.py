@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -186,4 +188,19 @@ def create_app(daemon: Any) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    web = Path(__file__).parent / "web"
+    app.mount("/static/vendor", StaticFiles(directory=_plotly_dir()), name="vendor")
+    app.mount("/static", StaticFiles(directory=web), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(web / "index.html")
+
     return app
+
+
+def _plotly_dir() -> Path:
+    """The plotly.js bundle shipped inside the plotly Python package (served locally, no CDN)."""
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data"
