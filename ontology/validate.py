@@ -50,6 +50,7 @@ class Tagger:
         self.tagmap = tagmap
         self.default_line_id = default_line_id
         self.trace = TraceState()
+        self._exact = tagmap._exact  # the hot path skips a method call for exact addresses
 
     def _dead(self, r: RawReading, code: str, reason: str, line: str | None = None) -> DeadLetter:
         return DeadLetter(r.source, r.address, payload_text(r), reason, code, r.received_ts_ns,
@@ -57,7 +58,8 @@ class Tagger:
 
     def tag(self, r: RawReading) -> Sample | RollEvent | DeadLetter | None:
         """None: a repeated roll id (the roll did not change)."""
-        b = self.tagmap.resolve(r.source.value if isinstance(r.source, SourceKind) else str(r.source), r.address)
+        # SourceKind is a str enum: it hashes and compares like "mqtt", so it is the dict key itself
+        b = self._exact.get((r.source, r.address)) or self.tagmap.resolve(r.source, r.address)
         if b is None:
             return self._dead(r, "unknown_address",
                               f"unknown {r.source.value} address {r.address!r}: no tag map entry matches")
@@ -85,7 +87,9 @@ class Tagger:
         x = float(v)
         if not math.isfinite(x):
             return self._dead(r, "non_finite", f"{tag.id}: value {x!r} is not finite", line)
-        unit = r.unit if r.unit is not None else b.source_unit
+        unit = r.unit
+        if unit is None:
+            unit = b.source_unit
         if unit != tag.unit:
             try:
                 a, c = affine(unit, tag.unit)
@@ -98,10 +102,13 @@ class Tagger:
                               line)
         if tag.traceability is Traceability.WEB_POSITION:
             self.trace.web_pos_m[line] = x
-        roll = r.roll_id if r.roll_id is not None else self.trace.roll.get(line)
-        web = r.web_pos_m if r.web_pos_m is not None else self.trace.web_pos_m.get(line)
-        return Sample(line, tag.id, x, tag.unit, r.source_ts_ns, r.received_ts_ns,
-                      r.quality if isinstance(r.quality, Quality) else Quality.GOOD, roll, web)
+        roll = r.roll_id
+        if roll is None:
+            roll = self.trace.roll.get(line)
+        web = r.web_pos_m
+        if web is None:
+            web = self.trace.web_pos_m.get(line)
+        return Sample(line, tag.id, x, tag.unit, r.source_ts_ns, r.received_ts_ns, r.quality, roll, web)
 
     def _trace_first(self, r: RawReading) -> int:
         b = self.tagmap.resolve(r.source.value, r.address)

