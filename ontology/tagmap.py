@@ -220,6 +220,16 @@ class TagMap:
                 else:
                     self._exact[(s.kind, s.address)] = Binding(tag, unit, None)
 
+    def add_tags(self, specs: list[dict[str, Any]]) -> None:
+        """Add tags the twin writes itself (predictions); validated like the file's tags."""
+        for raw in specs:
+            t = TagSpec.model_validate(raw)
+            if t.id in self.tags:
+                continue
+            lo, hi = t.range if t.range is not None else (float("-inf"), float("inf"))
+            self.tags[t.id] = Tag(t.id, t.step, t.kind, t.role, t.canonical_unit, float(lo), float(hi),
+                                  t.value_type, t.traceability, t.online, t.parameter, t.description)
+
     @classmethod
     def load(cls, path: str | Path) -> "TagMap":
         path = Path(path)

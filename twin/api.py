@@ -188,6 +188,36 @@ def create_app(daemon: Any) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    def _predictor() -> Any:
+        p = getattr(daemon, "extensions", {}).get("predictor")
+        if p is None:
+            raise HTTPException(404, detail="the surrogate predictor is not enabled ([predictor] enabled = true)")
+        return p
+
+    @app.get("/api/v1/models", summary="Surrogate models in the registry, with their cards")
+    async def models() -> dict[str, Any]:
+        p = getattr(daemon, "extensions", {}).get("predictor")
+        from surrogates.runtime import ModelRegistry
+
+        root = p.config.models_dir if p is not None else Path(__file__).resolve().parents[1] / "surrogates" / "models"
+        cards = await asyncio.to_thread(lambda: ModelRegistry(root).list())
+        return {"loaded": None if p is None or p.model is None else {"family": p.config.model,
+                                                                      "version": p.model.version,
+                                                                      "card": p.model.card},
+                "models": cards}
+
+    @app.post("/api/v1/models/reload", summary="Load the newest model of the family without a restart")
+    async def reload_model() -> dict[str, Any]:
+        p = _predictor()
+        version = await asyncio.to_thread(p.reload)
+        return {"loaded": version}
+
+    @app.get("/api/v1/predictions/latest", summary="Newest prediction per line: mean, spread, domain flag, model")
+    async def predictions_latest(line: str | None = Query(None)) -> dict[str, Any]:
+        p = _predictor()
+        preds = [v.as_json() for k, v in sorted(p.latest.items()) if line is None or k == line]
+        return {"predictions": preds, "count": p.count, "skipped": p.skipped, "last_skip_reason": p.last_skip_reason}
+
     web = Path(__file__).parent / "web"
     app.mount("/static/vendor", StaticFiles(directory=_plotly_dir()), name="vendor")
     app.mount("/static", StaticFiles(directory=web), name="static")

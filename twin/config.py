@@ -18,6 +18,7 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors import registry
+from twin.predictor import PredictorConfig
 from twin.store.sqlite import Durability
 
 
@@ -87,6 +88,7 @@ class TwinConfig(BaseModel):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="batching and queues")
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API")
     connectors: list[ConnectorConfig] = Field(default_factory=list, description="data sources")  # type: ignore[valid-type]
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig, description="surrogate predictions")
 
 
 def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> list[str]:

@@ -56,6 +56,13 @@ class Daemon:
         self.scheduler: AsyncIOScheduler | None = None
         self.api_port: int | None = None
         self.extensions: dict[str, Any] = {}  # predictor, feedback, ... register here
+        if config.predictor.enabled:
+            from twin.predictor import Predictor, predicted_tag_specs
+
+            self.tagmap.add_tags(predicted_tag_specs(config.predictor.step))
+            predictor = Predictor(config.predictor, self)
+            predictor.load()  # fails fast: a configured model that cannot load refuses start-up
+            self.extensions["predictor"] = predictor
 
     # -- periodic jobs -----------------------------------------------------------------------
     async def _job_flush(self) -> None:

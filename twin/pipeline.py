@@ -97,6 +97,14 @@ class Pipeline:
         while self.pending >= self.config.max_pending:
             await self.flush()
 
+    async def submit(self, samples: Sequence[Sample]) -> None:
+        """Samples the twin makes itself (predictions): already tagged, same commit path."""
+        self._samples.extend(samples)
+        if self.pending >= self.config.batch_size:
+            await self.flush()
+        elif self._linger is None or self._linger.done():
+            self._linger = asyncio.create_task(self._linger_flush())
+
     async def _linger_flush(self) -> None:
         await asyncio.sleep(self.config.linger_ms / 1000.0)
         await self.flush()

@@ -1,0 +1,263 @@
+"""Near-real-time structure predictions from the line state (surrogate ensemble on onnxruntime).
+
+On each relevant change of the input tags (debounced) and on a schedule, the predictor maps the
+latest line values to the model's inputs, runs the ensemble, and writes the predictions (mean and
+ensemble spread) as samples of ``<step>.<output>_predicted`` / ``..._predicted_std`` tags through
+the pipeline (same commit path, same live stream). Out-of-domain inputs are flagged: their samples
+carry quality UNCERTAIN and the reasons are kept with the prediction.
+
+Mapping from line measurements to the DEM-trained model's inputs (documented in docs/surrogates.md):
+- initial porosity  eps0 = 1 - M / (rho_s * h0)   (areal loading M, dry thickness h0, solid density rho_s)
+- compaction degree  Pi  = 1 - gap / h0          (seed 003, eq. 3; gap actual)
+- compression speed  v_z = (h0 - gap) * v_web / L, L = sqrt(R * (h0 - gap))   (nip geometry)
+- the DEM is a representative volume of fixed thickness: the model runs at the RVE thickness
+  (the middle of its training domain) and a predicted thickness scales to the line as
+  h_after = h0 * h_after_rve / h0_rve (homogeneous through the thickness).
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from twin.samples import Quality, Sample, now_ns, ns_to_iso
+
+log = logging.getLogger("twin.predictor")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PredictorInputs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dry_thickness: str = Field("coating.dry_thickness", description="tag of the incoming dry coating thickness (um)")
+    areal_loading: str = Field("coating.areal_loading", description="tag of the areal loading (mg/cm^2)")
+    gap: str = Field("calendering.gap_actual", description="tag of the actual roll gap (um)")
+    roll_speed: str = Field("calendering.roll_speed", description="tag of the roll speed (m/min)")
+    roll_temperature: str = Field("calendering.roll_temperature", description="tag of the roll temperature (degC)")
+
+
+class PredictorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="run the surrogate predictor in the daemon")
+    models_dir: Path = Field(ROOT / "surrogates" / "models", description="model registry folder")
+    model: str = Field("calendering", description="model family in the registry")
+    step: str = Field("calendering", description="step whose predicted tags are written")
+    am_fraction: float = Field(0.96, gt=0, lt=1, description="active-material mass fraction of the recipe")
+    solid_density_g_cm3: float = Field(4.34, gt=0, description="skeletal density of the dry coating")
+    roll_radius_mm: float = Field(200.0, gt=0, description="calender roll radius")
+    debounce_ms: float = Field(500.0, ge=0, description="wait after an input change before predicting")
+    interval_s: float = Field(10.0, gt=0, description="predict at least this often")
+    stale_after_s: float = Field(60.0, gt=0, description="an input older than this blocks the prediction")
+    inputs: PredictorInputs = Field(default_factory=PredictorInputs, description="line tags used as inputs")
+
+
+# model output -> (tag suffix, unit, factor applied to the model value)
+OUTPUT_TAGS: dict[str, tuple[str, str, float]] = {
+    "porosity": ("porosity_predicted", "percent", 100.0),
+    "thickness_after_um": ("thickness_after_predicted", "um", 1.0),
+    "tortuosity_factor": ("tortuosity_factor_predicted", "dimensionless", 1.0),
+    "d_eff": ("effective_diffusivity_predicted", "dimensionless", 1.0),
+    "conductivity_eff": ("conductivity_predicted", "dimensionless", 1.0),
+    "springback_pct": ("springback_predicted", "percent", 1.0),
+    "sa_pore_am_per_um": ("contact_area_pore_am_predicted", "1/um", 1.0),
+    "sa_pore_cbd_per_um": ("contact_area_pore_cbd_predicted", "1/um", 1.0),
+    "sa_am_cbd_per_um": ("contact_area_am_cbd_predicted", "1/um", 1.0),
+}
+
+
+def predicted_tag_specs(step: str = "calendering") -> list[dict[str, Any]]:
+    """Tag-map entries for the predicted tags (mean and spread), added to the tag map at start-up."""
+    specs = []
+    for out, (suffix, unit, _) in OUTPUT_TAGS.items():
+        for std in (False, True):
+            specs.append({"id": f"{step}.{suffix}{'_std' if std else ''}", "step": step, "kind": "SP",
+                          "role": "predicted", "canonical_unit": unit, "online": True,
+                          "description": (f"surrogate ensemble {'spread (1 sigma)' if std else 'mean'} of {out}"),
+                          "sources": []})
+    return specs
+
+
+@dataclass
+class Prediction:
+    line_id: str
+    ts_ns: int
+    model_version: str
+    inputs: dict[str, float]
+    line_inputs: dict[str, float]
+    mean: dict[str, float]
+    std: dict[str, float]
+    ood: bool
+    ood_reasons: list[str]
+    roll_id: str | None
+    web_pos_m: float | None
+    latency_ms: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"line_id": self.line_id, "ts": ns_to_iso(self.ts_ns), "model_version": self.model_version,
+                "inputs": self.inputs, "line_inputs": self.line_inputs, "mean": self.mean, "std": self.std,
+                "out_of_domain": self.ood, "ood_reasons": self.ood_reasons, "roll_id": self.roll_id,
+                "web_pos_m": self.web_pos_m, "latency_ms": self.latency_ms}
+
+
+class InputError(ValueError):
+    """The line state cannot feed the model (missing or stale input)."""
+
+
+def line_to_model_inputs(values: dict[str, float], cfg: PredictorConfig, rve_thickness_um: float) -> dict[str, float]:
+    """Map line measurements (canonical units) to the model's inputs. Raises InputError."""
+    h0, m, gap = values["dry_thickness"], values["areal_loading"], values["gap"]
+    v_web, t_roll = values["roll_speed"], values["roll_temperature"]
+    if h0 <= 0 or gap <= 0:
+        raise InputError(f"thickness {h0} um and gap {gap} um must be positive")
+    eps0 = 1.0 - 10.0 * m / (cfg.solid_density_g_cm3 * h0)
+    pi = 1.0 - gap / h0
+    dh_mm = max(h0 - gap, 0.0) * 1e-3
+    contact_mm = math.sqrt(cfg.roll_radius_mm * dh_mm) if dh_mm > 0 else 0.0
+    v_web_mm_s = v_web * 1000.0 / 60.0
+    v_z = dh_mm * v_web_mm_s / contact_mm if contact_mm > 0 else 0.0
+    return {"am_fraction": cfg.am_fraction, "initial_porosity": eps0, "initial_thickness_um": rve_thickness_um,
+            "compaction_degree": pi, "wall_speed_mm_s": v_z, "roll_temperature_C": t_roll}
+
+
+@dataclass
+class Predictor:
+    """Lives in the daemon: ``daemon.extensions['predictor']``."""
+
+    config: PredictorConfig
+    daemon: Any
+    model: Any = None
+    latest: dict[str, Prediction] = field(default_factory=dict)
+    count: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    last_skip_reason: str | None = None
+    _pending: asyncio.Task[None] | None = None
+    _periodic: asyncio.Task[None] | None = None
+
+    def load(self) -> None:
+        from surrogates.runtime import ModelRegistry
+
+        reg = ModelRegistry(self.config.models_dir)
+        self.model = reg.latest(self.config.model)
+        log.info("predictor: model %s %s loaded", self.config.model, self.model.version)
+
+    def reload(self) -> str:
+        """Load the newest model of the family without restarting the daemon."""
+        self.load()
+        return str(self.model.version)
+
+    @property
+    def input_tags(self) -> dict[str, str]:
+        return self.config.inputs.model_dump()
+
+    def rve_thickness(self) -> float:
+        lo, hi = self.model.domain["initial_thickness_um"]
+        return 0.5 * (lo + hi)
+
+    # -- triggers ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.model is None:
+            self.load()
+        watched = set(self.input_tags.values())
+
+        def on_commit(samples: Sequence[Sample]) -> None:
+            if any(s.tag_id in watched for s in samples) and (self._pending is None or self._pending.done()):
+                self._pending = asyncio.get_running_loop().create_task(self._debounced())
+
+        self.daemon.pipeline.after_commit.append(on_commit)
+        self._periodic = asyncio.create_task(self._every())
+
+    async def stop(self) -> None:
+        for t in (self._pending, self._periodic):
+            if t is not None and not t.done():
+                t.cancel()
+
+    async def _debounced(self) -> None:
+        await asyncio.sleep(self.config.debounce_ms / 1000.0)
+        await self.predict_all()
+
+    async def _every(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.interval_s)
+            await self.predict_all()
+
+    # -- prediction --------------------------------------------------------------------------
+    def _skip(self, reason: str) -> None:
+        self.last_skip_reason = reason
+        key = reason.split(":")[0]
+        self.skipped[key] = self.skipped.get(key, 0) + 1
+
+    def gather(self, line_id: str, now: int) -> tuple[dict[str, float], Sample]:
+        state = self.daemon.state.latest
+        values: dict[str, float] = {}
+        newest: Sample | None = None
+        for name, tag in self.input_tags.items():
+            s = state.get((line_id, tag))
+            if s is None:
+                raise InputError(f"missing input: no value of {tag} yet")
+            if (now - s.source_ts_ns) / 1e9 > self.config.stale_after_s:
+                raise InputError(f"stale input: {tag} is {(now - s.source_ts_ns) / 1e9:.0f} s old")
+            if s.quality != Quality.GOOD:
+                raise InputError(f"flagged input: {tag} has quality {Quality(s.quality).name}")
+            values[name] = s.value
+            if newest is None or s.source_ts_ns > newest.source_ts_ns:
+                newest = s
+        assert newest is not None
+        return values, newest
+
+    async def predict_all(self) -> list[Prediction]:
+        lines = {line for (line, tag) in self.daemon.state.latest if tag == self.config.inputs.gap}
+        out = []
+        for line in sorted(lines):
+            p = await self.predict_line(line)
+            if p is not None:
+                out.append(p)
+        return out
+
+    async def predict_line(self, line_id: str) -> Prediction | None:
+        now = now_ns()
+        try:
+            values, newest = self.gather(line_id, now)
+            x = line_to_model_inputs(values, self.config, self.rve_thickness())
+        except InputError as err:
+            self._skip(str(err))
+            return None
+        t0 = time.perf_counter()
+        arr = np.array([[x[n] for n in self.model.input_names]], dtype=np.float32)
+        res = self.model.predict(arr)
+        latency = (time.perf_counter() - t0) * 1e3
+        names = list(self.model.output_names)
+        mean = {n: float(res.mean[0, i]) for i, n in enumerate(names)}
+        std = {n: float(res.std[0, i]) for i, n in enumerate(names)}
+        scale = values["dry_thickness"] / x["initial_thickness_um"]
+        if "thickness_after_um" in mean:
+            mean["thickness_after_um"] *= scale
+            std["thickness_after_um"] *= scale
+        ood = bool(res.ood[0])
+        reasons = list(res.ood_reasons[0]) if ood else []
+        ts = newest.source_ts_ns
+        pred = Prediction(line_id, ts, str(self.model.version), x, values, mean, std, ood, reasons,
+                          newest.roll_id, newest.web_pos_m, latency)
+        q = Quality.UNCERTAIN if ood else Quality.GOOD
+        samples = []
+        for out, (suffix, unit, factor) in OUTPUT_TAGS.items():
+            if out not in mean:
+                continue
+            tag = f"{self.config.step}.{suffix}"
+            samples.append(Sample(line_id, tag, mean[out] * factor, unit, ts, now, q, newest.roll_id, newest.web_pos_m))
+            samples.append(Sample(line_id, tag + "_std", std[out] * factor, unit, ts, now, q, newest.roll_id,
+                                  newest.web_pos_m))
+        await self.daemon.pipeline.submit(samples)
+        self.latest[line_id] = pred
+        self.count += 1
+        self.daemon.state.broadcast({"type": "prediction", "prediction": pred.as_json()})
+        return pred
