@@ -56,6 +56,7 @@ class Traceability(str, enum.Enum):
     NONE = "none"
     ROLL_ID = "roll_id"  # string values: the roll (lot) now in the step
     WEB_POSITION = "web_position"  # metres of web since the roll started
+    WEB_SPEED = "web_speed"  # m/min: the web position is integrated from it when no position tag exists
 
 
 class ValueType(str, enum.Enum):
@@ -97,7 +98,7 @@ class TagSpec(BaseModel):
     canonical_unit: str = Field("dimensionless", description="unit stored (pint/UCUM spelling)")
     range: tuple[float, float] | None = Field(None, description="[min, max] in the canonical unit")
     value_type: ValueType = Field(ValueType.NUMBER, description="number or string")
-    traceability: Traceability = Field(Traceability.NONE, description="roll_id / web_position")
+    traceability: Traceability = Field(Traceability.NONE, description="roll_id / web_position / web_speed")
     online: bool = Field(True, description="measured online (True) or in the lab (False)")
     description: str = ""
     sources: list[SourceSpec] = Field(default_factory=list)

@@ -38,10 +38,17 @@ def payload_text(reading: RawReading) -> str:
 
 @dataclass
 class TraceState:
-    """Roll and web position per line, as the readings reveal them."""
+    """Roll and web position per (line, step) and per line, as the readings reveal them.
 
-    roll: dict[str, str] = field(default_factory=dict)
-    web_pos_m: dict[str, float] = field(default_factory=dict)
+    A sample gets the roll now in its own step (from that step's roll-id tag); a step without a
+    roll-id tag falls back to the line's newest roll. The web position comes from a web-position
+    tag of the step, or is integrated from a web-speed tag (m/min) since the roll started."""
+
+    roll: dict[str, str] = field(default_factory=dict)  # line -> newest roll of any step
+    web_pos_m: dict[str, float] = field(default_factory=dict)  # line -> newest web position
+    step_roll: dict[tuple[str, str], str] = field(default_factory=dict)
+    step_web: dict[tuple[str, str], float] = field(default_factory=dict)
+    speed_at: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # (ts, m/min)
     last_roll_value: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
@@ -79,6 +86,12 @@ class Tagger:
             self.trace.last_roll_value[key] = roll
             if tag.traceability is Traceability.ROLL_ID:
                 self.trace.roll[line] = roll
+                self.trace.step_roll[(line, tag.step)] = roll
+                self.trace.step_web[(line, tag.step)] = 0.0  # a new roll starts at 0 m
+                self.trace.web_pos_m[line] = 0.0
+                spd = self.trace.speed_at.get((line, tag.step))
+                if spd is not None:  # integrate the new roll from its start
+                    self.trace.speed_at[(line, tag.step)] = (r.source_ts_ns, spd[1])
             return RollEvent(line, tag.step, roll, r.source_ts_ns, tag.id)
         if v is None and r.quality is Quality.BAD:
             return self._dead(r, "bad_quality", f"{tag.id}: the source reports bad quality and no value", line)
@@ -100,14 +113,25 @@ class Tagger:
             return self._dead(r, "out_of_range",
                               f"{tag.id}: value {x:g} {tag.unit} outside allowed range [{tag.lo:g}, {tag.hi:g}] {tag.unit}",
                               line)
-        if tag.traceability is Traceability.WEB_POSITION:
-            self.trace.web_pos_m[line] = x
+        trace = self.trace
+        if tag.traceability is not Traceability.NONE:
+            key = (line, tag.step)
+            if tag.traceability is Traceability.WEB_POSITION:
+                trace.web_pos_m[line] = trace.step_web[key] = x
+            elif tag.traceability is Traceability.WEB_SPEED:
+                prev = trace.speed_at.get(key)
+                if prev is not None and r.source_ts_ns > prev[0]:
+                    pos = trace.step_web.get(key, 0.0) + prev[1] / 60.0 * (r.source_ts_ns - prev[0]) / 1e9
+                    trace.web_pos_m[line] = trace.step_web[key] = pos
+                trace.speed_at[key] = (r.source_ts_ns, x)
         roll = r.roll_id
         if roll is None:
-            roll = self.trace.roll.get(line)
+            roll = trace.step_roll.get((line, tag.step)) or trace.roll.get(line)
         web = r.web_pos_m
         if web is None:
-            web = self.trace.web_pos_m.get(line)
+            web = trace.step_web.get((line, tag.step))
+            if web is None:
+                web = trace.web_pos_m.get(line)
         return Sample(line, tag.id, x, tag.unit, r.source_ts_ns, r.received_ts_ns, r.quality, roll, web)
 
     def _trace_first(self, r: RawReading) -> int:

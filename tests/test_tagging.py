@@ -123,3 +123,32 @@ def test_duplicate_addresses_are_refused() -> None:
 def test_nan_never_reaches_the_store_even_in_range_checks(tagger: Tagger) -> None:
     out = [tagger.tag(mq("pilot/pilot-1/calendering/gap_actual", v)) for v in (65.0, math.nan, -math.inf)]
     assert [type(o).__name__ for o in out] == ["Sample", "DeadLetter", "DeadLetter"]
+
+
+def test_roll_per_step_and_web_position_integrated_from_speed() -> None:
+    spec = {"tags": [
+        {"id": "coating.roll_id", "step": "coating", "kind": "TRACE", "value_type": "string",
+         "traceability": "roll_id", "sources": [{"replay": "coat_roll"}]},
+        {"id": "coating.speed", "step": "coating", "kind": "MP", "canonical_unit": "m/min",
+         "traceability": "web_speed", "sources": [{"replay": "coat_speed", "unit": "m/min"}]},
+        {"id": "coating.wet_film", "step": "coating", "kind": "SP", "canonical_unit": "um",
+         "sources": [{"replay": "wet"}]},
+        {"id": "calendering.roll_id", "step": "calendering", "kind": "TRACE", "value_type": "string",
+         "traceability": "roll_id", "sources": [{"replay": "cal_roll"}]},
+        {"id": "calendering.gap", "step": "calendering", "kind": "MP", "canonical_unit": "um",
+         "sources": [{"replay": "gap"}]},
+    ]}
+    t = Tagger(TagMap.from_dict(spec), "L")
+    r = lambda addr, v, ts: RawReading(SourceKind.REPLAY, addr, v, T + ts * 10**9, T)  # noqa: E731
+    t.tag(r("coat_roll", "C-7", 0))
+    t.tag(r("cal_roll", "K-3", 0))
+    t.tag(r("coat_speed", 6.0, 0))
+    t.tag(r("coat_speed", 6.0, 60))  # 6 m/min for 60 s -> 6 m
+    wet = t.tag(r("wet", 150.0, 60))
+    gap = t.tag(r("gap", 70.0, 60))
+    assert isinstance(wet, Sample) and wet.roll_id == "C-7" and wet.web_pos_m == pytest.approx(6.0)
+    assert isinstance(gap, Sample) and gap.roll_id == "K-3"
+    t.tag(r("coat_roll", "C-8", 61))  # roll change resets the position
+    t.tag(r("coat_speed", 6.0, 91))
+    wet2 = t.tag(r("wet", 150.0, 91))
+    assert isinstance(wet2, Sample) and wet2.roll_id == "C-8" and wet2.web_pos_m == pytest.approx(3.0)
