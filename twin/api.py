@@ -164,6 +164,18 @@ def create_app(daemon: Any) -> FastAPI:
             r["ts"] = ns_to_iso(r.pop("source_ts_ns"))
         return rows
 
+    @app.get("/api/v1/rolls/{roll_id}/observations.jsonld",
+             summary="Every stored observation of one roll as JSON-LD (SOSA/SSN + PROV)")
+    async def roll_jsonld(roll_id: str, line: str | None = Query(None)) -> JSONResponse:
+        from twin.jsonld import roll_document
+
+        samples = await asyncio.to_thread(daemon.store.samples_of_roll, roll_id, line)
+        if not samples:
+            raise HTTPException(404, detail=f"no stored observations of roll {roll_id!r}")
+        rolls = await asyncio.to_thread(daemon.store.rolls, line, 10_000)
+        return JSONResponse(roll_document(roll_id, samples, daemon.tagmap.tags, rolls),
+                            media_type="application/ld+json")
+
     @app.get("/api/v1/stream", summary="Live stream (Server-Sent Events) of committed samples",
              description="Each event is `data: {\"type\": \"samples\", \"samples\": [...]}`; "
                          "other event types (predictions, proposals) share the stream.")

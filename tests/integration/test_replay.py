@@ -170,3 +170,29 @@ async def test_factor_speed_paces_the_replay(tmp_path: Path) -> None:
     async with c2:
         n = sum([len(b.readings) async for b in c2.batches()])
     assert n == 21 and time.monotonic() - t1 < elapsed
+
+
+async def test_replayed_roll_exports_as_json_ld(tmp_path: Path) -> None:
+    import rdflib
+    from fastapi.testclient import TestClient
+
+    from twin.api import create_app
+
+    cfg = load_config(write_config(tmp_path))
+    cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"enabled": False}),
+                                 "connectors": [ReplayConnectorConfig(path=RECORDED)]})
+    d = Daemon(cfg, exit_when_finished=True)
+    await d.run(install_signals=False)
+    d2 = Daemon(load_config(write_config(tmp_path)))
+    n_roll = len(d2.store.samples_of_roll("R-0002"))
+    assert n_roll > 1000
+    r = TestClient(create_app(d2)).get("/api/v1/rolls/R-0002/observations.jsonld")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/ld+json")
+    g = rdflib.Graph().parse(data=r.text, format="json-ld")
+    sosa = rdflib.Namespace("http://www.w3.org/ns/sosa/")
+    observations = set(g.subjects(rdflib.RDF.type, sosa.Observation))
+    assert len(observations) == n_roll  # one observation per stored sample of that roll
+    roll = rdflib.URIRef("https://w3id.org/pilotline-twin/data/roll/R-0002")
+    assert all((o, sosa.hasFeatureOfInterest, roll) in g for o in list(observations)[:100])
+    assert TestClient(create_app(d2)).get("/api/v1/rolls/NOPE/observations.jsonld").status_code == 404
+    d2.store.close()

@@ -70,6 +70,10 @@ class Store(abc.ABC):
             limit: int = 100_000) -> list[StoredSample]: ...
 
     @abc.abstractmethod
+    def samples_of_roll(self, roll_id: str, line_id: str | None = None,
+                        limit: int = 1_000_000) -> list[StoredSample]: ...
+
+    @abc.abstractmethod
     def dead_letters(self, limit: int = 100, before_id: int | None = None) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod

@@ -186,6 +186,18 @@ class SQLiteStore(Store):
              " AND x.ts >= ? AND x.ts < ? ORDER BY x.ts LIMIT ?" % ",".join("?" * len(ids)))
         return [self._row(r) for r in self._reader().execute(q, (*ids, start_ns, end_ns, limit))]
 
+    def samples_of_roll(self, roll_id: str, line_id: str | None = None,
+                        limit: int = 1_000_000) -> list[StoredSample]:
+        q = ("SELECT s.line, s.tag, s.unit, x.ts, x.value, x.quality, x.recv, x.roll, x.web_pos"
+             " FROM samples x JOIN series s ON s.id = x.series WHERE x.roll = ?")
+        args: list[Any] = [roll_id]
+        if line_id is not None:
+            q += " AND s.line = ?"
+            args.append(line_id)
+        q += " ORDER BY x.ts, s.tag LIMIT ?"
+        args.append(limit)
+        return [self._row(r) for r in self._reader().execute(q, args)]
+
     def dead_letters(self, limit: int = 100, before_id: int | None = None) -> list[dict[str, Any]]:
         q = "SELECT id, recv, source, connector, address, line, reason_code, reason, payload FROM dead_letters"
         args: list[Any] = []

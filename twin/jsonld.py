@@ -1,0 +1,70 @@
+"""Export the observations of one roll (lot) as JSON-LD: SOSA/SSN observations with PROV provenance
+(seed 004, section 4.2: trace and track).
+
+Each stored sample of the roll becomes one ``sosa:Observation``: the roll is its feature of
+interest (a ``prov:Entity``), the tag's ontology term its observed property, the value its
+``sosa:hasSimpleResult`` with the QUDT/UCUM unit, the source timestamp its ``sosa:resultTime``; the
+observation ``prov:wasAttributedTo`` the line and carries the tag, role, quality and web position.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twin.samples import ns_to_iso
+
+NS = "https://w3id.org/pilotline-twin/ontology#"
+DATA = "https://w3id.org/pilotline-twin/data/"
+
+CONTEXT = {
+    "sosa": "http://www.w3.org/ns/sosa/",
+    "ssn": "http://www.w3.org/ns/ssn/",
+    "prov": "http://www.w3.org/ns/prov#",
+    "xsd": "http://www.w3.org/2001/XMLSchema#",
+    "rdfs": "http://www.w3.org/2000/01/rdf-schema#",
+    "plt": NS,
+    "data": DATA,
+    "resultTime": {"@id": "sosa:resultTime", "@type": "xsd:dateTime"},
+    "hasSimpleResult": {"@id": "sosa:hasSimpleResult", "@type": "xsd:double"},
+    "webPosition_m": {"@id": "plt:webPosition_m", "@type": "xsd:double"},
+    "quality": {"@id": "plt:quality", "@type": "xsd:integer"},
+    "unit": {"@id": "plt:unit"},
+    "tag": {"@id": "plt:tag"},
+    "role": {"@id": "plt:role"},
+}
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def roll_document(roll_id: str, samples: list[Any], tags: dict[str, Any], rolls: list[dict[str, Any]]) -> dict[str, Any]:
+    roll_iri = f"{DATA}roll/{_slug(roll_id)}"
+    lines = sorted({s.line_id for s in samples})
+    roll_node: dict[str, Any] = {"@id": roll_iri, "@type": ["prov:Entity", "plt:Roll"], "rdfs:label": roll_id}
+    steps = sorted({r["step"] for r in rolls if r["roll_id"] == roll_id})
+    if steps:
+        roll_node["plt:seenInStep"] = [{"@id": f"{NS}{s.capitalize()}"} for s in steps]
+    graph: list[dict[str, Any]] = [roll_node]
+    for line in lines:
+        graph.append({"@id": f"{DATA}line/{_slug(line)}", "@type": ["prov:Agent", "plt:Line"], "rdfs:label": line})
+    for s in samples:
+        t = tags.get(s.tag_id)
+        prop = (t.parameter if t is not None and t.parameter else s.tag_id)
+        prop_iri = prop if prop.startswith("http") else f"{NS}{_slug(prop)}"
+        graph.append({
+            "@id": f"{DATA}obs/{_slug(s.line_id)}/{_slug(s.tag_id)}/{s.source_ts_ns}",
+            "@type": "sosa:Observation",
+            "sosa:hasFeatureOfInterest": {"@id": roll_iri},
+            "sosa:observedProperty": {"@id": prop_iri},
+            "hasSimpleResult": s.value,
+            "unit": s.unit,
+            "resultTime": ns_to_iso(s.source_ts_ns),
+            "prov:wasAttributedTo": {"@id": f"{DATA}line/{_slug(s.line_id)}"},
+            "prov:generatedAtTime": {"@value": ns_to_iso(s.received_ts_ns), "@type": "xsd:dateTime"},
+            "tag": s.tag_id,
+            "role": t.role.value if t is not None else None,
+            "quality": int(s.quality),
+            **({"webPosition_m": s.web_pos_m} if s.web_pos_m is not None else {}),
+        })
+    return {"@context": CONTEXT, "@graph": graph}
