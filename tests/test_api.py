@@ -120,3 +120,28 @@ async def test_live_stream_delivers_committed_samples(daemon: Daemon) -> None:
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 20)
+
+
+def test_writes_need_a_write_scope_token(tmp_path: Path) -> None:
+    import hashlib
+
+    ro = Daemon(load_config(write_config(tmp_path)))  # no tokens configured: read-only
+    c = TestClient(create_app(ro))
+    r = c.post("/api/v1/models/reload")
+    assert r.status_code == 403 and "read-only" in r.json()["detail"]
+    assert c.get("/api/v1/latest").status_code == 200
+    h = lambda t: hashlib.sha256(t.encode()).hexdigest()  # noqa: E731
+    extra = (f'[[api.tokens]]\nname = "viewer"\nsha256 = "{h("r-token")}"\nscopes = ["read"]\n'
+             f'[[api.tokens]]\nname = "engineer"\nsha256 = "{h("w-token")}"\nscopes = ["read", "write"]\n')
+    d = tmp_path / "auth"
+    d.mkdir()
+    cfg = write_config(d)
+    cfg.write_text(cfg.read_text() + extra)
+    daemon = Daemon(load_config(cfg))
+    c = TestClient(create_app(daemon))
+    assert c.post("/api/v1/models/reload").status_code == 401
+    assert c.post("/api/v1/models/reload", headers={"Authorization": "Bearer nope"}).status_code == 401
+    r = c.post("/api/v1/models/reload", headers={"Authorization": "Bearer r-token"})
+    assert r.status_code == 403 and "write" in r.json()["detail"]
+    # the write token passes auth (the predictor is off in this config, so the call itself is a 404)
+    assert c.post("/api/v1/models/reload", headers={"Authorization": "Bearer w-token"}).status_code == 404

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -90,11 +90,51 @@ def _time(name: str, value: str | None, default_ns: int) -> int:
         raise HTTPException(422, detail=[{"loc": ["query", name], "msg": str(err), "type": "value_error"}]) from err
 
 
+class Principal(BaseModel):
+    name: str
+    scopes: list[str]
+
+
+def make_auth(daemon: Any) -> Any:
+    """A dependency factory: ``Depends(auth("write"))``. Bearer tokens from the config (stored as
+    SHA-256). Without configured tokens reads are open and every write is refused (read-only)."""
+    import hashlib
+    import hmac
+
+    from fastapi import Depends
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+    bearer = HTTPBearer(auto_error=False)
+
+    def auth(scope: str) -> Any:
+        def check(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+            tokens = daemon.config.api.tokens
+            if not tokens:
+                if scope == "read":
+                    return Principal(name="anonymous", scopes=["read"])
+                raise HTTPException(403, detail="this twin is read-only: no API tokens are configured "
+                                                "(add [[api.tokens]] with the write scope, see docs/configuration.md)")
+            if cred is None:
+                raise HTTPException(401, detail="a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+            digest = hashlib.sha256(cred.credentials.encode()).hexdigest()
+            for t in tokens:
+                if hmac.compare_digest(digest, t.sha256):
+                    have = [x.value for x in t.scopes]
+                    if scope not in have:
+                        raise HTTPException(403, detail=f"token {t.name!r} lacks the {scope!r} scope")
+                    return Principal(name=t.name, scopes=have)
+            raise HTTPException(401, detail="unknown token", headers={"WWW-Authenticate": "Bearer"})
+        return check
+
+    return auth
+
+
 def create_app(daemon: Any) -> FastAPI:
     """``daemon`` provides: store, tagmap, state, metrics, pipeline, health(), connectors."""
     app = FastAPI(title="Pilot-line twin", version="0.1.0",
                   description="Queries, live stream and health of the pilot-line digital twin.")
     app.state.daemon = daemon
+    auth = make_auth(daemon)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -218,8 +258,8 @@ def create_app(daemon: Any) -> FastAPI:
                                                                       "card": p.model.card},
                 "models": cards}
 
-    @app.post("/api/v1/models/reload", summary="Load the newest model of the family without a restart")
-    async def reload_model() -> dict[str, Any]:
+    @app.post("/api/v1/models/reload", summary="Load the newest model of the family without a restart (write scope)")
+    async def reload_model(who: Principal = Depends(auth("write"))) -> dict[str, Any]:
         p = _predictor()
         version = await asyncio.to_thread(p.reload)
         return {"loaded": version}

@@ -49,6 +49,19 @@ def check_config_cmd(config: Path = typer.Argument(..., help="configuration file
                   f"store {cfg.store.backend.value}, connectors {kinds}", highlight=False)
 
 
+@app.command("token")
+def token_cmd(name: str = typer.Argument(..., help="who will hold the token"),
+              write: bool = typer.Option(False, "--write", help="grant the write scope too")) -> None:
+    """Print a new API token and the [[api.tokens]] entry (with its SHA-256) for the config."""
+    import hashlib
+    import secrets
+
+    tok = secrets.token_urlsafe(32)
+    scopes = '["read", "write"]' if write else '["read"]'
+    print(f"token (give it to {name}; it is not stored): {tok}")
+    print(f'[[api.tokens]]\nname = "{name}"\nsha256 = "{hashlib.sha256(tok.encode()).hexdigest()}"\nscopes = {scopes}')
+
+
 def _run_daemon(cfg, tagmap, *, ack_log: Path | None = None, exit_when_finished: bool = False) -> int:  # noqa: ANN001
     from twin.daemon import Daemon
 

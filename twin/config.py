@@ -57,9 +57,24 @@ class PipelineConfig(BaseModel):
     stream_queue: int = Field(1000, ge=1, description="per live-stream client queue; overflow drops oldest, counted")
 
 
+class Scope(str, enum.Enum):
+    READ = "read"
+    WRITE = "write"
+
+
+class ApiToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., min_length=1, description="who holds it (appears in the audit trail)")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$",
+                        description="hex SHA-256 of the token (`twin token` prints a new token and its hash)")
+    scopes: list[Scope] = Field(default_factory=lambda: [Scope.READ], description="read and/or write")
+
+
 class ApiConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(True, description="serve the HTTP API and dashboard")
+    tokens: list[ApiToken] = Field(default_factory=list,
+                                   description="bearer tokens; none = reads open, writes refused (read-only)")
     host: str = Field("127.0.0.1", description="bind address (loopback by default)")
     port: int = Field(8000, ge=0, le=65535, description="port (0: any free port)")
 
