@@ -151,10 +151,29 @@ def demo_cmd(
     asyncio.run(_demo_simulated(cfg, tagmap, opcua_port, seed))
 
 
+surrogates_app = typer.Typer(help="Surrogates: physics reference data set, training, evaluation.",
+                             no_args_is_help=True)
+
+
 def _mount() -> None:
     from twin.simline.cli import register
 
     register(app)  # simulate-line, browse, opcua make-cert / trust
+    try:  # the physics reference needs the [physics] extra only when its commands run
+        from surrogates.reference import cli as reference_cli
+
+        surrogates_app.command("generate")(reference_cli.generate)
+    except ImportError:  # pragma: no cover - folder missing in a trimmed install
+        pass
+    try:
+        from surrogates.train import cli as train_cli  # imports torch lazily inside its commands
+
+        for name in ("train", "evaluate"):
+            if hasattr(train_cli, name):
+                surrogates_app.command(name)(getattr(train_cli, name))
+    except ImportError:
+        pass
+    app.add_typer(surrogates_app, name="surrogates")
 
 
 _mount()
