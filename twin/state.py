@@ -50,15 +50,19 @@ class LineState:
             event = {"type": "samples", "samples": [sample_json(s) for s in chosen[-2000:]],
                      "rolls": [{"line_id": r.line_id, "step": r.step, "roll_id": r.roll_id,
                                 "ts": ns_to_iso(r.source_ts_ns)} for r in rolls]}
-            if sub.queue.full():
-                try:
-                    sub.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    pass
-                sub.dropped += 1
-                if self.on_drop:
-                    self.on_drop(1)
-            sub.queue.put_nowait(event)
+            self._offer(sub, event)
+
+    def _offer(self, sub: Subscriber, event: dict[str, Any]) -> None:
+        """Queue an event for a subscriber; a full queue drops its oldest event, counted."""
+        if sub.queue.full():
+            try:
+                sub.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
+            sub.dropped += 1
+            if self.on_drop:
+                self.on_drop(1)
+        sub.queue.put_nowait(event)
 
     def subscribe(self, tags: Sequence[str] | None = None, maxsize: int = 1000) -> Subscriber:
         sub = Subscriber(asyncio.Queue(maxsize=maxsize), frozenset(tags) if tags else None)
@@ -72,15 +76,7 @@ class LineState:
     def broadcast(self, event: dict[str, Any]) -> None:
         """Send a non-sample event (prediction, proposal) to every subscriber."""
         for sub in self.subscribers:
-            if sub.queue.full():
-                try:
-                    sub.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    pass
-                sub.dropped += 1
-                if self.on_drop:
-                    self.on_drop(1)
-            sub.queue.put_nowait(event)
+            self._offer(sub, event)
 
 
 def sample_json(s: Any) -> dict[str, Any]:
