@@ -1,0 +1,45 @@
+"""Mapping line measurements to the surrogate's inputs (pure physics of the nip, no model needed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from twin.predictor import InputError, PredictorConfig, line_to_model_inputs, predicted_tag_specs
+from twin.state import LineState
+
+
+def test_line_to_model_inputs() -> None:
+    cfg = PredictorConfig(solid_density_g_cm3=4.4, roll_radius_mm=200.0, am_fraction=0.95)
+    x = line_to_model_inputs({"dry_thickness": 90.0, "areal_loading": 22.0, "gap": 67.5, "roll_speed": 6.0,
+                              "roll_temperature": 70.0}, cfg, rve_thickness_um=48.0)
+    assert x["initial_porosity"] == pytest.approx(1 - 22.0 / (4.4 * 9.0))  # M / (rho h0), units mg/cm2, um
+    assert x["compaction_degree"] == pytest.approx(0.25)
+    dh = 0.0225  # mm
+    assert x["wall_speed_mm_s"] == pytest.approx(dh * 100.0 / math.sqrt(200.0 * dh))
+    assert x["initial_thickness_um"] == 48.0 and x["roll_temperature_C"] == 70.0 and x["am_fraction"] == 0.95
+    with pytest.raises(InputError):
+        line_to_model_inputs({"dry_thickness": 0.0, "areal_loading": 22.0, "gap": 60.0, "roll_speed": 6.0,
+                              "roll_temperature": 70.0}, cfg, 48.0)
+
+
+def test_predicted_tags_have_mean_and_spread() -> None:
+    ids = {s["id"] for s in predicted_tag_specs()}
+    assert {"calendering.porosity_predicted", "calendering.porosity_predicted_std",
+            "calendering.tortuosity_factor_predicted", "calendering.effective_diffusivity_predicted"} <= ids
+
+
+def test_slow_stream_clients_lose_oldest_events_counted() -> None:
+    import asyncio
+
+    async def run() -> None:
+        drops: list[int] = []
+        st = LineState(on_drop=drops.append)
+        sub = st.subscribe(maxsize=2)
+        for i in range(5):
+            st.broadcast({"type": "x", "i": i})
+        assert sub.dropped == 3 and sum(drops) == 3
+        assert [sub.queue.get_nowait()["i"] for _ in range(2)] == [3, 4]
+
+    asyncio.run(run())
