@@ -76,3 +76,11 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "connectors.0.mqtt.port" in bad.stderr and "greater than or equal to 1" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_every_example_config_in_deploy_is_valid() -> None:
+    examples = sorted((ROOT / "deploy" / "config").glob("*.toml"))
+    assert examples
+    for p in examples:
+        cfg, _ = check_config(p)
+        assert cfg.connectors, p
