@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything the twin and its tests need on a fresh Debian machine (idempotent).
-#   - Debian packages: mosquitto (real broker for the tests), default JRE (HermiT reasoner)
+#   - Debian packages: mosquitto (real broker for the tests), influxdb (influxd 1.x) and
+#     victoria-metrics (real time-series servers for the InfluxDB backend's tests), default JRE (HermiT reasoner)
 #   - a virtual environment in .venv with the project and its extras
 # Run as root for the Debian packages; otherwise it prints what to install and goes on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${TWIN_EXTRAS:-dev,train,physics}"
-DEBS="${TWIN_DEBS:-mosquitto}"
+DEBS="${TWIN_DEBS:-mosquitto influxdb victoria-metrics}"
 
 need=()
 for pkg in $DEBS; do
@@ -18,8 +19,10 @@ if ((${#need[@]})); then
     echo "setup: installing Debian packages: ${need[*]}"
     (apt-get update -qq || true) >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-    # the tests start their own brokers on free loopback ports; keep the packaged service off
-    systemctl disable --now mosquitto >/dev/null 2>&1 || true
+    # the tests start their own servers on free loopback ports; keep the packaged services off
+    for svc in mosquitto influxdb victoria-metrics; do
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    done
   else
     echo "setup: please install these Debian packages (as root): ${need[*]}" >&2
   fi

@@ -1,5 +1,5 @@
-"""The store contract, run against every registered backend (embedded SQLite here; the InfluxDB
-backend joins through STORE_FACTORIES). A registered backend without a factory fails the suite."""
+"""The store contract, run against every registered backend (embedded SQLite, and InfluxDB against a
+real influxd). A registered backend without a factory in STORE_FACTORIES fails the suite."""
 
 from __future__ import annotations
 
@@ -19,8 +19,28 @@ from twin.store.sqlite import SQLiteStore
 T0 = 1_790_000_000 * 10**9
 S = 10**9
 
-STORE_FACTORIES: dict[str, Callable[[Path], Store]] = {
-    "embedded": lambda d: SQLiteStore(d / "store.sqlite"),
+def _influxdb_store(d: Path, request: pytest.FixtureRequest) -> Store:
+    """The InfluxDB backend against a real influxd (1.6.7 here: v1 /write and InfluxQL /query),
+    started on free loopback ports in the test's folder (tests/influx/servers.py)."""
+    from tests.influx.servers import InfluxD
+    from twin.config import InfluxStoreConfig
+    from twin.store.influx import InfluxStore
+
+    server = InfluxD(d / "influxd")
+    try:
+        server.start()
+    except FileNotFoundError as err:
+        pytest.fail(str(err))
+    request.addfinalizer(server.stop)
+    return InfluxStore(InfluxStoreConfig(url=server.url, write_api="v1", database=server.database,
+                                         outbox_path=d / "outbox.sqlite", retention="delete",
+                                         batch_size=1000, max_in_flight_batches=1, flush_interval_ms=20))
+
+
+# backend -> factory(folder, request); a factory may start the server its backend talks to
+STORE_FACTORIES: dict[str, Callable[[Path, pytest.FixtureRequest], Store]] = {
+    "embedded": lambda d, request: SQLiteStore(d / "store.sqlite"),
+    "influxdb": _influxdb_store,
 }
 
 
@@ -30,7 +50,7 @@ def test_every_registered_backend_has_a_contract_fixture() -> None:
 
 @pytest.fixture(params=sorted(STORE_FACTORIES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = STORE_FACTORIES[request.param](tmp_path)
+    s = STORE_FACTORIES[request.param](tmp_path, request)
     yield s
     s.close()
 

@@ -40,7 +40,7 @@ class Daemon:
         self.metrics = Metrics()
         self.state = LineState()
         self.state.on_drop = lambda n: self.metrics.stream_dropped.inc(n)
-        self.store = store or open_store(config.store)
+        self.store = store or open_store(config.store, tagmap=self.tagmap)
         self.tagger = Tagger(self.tagmap, config.line_id)
         self.pipeline = Pipeline(config.pipeline, self.store, self.tagger, self.metrics, self.state)
         self.connectors: list[Connector] = []

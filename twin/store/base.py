@@ -1,4 +1,4 @@
-"""The store interface every backend implements (embedded SQLite now, InfluxDB later).
+"""The store interface every backend implements (embedded SQLite, InfluxDB: BACKENDS below).
 
 Contract (tests/test_store_contract.py runs it against every registered backend):
 - ``write`` is durable when it returns: a sample it acknowledged survives ``kill -9`` of the daemon.
@@ -98,15 +98,21 @@ class Store(abc.ABC):
 # backend name -> "module:Class"; the contract test requires a fixture for every entry
 BACKENDS: dict[str, str] = {
     "embedded": "twin.store.sqlite:SQLiteStore",
+    "influxdb": "twin.store.influx:InfluxStore",
 }
 
 
-def open_store(config: Any, base_dir: Any = None) -> Store:
-    """Open the backend the config names (``config`` is twin.config.StoreConfig)."""
+def open_store(config: Any, base_dir: Any = None, *, tagmap: Any = None) -> Store:
+    """Open the backend the config names (``config`` is twin.config.StoreConfig). ``tagmap`` lets the
+    InfluxDB backend tag samples with their step / parameter kind / role."""
     from twin.config import StoreBackend
 
     if config.backend is StoreBackend.EMBEDDED:
         from twin.store.sqlite import SQLiteStore
 
         return SQLiteStore(config.embedded.path, durability=config.embedded.durability)
+    if config.backend is StoreBackend.INFLUXDB:
+        from twin.store.influx import InfluxStore
+
+        return InfluxStore(config.influxdb, tagmap=tagmap)
     raise ValueError(f"store backend {config.backend.value!r} is not available in this build")
