@@ -11,14 +11,22 @@ from twin.state import LineState
 
 
 def test_line_to_model_inputs() -> None:
-    cfg = PredictorConfig(solid_density_g_cm3=4.4, roll_radius_mm=200.0, am_fraction=0.95)
-    x = line_to_model_inputs({"dry_thickness": 90.0, "areal_loading": 22.0, "gap": 67.5, "roll_speed": 6.0,
+    cfg = PredictorConfig(solid_density_g_cm3=4.4, roll_radius_mm=200.0, am_fraction=0.95, foil_thickness_um=12.0,
+                          speed_mapping="nip_kinematic")
+    x = line_to_model_inputs({"dry_thickness": 90.0, "areal_loading": 22.0, "gap": 67.5 + 12.0, "roll_speed": 6.0,
                               "roll_temperature": 70.0}, cfg, rve_thickness_um=48.0)
     assert x["initial_porosity"] == pytest.approx(1 - 22.0 / (4.4 * 9.0))  # M / (rho h0), units mg/cm2, um
     assert x["compaction_degree"] == pytest.approx(0.25)
     dh = 0.0225  # mm
     assert x["wall_speed_mm_s"] == pytest.approx(dh * 100.0 / math.sqrt(200.0 * dh))
     assert x["initial_thickness_um"] == 48.0 and x["roll_temperature_C"] == 70.0 and x["am_fraction"] == 0.95
+    # quasi-static mapping: every real nip sits at the slow end of the DEM's wall-speed domain
+    q = line_to_model_inputs({"dry_thickness": 90.0, "areal_loading": 22.0, "gap": 79.5, "roll_speed": 30.0,
+                              "roll_temperature": 70.0}, PredictorConfig(foil_thickness_um=12.0), 48.0, (20.0, 100.0))
+    assert q["wall_speed_mm_s"] == 20.0 and q["compaction_degree"] == pytest.approx(0.25)
+    with pytest.raises(InputError):  # a gap that is all foil
+        line_to_model_inputs({"dry_thickness": 90.0, "areal_loading": 22.0, "gap": 12.0, "roll_speed": 6.0,
+                              "roll_temperature": 70.0}, PredictorConfig(foil_thickness_um=12.0), 48.0)
     with pytest.raises(InputError):
         line_to_model_inputs({"dry_thickness": 0.0, "areal_loading": 22.0, "gap": 60.0, "roll_speed": 6.0,
                               "roll_temperature": 70.0}, cfg, 48.0)

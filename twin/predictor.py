@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +46,9 @@ class PredictorInputs(BaseModel):
     roll_temperature: str = Field("calendering.roll_temperature", description="tag of the roll temperature (degC)")
 
 
+SpeedMapping = Literal["quasi_static", "nip_kinematic"]
+
+
 class PredictorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(False, description="run the surrogate predictor in the daemon")
@@ -55,6 +58,13 @@ class PredictorConfig(BaseModel):
     am_fraction: float = Field(0.96, gt=0, lt=1, description="active-material mass fraction of the recipe")
     solid_density_g_cm3: float = Field(4.34, gt=0, description="skeletal density of the dry coating")
     roll_radius_mm: float = Field(200.0, gt=0, description="calender roll radius")
+    foil_thickness_um: float = Field(15.0, ge=0, description="current collector thickness inside the measured "
+                                     "roll gap (the gap gauge measures roll to roll; coating gap = gap - foil)")
+    speed_mapping: SpeedMapping = Field("quasi_static", description=(
+        "how the line speed enters the model's wall speed: 'quasi_static' puts every real nip (vertical "
+        "speeds of mm/s, far below the DEM's mass-scaled 20-100 mm/s) at the slow end of the DEM domain, "
+        "where the DEM's speed effect is an inertial artefact (docs/physics.md); 'nip_kinematic' feeds the "
+        "kinematic vertical speed in the nip, which the domain check then flags"))
     debounce_ms: float = Field(500.0, ge=0, description="wait after an input change before predicting")
     interval_s: float = Field(10.0, gt=0, description="predict at least this often")
     stale_after_s: float = Field(60.0, gt=0, description="an input older than this blocks the prediction")
@@ -113,18 +123,25 @@ class InputError(ValueError):
     """The line state cannot feed the model (missing or stale input)."""
 
 
-def line_to_model_inputs(values: dict[str, float], cfg: PredictorConfig, rve_thickness_um: float) -> dict[str, float]:
-    """Map line measurements (canonical units) to the model's inputs. Raises InputError."""
-    h0, m, gap = values["dry_thickness"], values["areal_loading"], values["gap"]
+def line_to_model_inputs(values: dict[str, float], cfg: PredictorConfig, rve_thickness_um: float,
+                         wall_speed_domain: tuple[float, float] | None = None) -> dict[str, float]:
+    """Map line measurements (canonical units) to the model's inputs. Raises InputError.
+
+    The roll gap gauge measures roll to roll, so the coating's gap is ``gap - foil``; the imposed
+    compaction degree is ``1 - coating gap / dry thickness`` (the DEM's definition)."""
+    h0, m, gap = values["dry_thickness"], values["areal_loading"], values["gap"] - cfg.foil_thickness_um
     v_web, t_roll = values["roll_speed"], values["roll_temperature"]
     if h0 <= 0 or gap <= 0:
-        raise InputError(f"thickness {h0} um and gap {gap} um must be positive")
+        raise InputError(f"dry thickness {h0} um and coating gap {gap} um (gap - foil) must be positive")
     eps0 = 1.0 - 10.0 * m / (cfg.solid_density_g_cm3 * h0)
     pi = 1.0 - gap / h0
-    dh_mm = max(h0 - gap, 0.0) * 1e-3
-    contact_mm = math.sqrt(cfg.roll_radius_mm * dh_mm) if dh_mm > 0 else 0.0
-    v_web_mm_s = v_web * 1000.0 / 60.0
-    v_z = dh_mm * v_web_mm_s / contact_mm if contact_mm > 0 else 0.0
+    if cfg.speed_mapping == "quasi_static" and wall_speed_domain is not None:
+        v_z = float(wall_speed_domain[0])
+    else:
+        dh_mm = max(h0 - gap, 0.0) * 1e-3
+        contact_mm = math.sqrt(cfg.roll_radius_mm * dh_mm) if dh_mm > 0 else 0.0
+        v_web_mm_s = v_web * 1000.0 / 60.0
+        v_z = dh_mm * v_web_mm_s / contact_mm if contact_mm > 0 else 0.0
     return {"am_fraction": cfg.am_fraction, "initial_porosity": eps0, "initial_thickness_um": rve_thickness_um,
             "compaction_degree": pi, "wall_speed_mm_s": v_z, "roll_temperature_C": t_roll}
 
@@ -227,7 +244,8 @@ class Predictor:
         now = now_ns()
         try:
             values, newest = self.gather(line_id, now)
-            x = line_to_model_inputs(values, self.config, self.rve_thickness())
+            x = line_to_model_inputs(values, self.config, self.rve_thickness(),
+                                     self.model.domain.get("wall_speed_mm_s"))
         except InputError as err:
             self._skip(str(err))
             return None
