@@ -113,11 +113,14 @@ class DemoSource(str, enum.Enum):
     RECORDED = "recorded"
 
 
-async def _demo_simulated(cfg, tagmap, opcua_port: int, seed: int) -> None:  # noqa: ANN001
+async def _demo_simulated(cfg, tagmap, opcua_port: int, seed: int, scenario: str = "steady",  # noqa: ANN001
+                          time_scale: float = 1.0) -> None:
     from twin.daemon import Daemon
+    from twin.simline.model import make_scenario
     from twin.simline.opcua_server import SimLineServer
 
-    async with SimLineServer(port=opcua_port, seed=seed) as line:
+    async with SimLineServer(port=opcua_port, seed=seed, scenario=make_scenario(scenario),
+                             time_scale=time_scale) as line:
         conns = [c.model_copy(update={"url": line.url}) if c.kind == "opcua" else c for c in cfg.connectors]
         daemon = Daemon(cfg.model_copy(update={"connectors": conns}), tagmap=tagmap)
         await daemon.run()
@@ -130,13 +133,27 @@ def demo_cmd(
     source: DemoSource = typer.Option(DemoSource.SIMULATED, help="simulated line over OPC-UA, or the recorded run"),
     opcua_port: int = typer.Option(0, help="OPC-UA port of the simulated line on loopback (0: a free one)"),
     seed: int = typer.Option(0, help="random seed of the simulated line"),
+    scenario: str = typer.Option("loading_drift", help="scenario of the simulated line: steady, loading_drift, "
+                                 "roll_temperature_step, roll_change"),
+    time_scale: float = typer.Option(1.0, help="simulated seconds per wall-clock second"),
+    write_token: str = typer.Option("", envvar="TWIN_DEMO_WRITE_TOKEN", help=(
+        "a bearer token with read and write scopes for this demo session (approve / reject proposals, "
+        "targets); without one the demo is read-only")),
 ) -> None:
     """Run the twin on embedded defaults beside a simulated line (no external server needed)."""
     cfg, tagmap = _load(DEFAULTS / ("demo.toml" if source is DemoSource.SIMULATED else "demo_recorded.toml"))
     state_dir.mkdir(parents=True, exist_ok=True)
     store = cfg.store.model_copy(update={"embedded": cfg.store.embedded.model_copy(
         update={"path": (state_dir / "twin.sqlite").resolve()})})
-    cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": port}), "store": store})
+    api = cfg.api.model_copy(update={"port": port})
+    if write_token:
+        import hashlib
+
+        from twin.config import ApiToken
+
+        api = api.model_copy(update={"tokens": [*api.tokens, ApiToken(
+            name="demo", sha256=hashlib.sha256(write_token.encode()).hexdigest(), scopes=["read", "write"])]})
+    cfg = cfg.model_copy(update={"api": api, "store": store})
     console.print(f"[bold]pilot-line twin demo[/] ({source.value} line): http://127.0.0.1:{port}/  "
                   "(Ctrl-C to stop)", highlight=False)
     if source is DemoSource.RECORDED:
@@ -148,7 +165,11 @@ def demo_cmd(
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             opcua_port = sock.getsockname()[1]
-    asyncio.run(_demo_simulated(cfg, tagmap, opcua_port, seed))
+    from twin.simline.model import SCENARIOS
+
+    if scenario not in SCENARIOS:
+        raise typer.BadParameter(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    asyncio.run(_demo_simulated(cfg, tagmap, opcua_port, seed, scenario, time_scale))
 
 
 surrogates_app = typer.Typer(help="Surrogates: physics reference data set, training, evaluation.",
