@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ontology.units import UnitError, affine, parse_unit
+from ontology.units import Q_, UnitError, affine, parse_unit
 
 
 class ParameterKind(str, enum.Enum):
@@ -57,6 +57,7 @@ class Traceability(str, enum.Enum):
     ROLL_ID = "roll_id"  # string values: the roll (lot) now in the step
     WEB_POSITION = "web_position"  # metres of web since the roll started
     WEB_SPEED = "web_speed"  # m/min: the web position is integrated from it when no position tag exists
+    PARENT_ROLL_ID = "parent_roll_id"  # string values: the upstream roll the step's current roll is made from
 
 
 class ValueType(str, enum.Enum):
@@ -95,8 +96,11 @@ class TagSpec(BaseModel):
     kind: ParameterKind = Field(..., description="MP, PP, SP or TRACE")
     role: Role = Field(Role.ACTUAL, description="setpoint, actual, measured or predicted")
     parameter: str | None = Field(None, description="ontology term (local name or IRI)")
+    equipment: str | None = Field(None, description="equipment class of the ontology (Calender, Dryer, ...)")
     canonical_unit: str = Field("dimensionless", description="unit stored (pint/UCUM spelling)")
-    range: tuple[float, float] | None = Field(None, description="[min, max] in the canonical unit")
+    range: tuple[float, float] | None = Field(None, description="[min, max] in the canonical unit; numbers, "
+                                              "or quantity strings such as '10 um' that must use the canonical unit")
+    accuracy: float | None = Field(None, ge=0, description="+/- accuracy of the source in the canonical unit")
     value_type: ValueType = Field(ValueType.NUMBER, description="number or string")
     traceability: Traceability = Field(Traceability.NONE, description="roll_id / web_position / web_speed")
     online: bool = Field(True, description="measured online (True) or in the lab (False)")
@@ -112,12 +116,43 @@ class TagSpec(BaseModel):
             raise ValueError(str(err)) from err
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _range_units(cls, data: Any) -> Any:
+        """Range bounds may be written with their unit ('10 um'); that unit must be the canonical unit."""
+        if not isinstance(data, dict) or not isinstance(data.get("range"), (list, tuple)):
+            return data
+        bounds = list(data["range"])
+        if not any(isinstance(b, str) for b in bounds):
+            return data
+        canonical = str(data.get("canonical_unit", "dimensionless"))
+        out = []
+        for b in bounds:
+            if not isinstance(b, str):
+                out.append(b)
+                continue
+            try:
+                q = Q_(b)
+            except Exception as err:  # noqa: BLE001 - pint raises many kinds
+                raise ValueError(f"range bound {b!r} is not a quantity") from err
+            mag, unit = float(getattr(q, "magnitude", q)), str(getattr(q, "units", "dimensionless"))
+            try:
+                a, c = affine(unit, canonical)
+            except UnitError as err:
+                raise ValueError(f"range bound {b!r}: {err}") from err
+            if (a, c) != (1.0, 0.0):
+                raise ValueError(f"range bound {b!r} is in {unit!r}, not in the canonical unit {canonical!r} "
+                                 f"(it would be {a * mag + c:g} {canonical}); ranges are given in the canonical unit")
+            out.append(mag)
+        return {**data, "range": out}
+
     @model_validator(mode="after")
     def _check(self) -> "TagSpec":
         if self.range is not None and not self.range[0] <= self.range[1]:
             raise ValueError(f"range {list(self.range)} has min > max")
-        if self.traceability is Traceability.ROLL_ID and self.value_type is not ValueType.STRING:
-            raise ValueError("a roll_id tag has value_type = 'string'")
+        if self.traceability in (Traceability.ROLL_ID, Traceability.PARENT_ROLL_ID) \
+                and self.value_type is not ValueType.STRING:
+            raise ValueError(f"a {self.traceability.value} tag has value_type = 'string'")
         for s in self.sources:
             if s.unit is not None:
                 try:
@@ -127,9 +162,16 @@ class TagSpec(BaseModel):
         return self
 
 
+class PlantSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("", description="plant / line name (documentation)")
+    require_parameters: bool = Field(False, description="refuse points without an ontology parameter")
+
+
 class TagMapFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(1, description="file format version")
+    plant: PlantSection = Field(default_factory=PlantSection, description="plant-wide settings")
     tags: list[TagSpec]
 
     @model_validator(mode="after")
@@ -167,6 +209,9 @@ class Tag:
     online: bool
     parameter: str | None
     description: str
+    iri: str | None = None  # the parameter class IRI (compiled from the ontology at start-up)
+    equipment: str | None = None
+    accuracy: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -174,6 +219,7 @@ class Tag:
             "unit": self.unit, "range": [self.lo, self.hi] if self.lo > float("-inf") or self.hi < float("inf") else None,
             "value_type": self.value_type.value, "traceability": self.traceability.value,
             "online": self.online, "parameter": self.parameter, "description": self.description,
+            "iri": self.iri, "equipment": self.equipment, "accuracy": self.accuracy,
         }
 
 
@@ -184,6 +230,19 @@ class Binding:
     tag: Tag
     source_unit: str
     line_id: str | None
+
+
+def _compile_tag(t: TagSpec) -> Tag:
+    """A tag spec -> the plain, frozen Tag the hot path reads (the parameter IRI resolved once)."""
+    lo, hi = t.range if t.range is not None else (float("-inf"), float("inf"))
+    iri = None
+    if t.parameter is not None:
+        from ontology.plant import ontology_index
+
+        term = ontology_index().resolve(t.parameter)
+        iri = term.iri if term is not None else None
+    return Tag(t.id, t.step, t.kind, t.role, t.canonical_unit, float(lo), float(hi), t.value_type, t.traceability,
+               t.online, t.parameter, t.description, iri, t.equipment, t.accuracy)
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -206,14 +265,15 @@ class TagMap:
 
     def __init__(self, spec: TagMapFile) -> None:
         self.tags: dict[str, Tag] = {}
+        self.plant = spec.plant
         self._exact: dict[tuple[str, str], Binding] = {}
         self._patterns: list[tuple[str, re.Pattern[str], Tag, str]] = []
         self._cache: dict[tuple[str, str], Binding | None] = {}
+        self._sources: dict[str, list[tuple[str, str, str]]] = {}
         for t in spec.tags:
-            lo, hi = t.range if t.range is not None else (float("-inf"), float("inf"))
-            tag = Tag(t.id, t.step, t.kind, t.role, t.canonical_unit, float(lo), float(hi),
-                      t.value_type, t.traceability, t.online, t.parameter, t.description)
+            tag = _compile_tag(t)
             self.tags[t.id] = tag
+            self._sources[t.id] = [(s.kind, s.address, s.unit or t.canonical_unit) for s in t.sources]
             for s in t.sources:
                 unit = s.unit or t.canonical_unit
                 if s.kind == "mqtt" and any(c in s.address for c in "+#{"):
@@ -227,9 +287,18 @@ class TagMap:
             t = TagSpec.model_validate(raw)
             if t.id in self.tags:
                 continue
-            lo, hi = t.range if t.range is not None else (float("-inf"), float("inf"))
-            self.tags[t.id] = Tag(t.id, t.step, t.kind, t.role, t.canonical_unit, float(lo), float(hi),
-                                  t.value_type, t.traceability, t.online, t.parameter, t.description)
+            if t.parameter is not None:
+                from ontology.plant import validate_plant
+
+                problems = validate_plant([t])
+                if problems:
+                    raise TagMapError("added tag is invalid:\n" + "\n".join(f"  {p}" for p in problems))
+            self.tags[t.id] = _compile_tag(t)
+            self._sources[t.id] = []
+
+    def sources_of(self, tag_id: str) -> list[tuple[str, str, str]]:
+        """(source kind, address, unit the source speaks) of one tag."""
+        return list(self._sources.get(tag_id, []))
 
     @classmethod
     def load(cls, path: str | Path) -> "TagMap":
@@ -256,6 +325,12 @@ class TagMap:
                     where = f"tag {tid!r} ({where})"
                 lines.append(f"  {where}: {e['msg']}")
             raise TagMapError(f"tag map {origin} is invalid:\n" + "\n".join(lines)) from err
+        from ontology.plant import validate_plant
+
+        problems = validate_plant(spec.tags, require_parameters=spec.plant.require_parameters)
+        if problems:
+            raise TagMapError(f"tag map {origin} does not fit the ontology:\n"
+                              + "\n".join(f"  {p}" for p in problems))
         return cls(spec)
 
     def resolve(self, source: str, address: str) -> Binding | None:
