@@ -143,3 +143,18 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
         assert values == [float(i) for i in range(n)]
     finally:
         s.close()
+
+
+def test_audit_trail_appends_and_reads_back_newest_first(store: Store) -> None:
+    for i in range(3):
+        store.append_audit("proposal.proposed" if i < 2 else "proposal.applied", f"p{i % 2}",
+                           {"i": i, "setpoint": 80.0 + i, "note": "gap 'a' \"b\" \\ ok"},
+                           line_id="L1", actor="alice" if i == 2 else None, ts_ns=T0 + i * S)
+    store.append_audit("proposal.proposed", "p9", {"i": 9}, line_id="L2", ts_ns=T0)  # same instant, other line
+    recs = store.audit(ref="p0")
+    assert [r["body"]["i"] for r in recs] == [2, 0]
+    assert recs[0]["kind"] == "proposal.applied" and recs[0]["actor"] == "alice" and recs[0]["line_id"] == "L1"
+    assert recs[0]["body"]["note"] == "gap 'a' \"b\" \\ ok" and recs[0]["body"]["setpoint"] == 82.0
+    assert {r["ref"] for r in store.audit(line_id="L1")} == {"p0", "p1"}
+    assert len(store.audit()) == 4 and len(store.audit(limit=2)) == 2
+    assert store.audit(ref="nope") == []

@@ -89,6 +89,16 @@ class Store(abc.ABC):
     def apply_retention(self, samples_before_ns: int, dead_letters_before_ns: int) -> int: ...
 
     @abc.abstractmethod
+    def append_audit(self, kind: str, ref: str, body: dict[str, Any], *, line_id: str | None = None,
+                     actor: str | None = None, ts_ns: int | None = None) -> None:
+        """Append one record to the audit trail (feedback proposals, approvals, setpoint writes). Durable
+        when it returns, like ``write``; records are never updated, only appended."""
+
+    @abc.abstractmethod
+    def audit(self, ref: str | None = None, line_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Audit records, newest first: {ts_ns, kind, ref, line_id, actor, body}."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
     def health(self) -> dict[str, Any]:

@@ -56,6 +56,7 @@ log = logging.getLogger("twin.store.influx")
 SAMPLES = "twin_sample"
 DEAD_LETTERS = "twin_dead_letter"
 ROLLS = "twin_roll"
+AUDIT = "twin_audit"
 _PRECISION_DIV = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _SAMPLE_COLUMNS = '"value", "quality", "received_ns", "web_pos_m", "roll", "unit", "line", "tag"'
 
@@ -480,6 +481,39 @@ class InfluxStore(Store):
         if self.v2 or self.outbox.pending - self._inflight_n >= self.config.batch_size:
             self._wake.set()
         return WriteResult(len(new), len(samples) - len(new), len(dead_letters))
+
+    def append_audit(self, kind: str, ref: str, body: dict[str, Any], *, line_id: str | None = None,
+                     actor: str | None = None, ts_ns: int | None = None) -> None:
+        """An audit record is a point of ``twin_audit`` (tags kind, ref, line; fields actor, body as JSON),
+        committed to the outbox like samples. Times are made unique per store so no record overwrites
+        another."""
+        import json
+
+        ts = ts_ns if ts_ns is not None else time.time_ns()
+        with self._write_lock:
+            last = getattr(self, "_audit_last_ns", 0)
+            ts = max(ts, last + self.lp.div)
+            self._audit_last_ns = ts
+            tags = {"kind": kind, "ref": ref, "line": line_id}
+            head = AUDIT + "".join(f",{k}={_tag(v)}" for k, v in sorted(tags.items()) if v)
+            fields = f"body={_str_field(json.dumps(body, default=str, sort_keys=True))}"
+            if actor:
+                fields += f",actor={_str_field(actor)}"
+            with self.outbox.transaction() as txn:
+                txn.append([f"{head} {fields} {ts // self.lp.div}".encode()])
+        self._wake.set()
+
+    def audit(self, ref: str | None = None, line_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        import json
+
+        self._barrier()
+        conds = [f'"ref" = {_q(ref)}' if ref is not None else None,
+                 f'"line" = {_q(line_id)}' if line_id is not None else None]
+        q = (f'SELECT "body", "actor", "kind", "ref", "line" FROM "{AUDIT}"' + self._where(*conds)
+             + f" ORDER BY time DESC LIMIT {int(limit)}")
+        return [{"ts_ns": int(r["time"]), "kind": r.get("kind") or "", "ref": r.get("ref") or "",
+                 "line_id": r.get("line") or None, "actor": _unstr(r.get("actor")) or None,
+                 "body": json.loads(_unstr(r.get("body")))} for _, r in self._rows(self.query(q))]
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything written so far has left the outbox (delivered, rejected or dropped).

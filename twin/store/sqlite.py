@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS rolls (
     line TEXT NOT NULL, step TEXT NOT NULL, roll TEXT NOT NULL, ts INTEGER NOT NULL, tag TEXT,
     PRIMARY KEY (line, step, roll)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, kind TEXT NOT NULL, ref TEXT NOT NULL,
+    line TEXT, actor TEXT, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_ref ON audit(ref);
 """
 
 
@@ -236,6 +240,34 @@ class SQLiteStore(Store):
         args.append(limit)
         keys = ("line_id", "step", "roll_id", "source_ts_ns", "tag_id")
         return [dict(zip(keys, r)) for r in self._reader().execute(q, args)]
+
+    def append_audit(self, kind: str, ref: str, body: dict[str, Any], *, line_id: str | None = None,
+                     actor: str | None = None, ts_ns: int | None = None) -> None:
+        import json
+        import time
+
+        with self._write_lock:
+            self._w.execute("INSERT INTO audit(ts, kind, ref, line, actor, body) VALUES (?, ?, ?, ?, ?, ?)",
+                            (ts_ns if ts_ns is not None else time.time_ns(), kind, ref, line_id, actor,
+                             json.dumps(body, default=str, sort_keys=True)))
+            self._w.commit()
+
+    def audit(self, ref: str | None = None, line_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        import json
+
+        q, conds, args = "SELECT ts, kind, ref, line, actor, body FROM audit", [], []
+        if ref is not None:
+            conds.append("ref = ?")
+            args.append(ref)
+        if line_id is not None:
+            conds.append("line = ?")
+            args.append(line_id)
+        if conds:
+            q += " WHERE " + " AND ".join(conds)
+        q += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [{"ts_ns": ts, "kind": k, "ref": r, "line_id": ln, "actor": a, "body": json.loads(b)}
+                for ts, k, r, ln, a, b in self._reader().execute(q, args)]
 
     def apply_retention(self, samples_before_ns: int, dead_letters_before_ns: int) -> int:
         with self._write_lock:
