@@ -219,10 +219,11 @@ def build_world():  # noqa: ANN201 - owlready2 types
         onEquipment = cls("onEquipment", (ObjectProperty,), "on equipment")
         inLine = cls("inLine", (ObjectProperty, FunctionalProperty), "in line")
         for name, rng in (("tagId", str), ("sourceAddress", str), ("sourceUnit", str), ("pointUnit", str),
-                          ("rangeMin", float), ("rangeMax", float), ("pointAccuracy", float),
+                          ("rangeMin", None), ("rangeMax", None), ("pointAccuracy", None),
                           ("isOnline", bool), ("stepName", str)):
             p = cls(name, (DataProperty,))
-            p.range = [rng]
+            if rng is not None:  # numbers: xsd:double in the plant file (owlready2 would say xsd:decimal)
+                p.range = [rng]
 
         # steps
         Process = cls("ManufacturingStep", (Thing,), "manufacturing step",
