@@ -151,6 +151,8 @@ PROJECT_PARAMETERS = [
 # traceability quantities: (local name, label, canonical unit, ucum, qudt unit, quantity kind)
 TRACE_QUANTITIES = [
     ("RollId", "roll (lot) id", "dimensionless", "1", "UNITLESS", "Categorical"),
+    ("ParentRollId", "id of the upstream roll the current roll is made from", "dimensionless", "1", "UNITLESS",
+     "Categorical"),
     ("WebPosition", "web position since the roll started", "m", "m", "M", "Length"),
     ("WebSpeed", "web speed", "m/min", "m/min", "M-PER-MIN", "Velocity"),
     ("DataGap", "seconds without data from a source", "s", "s", "SEC", "Time"),

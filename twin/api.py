@@ -67,6 +67,9 @@ class TagItem(BaseModel):
     online: bool
     parameter: str | None
     description: str
+    iri: str | None = None  # the parameter class of the ontology
+    equipment: str | None = None
+    accuracy: float | None = None
 
 
 class DeadLetterItem(BaseModel):
@@ -269,6 +272,12 @@ def create_app(daemon: Any) -> FastAPI:
         p = _predictor()
         preds = [v.as_json() for k, v in sorted(p.latest.items()) if line is None or k == line]
         return {"predictions": preds, "count": p.count, "skipped": p.skipped, "last_skip_reason": p.last_skip_reason}
+
+    # --- ontology: steps, parameters, points, downloads, SPARQL (ontology/api.py) ---
+    from ontology.api import make_router
+
+    app.include_router(make_router(daemon))
+    # --- end ontology ---
 
     web = Path(__file__).parent / "web"
     app.mount("/static/vendor", StaticFiles(directory=_plotly_dir()), name="vendor")

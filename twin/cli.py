@@ -174,6 +174,25 @@ def demo_cmd(
 
 surrogates_app = typer.Typer(help="Surrogates: physics reference data set, training, evaluation.",
                              no_args_is_help=True)
+ontology_app = typer.Typer(help="Ontology: build the committed OWL files.", no_args_is_help=True)
+
+
+@ontology_app.command("build")
+def ontology_build_cmd(check: bool = typer.Option(False, "--check",
+                                                  help="only compare with the committed files (exit 1 if stale)")) -> None:
+    """Regenerate ontology/pilotline.owl and ontology/alignment.owl from ontology/build.py and the seed table."""
+    from ontology.build import ALIGNMENT_PATH, OWL_PATH, build
+
+    owl, alignment = build(write=False)
+    stale = [p for p, b in ((OWL_PATH, owl), (ALIGNMENT_PATH, alignment)) if not p.exists() or p.read_bytes() != b]
+    if check:
+        if stale:
+            _fail("stale: " + ", ".join(str(p) for p in stale) + " (run `twin ontology build`)", 1)
+        console.print("[green]ok[/] ontology files are up to date", highlight=False)
+        return
+    build(write=True)
+    console.print(f"[green]wrote[/] {OWL_PATH} ({len(owl)} bytes), {ALIGNMENT_PATH} ({len(alignment)} bytes)",
+                  highlight=False)
 
 
 def _mount() -> None:
@@ -195,6 +214,7 @@ def _mount() -> None:
     except ImportError:
         pass
     app.add_typer(surrogates_app, name="surrogates")
+    app.add_typer(ontology_app, name="ontology")
 
 
 _mount()

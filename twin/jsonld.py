@@ -5,6 +5,12 @@ Each stored sample of the roll becomes one ``sosa:Observation``: the roll is its
 interest (a ``prov:Entity``), the tag's ontology term its observed property, the value its
 ``sosa:hasSimpleResult`` with the QUDT/UCUM unit, the source timestamp its ``sosa:resultTime``; the
 observation ``prov:wasAttributedTo`` the line and carries the tag, role, quality and web position.
+
+Genealogy: a step may have a parent-roll tag (``traceability = "parent_roll_id"``: the upstream roll the
+step's current roll is made from, e.g. the coated roll fed into the calender). Its values are stored as
+roll events; :func:`genealogy` pairs each with the roll that was current in the same line and step at that
+moment (the newest event of the step's roll-id tag at or before it), and the roll's node gets
+``prov:wasDerivedFrom`` its parent roll.
 """
 
 from __future__ import annotations
@@ -38,14 +44,54 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
+def _trace(tags: dict[str, Any], tag_id: str | None) -> str:
+    t = tags.get(tag_id) if tag_id is not None else None
+    return getattr(getattr(t, "traceability", None), "value", "") if t is not None else ""
+
+
+def genealogy(rolls: list[dict[str, Any]], tags: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(line, step, child roll, parent roll) from the rolls table (rows as :meth:`Store.rolls` returns them)."""
+    rows = sorted(rolls, key=lambda r: r["source_ts_ns"])
+    current: dict[tuple[str, str], str] = {}
+    out: list[tuple[str, str, str, str]] = []
+    for r in rows:
+        kind = _trace(tags, r.get("tag_id"))
+        key = (r["line_id"], r["step"])
+        if kind == "roll_id":
+            current[key] = r["roll_id"]
+        elif kind == "parent_roll_id" and key in current:
+            out.append((r["line_id"], r["step"], current[key], r["roll_id"]))
+    return out
+
+
+def _step_iri(step: str) -> str:
+    from ontology.plant import step_class
+
+    return f"{NS}{step_class(step) or _slug(step)}"
+
+
 def roll_document(roll_id: str, samples: list[Any], tags: dict[str, Any], rolls: list[dict[str, Any]]) -> dict[str, Any]:
     roll_iri = f"{DATA}roll/{_slug(roll_id)}"
     lines = sorted({s.line_id for s in samples})
     roll_node: dict[str, Any] = {"@id": roll_iri, "@type": ["prov:Entity", "plt:Roll"], "rdfs:label": roll_id}
-    steps = sorted({r["step"] for r in rolls if r["roll_id"] == roll_id})
+    steps = sorted({r["step"] for r in rolls if r["roll_id"] == roll_id and _trace(tags, r.get("tag_id")) != "parent_roll_id"})
     if steps:
-        roll_node["plt:seenInStep"] = [{"@id": f"{NS}{s.capitalize()}"} for s in steps]
+        roll_node["plt:seenInStep"] = [{"@id": _step_iri(s)} for s in steps]
     graph: list[dict[str, Any]] = [roll_node]
+    links = genealogy(rolls, tags)
+    parents = sorted({(p, st) for _, st, child, p in links if child == roll_id})
+    if parents:
+        roll_node["prov:wasDerivedFrom"] = [{"@id": f"{DATA}roll/{_slug(p)}"} for p, _ in parents]
+        for p, st in parents:
+            up = [r["step"] for r in rolls if r["roll_id"] == p and _trace(tags, r.get("tag_id")) == "roll_id"]
+            node: dict[str, Any] = {"@id": f"{DATA}roll/{_slug(p)}", "@type": ["prov:Entity", "plt:Roll"],
+                                    "rdfs:label": p, "plt:fedInto": {"@id": _step_iri(st)}}
+            if up:
+                node["plt:seenInStep"] = [{"@id": _step_iri(s)} for s in sorted(set(up))]
+            graph.append(node)
+    children = sorted({c for _, _, c, p in links if p == roll_id})
+    if children:
+        roll_node["plt:derivedInto"] = [{"@id": f"{DATA}roll/{_slug(c)}"} for c in children]
     for line in lines:
         graph.append({"@id": f"{DATA}line/{_slug(line)}", "@type": ["prov:Agent", "plt:Line"], "rdfs:label": line})
     for s in samples:

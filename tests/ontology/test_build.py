@@ -85,3 +85,12 @@ def test_steps_are_chained_by_predecessor_with_products_and_equipment() -> None:
     assert by["Calendering"]["inputs"] == ["DriedElectrode"] and by["Calendering"]["outputs"] == ["CalenderedElectrode"]
     assert "SlotDieCoater" in by["Coating"]["equipment"] and "Calender" in by["Calendering"]["equipment"]
     assert steps[0]["predecessor"] is None
+
+
+def test_cli_build_check_passes_on_committed_files() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "twin.cli", "ontology", "build", "--check"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
