@@ -45,3 +45,22 @@ if [ ! -f "$STAMP" ]; then
   rm -f .venv/.twin-installed-*
   touch "$STAMP"
 fi
+
+# Browser test (tests/browser): playwright-core from npm drives Debian's chromium (no browser download)
+PLAYWRIGHT_CORE="${TWIN_PLAYWRIGHT_CORE:-1.65.1}"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 || [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian packages: nodejs npm chromium"
+    (apt-get update -qq || true) >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm chromium >/dev/null
+  else
+    echo "setup: please install these Debian packages (as root): nodejs npm chromium" >&2
+  fi
+fi
+PW=tests/browser/node/node_modules/playwright-core/package.json
+if command -v npm >/dev/null 2>&1 && ! grep -q "\"version\": \"$PLAYWRIGHT_CORE\"" "$PW" 2>/dev/null; then
+  echo "setup: installing playwright-core@$PLAYWRIGHT_CORE into tests/browser/node"
+  mkdir -p tests/browser/node
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --prefix tests/browser/node --no-audit --no-fund --silent \
+    --save-exact "playwright-core@$PLAYWRIGHT_CORE" >/dev/null
+fi

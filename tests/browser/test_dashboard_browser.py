@@ -1,0 +1,142 @@
+"""The dashboard in a real headless Chromium (Debian's chromium driven by playwright-core from npm).
+
+`twin demo` runs as a subprocess (free port, temporary state, a write token, faster simulated time);
+tests/browser/drive_dashboard.js drives the page and reports what it saw; this side asserts:
+- the plots show data points (counted in the plotly graph divs);
+- a new point arrives through the live stream within 5 s, with no API request by the page meanwhile;
+- approving the open proposal through the page (401 -> token dialog -> token) changes its state in
+  the API (GET /api/v1/proposals/{id}: approved or applied);
+- writes without a write-scope token are refused with 401/403;
+- the screenshot is not blank (pixel spread over the page and inside a plot).
+The proposal part needs the feedback API: when it answers 404 the test fails, it does not skip.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).resolve().parent
+DRIVER = HERE / "drive_dashboard.js"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _need_tools() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed: run scripts/setup.sh (installs nodejs and npm)")
+    if not (HERE / "node" / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("playwright-core is not installed in tests/browser/node: run scripts/setup.sh")
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium)")
+    return node
+
+
+def _pixel_spread(png: Path, box: dict[str, float] | None = None) -> tuple[float, int]:
+    """(mean per-channel standard deviation, number of distinct colours) of the image or a box of it."""
+    from PIL import Image, ImageStat
+
+    with Image.open(png) as im:
+        rgb = im.convert("RGB")
+        if box is not None:
+            rgb = rgb.crop((int(box["x"]), int(box["y"]), int(box["x"] + box["width"]), int(box["y"] + box["height"])))
+        stat = ImageStat.Stat(rgb)
+        colours = rgb.getcolors(maxcolors=1 << 20)
+        return sum(stat.stddev) / 3, len(colours) if colours is not None else 1 << 20
+
+
+def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
+    node = _need_tools()
+    port = free_port()
+    token = secrets.token_urlsafe(24)
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "demo.log"
+    log = open(log_path, "w")
+    demo = subprocess.Popen([sys.executable, "-m", "twin.cli", "demo", "--port", str(port), "--state-dir",
+                             str(tmp_path / "state"), "--time-scale", "30", "--write-token", token],
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    shot = tmp_path / "dashboard.png"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert demo.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the demo did not become healthy within 20 s"
+            time.sleep(0.2)
+
+        args = {"url": base + "/", "token": token, "screenshot": str(shot), "chromium": CHROMIUM,
+                "proposal_timeout_s": 25}
+        run = subprocess.run([node, str(DRIVER), json.dumps(args)], capture_output=True, text=True, timeout=120)
+        print(f"screenshot: {shot}")
+        try:
+            res = json.loads(run.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            pytest.fail(f"driver output unreadable (rc {run.returncode}):\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
+        print(json.dumps(res, indent=1)[:4000])
+        assert "fatal" not in res, res.get("fatal")
+        assert not res["page_errors"], res["page_errors"]
+
+        # 1. plots with data points: measured porosity and thickness in the plotly graph divs
+        assert res["initial_points"]["plot-porosity"] > 0 and res["initial_points"]["plot-thickness"] > 0, res
+        setpoint_traces = {t["name"]: t["finite_y"] for t in res["plot_data"]["plot-setpoints"]}
+        assert setpoint_traces.get("gap_setpoint", 0) > 0, setpoint_traces
+
+        # 2. a new point through the live stream within 5 s, and no polling by the page meanwhile
+        live = res["live"]
+        assert live["arrived_after_s"] is not None and live["arrived_after_s"] <= 5.0, live
+        assert live["streamed_after"] > live["streamed_before"], live
+        assert live["api_requests_meanwhile"] == [], live
+
+        # 3. the screenshot is not blank: over the whole page and inside the porosity plot
+        assert shot.exists() and shot.stat().st_size > 10_000
+        spread, colours = _pixel_spread(shot)
+        assert spread > 10 and colours > 50, (spread, colours)
+        plot_spread, plot_colours = _pixel_spread(shot, res["plot_boxes"]["plot-porosity"])
+        assert plot_spread > 5 and plot_colours > 10, (plot_spread, plot_colours)
+
+        # 4. approve the open proposal through the page; the API shows the new state
+        prop = res["proposal"]
+        listing = httpx.get(f"{base}/api/v1/proposals", params={"limit": 5})
+        assert listing.status_code == 200, f"feedback API: GET /api/v1/proposals -> {listing.status_code} {listing.text[:200]}"
+        assert "error" not in prop, f"no proposal approved through the page: {prop}"
+        assert prop["dialog_reason"].startswith("401"), prop  # the page asked for a token after the API's 401
+        assert prop["token_stored"] and prop["write_error"] is None, prop
+        assert any(u.endswith(f"/api/v1/proposals/{prop['id']}/approve") for u in prop["writes"]), prop
+        api = httpx.get(f"{base}/api/v1/proposals/{prop['id']}")
+        assert api.status_code == 200, api.text
+        assert api.json()["state"] in ("approved", "applied"), api.json()
+        assert prop["state_after"] in ("approved", "applied"), prop
+
+        # 5. writes without a write-scope token are refused (401/403), with or without a wrong token
+        for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+            for action in ("approve", "reject"):
+                r = httpx.post(f"{base}/api/v1/proposals/{prop['id']}/{action}", json={}, headers=headers)
+                assert r.status_code in (401, 403), (action, headers, r.status_code, r.text)
+            targets = httpx.get(f"{base}/api/v1/feedback/targets")
+            assert targets.status_code == 200, targets.text
+            r = httpx.put(f"{base}/api/v1/feedback/targets", json=targets.json(), headers=headers)
+            assert r.status_code in (401, 403), (headers, r.status_code, r.text)
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        try:
+            demo.wait(timeout=30)
+        finally:
+            log.close()
+    assert demo.returncode == 0, log_path.read_text()[-3000:]
