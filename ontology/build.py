@@ -219,8 +219,9 @@ def build_world():  # noqa: ANN201 - owlready2 types
         hasRole = cls("hasRole", (ObjectProperty, FunctionalProperty), "has role",
                       "setpoint, actual, measured or predicted")
         onEquipment = cls("onEquipment", (ObjectProperty,), "on equipment")
+        hasSource = cls("hasSource", (ObjectProperty,), "has source", "a source address that yields the point's values")
         inLine = cls("inLine", (ObjectProperty, FunctionalProperty), "in line")
-        for name, rng in (("tagId", str), ("sourceAddress", str), ("sourceUnit", str), ("pointUnit", str),
+        for name, rng in (("tagId", str), ("address", str), ("addressKind", str), ("sourceUnit", str), ("pointUnit", str),
                           ("rangeMin", None), ("rangeMax", None), ("pointAccuracy", None),
                           ("isOnline", bool), ("stepName", str)):
             p = cls(name, (DataProperty,))
@@ -338,8 +339,10 @@ def build_world():  # noqa: ANN201 - owlready2 types
         cls("Point", (Thing,), "data point",
             "a source address of the plant (OPC-UA node, MQTT topic, recorded column) that yields values of one "
             "parameter in one role; typed with its parameter class")
+        cls("SourceAddress", (Thing,), "source address",
+            "an OPC-UA NodeId, MQTT topic pattern or recorded column, with the unit the source speaks")
         cls("Roll", (Thing,), "roll (lot)", "a wound web of electrode; the unit of trace and track")
-        _ = (hasRole, onEquipment, inLine, pref, alt)
+        _ = (hasRole, onEquipment, inLine, hasSource, pref, alt)
     return world, onto
 
 

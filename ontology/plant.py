@@ -295,9 +295,14 @@ def plant_graph(tagmap: "TagMap", line_id: str, *, with_ontology: bool = True) -
             g.add((eq, RDF.type, p(tag.equipment)))
             g.add((eq, p("inLine"), line))
             g.add((pt, p("onEquipment"), eq))
-        for kind, address, unit in tagmap.sources_of(tag.id):
-            g.add((pt, p("sourceAddress"), Literal(f"{kind}:{address}")))
-            g.add((pt, p("sourceUnit"), Literal(unit)))
+        for i, (kind, address, unit) in enumerate(tagmap.sources_of(tag.id)):
+            src = URIRef(f"{pt}/source/{i}")
+            g.add((src, RDF.type, OWL.NamedIndividual))
+            g.add((src, RDF.type, p("SourceAddress")))
+            g.add((src, p("addressKind"), Literal(kind)))
+            g.add((src, p("address"), Literal(address)))
+            g.add((src, p("sourceUnit"), Literal(unit)))
+            g.add((pt, p("hasSource"), src))
     return g
 
 

@@ -77,6 +77,10 @@ def test_downloads_parse(client: TestClient) -> None:
     g = rdflib.Graph().parse(data=owl.content, format="xml")
     pt = rdflib.URIRef("https://w3id.org/pilotline-twin/plant/pilot-1/point/calendering.gap_actual")
     assert (pt, rdflib.RDF.type, rdflib.URIRef(NS + "CalenderGap")) in g
+    srcs = {str(g.value(s, rdflib.URIRef(NS + "address"))): str(g.value(s, rdflib.URIRef(NS + "sourceUnit")))
+            for s in g.objects(pt, rdflib.URIRef(NS + "hasSource"))}
+    assert srcs == {"ns=2;s=Calender.GapActual": "um", "pilot/{line}/calendering/gap_actual": "um",
+                    "calender_gap_actual_um": "um"}
     ttl = client.get("/api/v1/ontology.ttl")
     g2 = rdflib.Graph().parse(data=ttl.text, format="turtle")
     assert len(g2) == len(g)
