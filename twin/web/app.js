@@ -1,6 +1,6 @@
 // Pilot-line twin dashboard.
 // Initial state from the query API (one fetch each), then every change through the SSE stream
-// /api/v1/stream (event types: samples, prediction, proposal). No polling loops.
+// /api/v1/stream (event types: samples, prediction, proposal, targets). No polling loops.
 // Writes (approve, reject, targets) carry a bearer token kept in sessionStorage; a 401/403 opens
 // the token dialog with the API's reason and the write is retried with the new token.
 "use strict";
@@ -575,6 +575,11 @@ function connect() {
   es.addEventListener("samples", e => onSamples(JSON.parse(e.data)));
   es.addEventListener("prediction", e => onPrediction(JSON.parse(e.data).prediction));
   es.addEventListener("proposal", e => onProposal(JSON.parse(e.data).proposal));
+  es.addEventListener("targets", e => {  // someone changed the targets
+    const t = JSON.parse(e.data);
+    if (document.activeElement && document.activeElement.closest("#targets")) return;  // not under the user's cursor
+    targets = {recipe: t.recipe, targets: t.targets}; renderTargets();
+  });
 }
 
 async function main() {
