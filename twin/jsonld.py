@@ -51,7 +51,8 @@ def _trace(tags: dict[str, Any], tag_id: str | None) -> str:
 
 def genealogy(rolls: list[dict[str, Any]], tags: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(line, step, child roll, parent roll) from the rolls table (rows as :meth:`Store.rolls` returns them)."""
-    rows = sorted(rolls, key=lambda r: r["source_ts_ns"])
+    # a roll id and its parent arrive together in one recorded row (same timestamp): the roll id first
+    rows = sorted(rolls, key=lambda r: (r["source_ts_ns"], _trace(tags, r.get("tag_id")) != "roll_id"))
     current: dict[tuple[str, str], str] = {}
     out: list[tuple[str, str, str, str]] = []
     for r in rows:

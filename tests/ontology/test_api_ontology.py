@@ -126,3 +126,18 @@ def test_calendered_roll_derives_from_its_coated_roll(daemon: Daemon, client: Te
     g2 = rdflib.Graph().parse(data=json.dumps(doc2), format="json-ld")
     assert set(g2.objects(rdflib.URIRef(data + "C-2"), prov.wasDerivedFrom)) == {rdflib.URIRef(data + "K-8")}
     _ = Quality
+
+
+def test_genealogy_pairs_roll_and_parent_sharing_a_timestamp() -> None:
+    from ontology.tagmap import TagMap
+    from twin.jsonld import genealogy
+
+    tm = TagMap.from_dict(__import__("tomllib").loads((DEFAULTS / "tagmap.toml").read_text() + PARENT_TAG))
+    rows = [  # as the store returns them: newest first; each pair shares one timestamp (a recorded row)
+        {"line_id": "L", "step": "calendering", "roll_id": "K-8", "source_ts_ns": 20, "tag_id": "calendering.parent_roll_id"},
+        {"line_id": "L", "step": "calendering", "roll_id": "C-2", "source_ts_ns": 20, "tag_id": "calendering.roll_id"},
+        {"line_id": "L", "step": "calendering", "roll_id": "K-7", "source_ts_ns": 10, "tag_id": "calendering.parent_roll_id"},
+        {"line_id": "L", "step": "calendering", "roll_id": "C-1", "source_ts_ns": 10, "tag_id": "calendering.roll_id"},
+        {"line_id": "M", "step": "calendering", "roll_id": "K-9", "source_ts_ns": 5, "tag_id": "calendering.parent_roll_id"},
+    ]
+    assert genealogy(rows, tm.tags) == [("L", "calendering", "C-1", "K-7"), ("L", "calendering", "C-2", "K-8")]
