@@ -29,6 +29,8 @@ KIND_OF_CLASS = {"MachineParameter": "MP", "ProcessParameter": "PP", "StructureP
                  "TraceQuantity": "TRACE"}
 KIND_CLASS = {v: k for k, v in KIND_OF_CLASS.items()}
 _QK_BY_QUDT = {v[0]: k for k, v in QUANTITY_KINDS.items() if v[0]}
+TRACE_TERM = {"roll_id": "RollId", "parent_roll_id": "ParentRollId", "web_position": "WebPosition",
+              "web_speed": "WebSpeed"}
 ROLE_IND = {"setpoint": "SetpointRole", "actual": "ActualRole", "measured": "MeasuredRole",
             "predicted": "PredictedRole"}
 
@@ -206,6 +208,9 @@ def check_tag(t: "TagSpec", idx: OntologyIndex | None = None) -> list[str]:
     if kind != term.kind:
         out.append(f"kind {kind} ({KIND_CLASS[kind]}) but parameter {term.local} is a {KIND_CLASS[term.kind]} "
                    f"({term.kind})")
+    want = TRACE_TERM.get(t.traceability.value)
+    if want is not None and term.local != want:
+        out.append(f"traceability {t.traceability.value} needs parameter {want}, not {term.local}")
     if t.role.value == "setpoint" and term.kind != "MP":
         out.append(f"role setpoint needs a MachineParameter, but {term.local} is a {KIND_CLASS[term.kind]}")
     ref = QUANTITY_KINDS.get(term.quantity_kind, ("", None))[1]

@@ -40,6 +40,13 @@ def test_good_point_loads_with_its_iri() -> None:
      "canonical_unit 'mm' is not the canonical unit 'um' of CalenderGap"),
     ({"range": ["0.01 mm", "0.4 mm"]}, "range bound '0.01 mm' is in 'millimeter', not in the canonical unit 'um'"),
     ({"equipment": "Toaster"}, "equipment 'Toaster' is not an Equipment class"),
+    ({"kind": "TRACE", "parameter": "WebPosition", "traceability": "web_speed", "canonical_unit": "m/min",
+      "range": [0, 100], "sources": [{"replay": "v"}]}, "traceability web_speed needs parameter WebSpeed"),
+    ({"kind": "TRACE", "parameter": "RollId"}, "unit 'um' has dimension [length], but RollId is categorical"),
+    ({"kind": "TRACE", "parameter": "CalenderGap"}, "kind TRACE (TraceQuantity) but parameter CalenderGap is a "
+                                                    "MachineParameter"),
+    ({"kind": "TRACE", "parameter": "WebSpeed", "traceability": "web_position", "canonical_unit": "m/min",
+      "range": [0, 100], "sources": [{"replay": "v"}]}, "traceability web_position needs parameter WebPosition"),
     ({"step": "baking"}, "step 'baking' is not a manufacturing step"),
 ])
 def test_deliberate_errors_name_the_point(change: dict, fragment: str) -> None:
