@@ -1,0 +1,185 @@
+"""Surrogate runtime: ONNX ensembles on onnxruntime (no torch), model registry, out-of-domain flag.
+
+Registry layout (``surrogates/models`` for the committed models)::
+
+    <root>/<family>/<version>/model.onnx   the whole ensemble as one graph: x [batch, n_in] float32 ->
+                                           mean, std, spread [batch, n_out]
+    <root>/<family>/<version>/card.json    names, units, input domain, data hash, metrics, parity
+    <root>/<family>/<version>/card.md      the same for people
+
+Versions sort as strings (the trainer writes UTC time stamps, ``YYYYMMDDTHHMMSSZ``), so ``latest`` is the
+greatest one. Each loaded model holds one ``InferenceSession`` (1 intra-op thread, 1 inter-op thread,
+spinning off: the daemon shares its cores with the pipeline and a busy-waiting pool would burn them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+MODEL_FILE = "model.onnx"
+CARD_FILE = "card.json"
+
+
+class ModelNotFound(LookupError):
+    """No model of that family/version in the registry."""
+
+
+@dataclass
+class PredictionBatch:
+    mean: np.ndarray  # [n, n_out]
+    std: np.ndarray  # [n, n_out] predictive sd (ensemble spread + calibrated noise)
+    spread: np.ndarray  # [n, n_out] ensemble sd alone
+    ood: np.ndarray  # [n] bool
+    ood_reasons: list[list[str]]  # per row, empty when in domain
+
+
+def session_options() -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+class SurrogateModel:
+    """One versioned ensemble: ``predict(x)`` on a [n, n_inputs] batch."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.card: dict[str, Any] = json.loads((self.path / CARD_FILE).read_text())
+        self.family: str = self.card["family"]
+        self.version: str = str(self.card["version"])
+        self.input_names: list[str] = list(self.card["inputs"])
+        self.output_names: list[str] = list(self.card["outputs"])
+        self.domain: dict[str, tuple[float, float]] = {k: (float(v[0]), float(v[1]))
+                                                       for k, v in self.card["domain"].items()}
+        self.exclusions: list[dict[str, Any]] = list(self.card.get("domain_exclusions", []))
+        self.session = ort.InferenceSession(str(self.path / MODEL_FILE), session_options(),
+                                            providers=["CPUExecutionProvider"])
+        self._heads = [o.name for o in self.session.get_outputs()]
+        shape = self.session.get_inputs()[0].shape
+        if shape[-1] != len(self.input_names):
+            raise ValueError(f"{self.path}: graph takes {shape[-1]} inputs, the card names {len(self.input_names)}")
+        self._lo = np.array([self.domain[k][0] for k in self.input_names])
+        self._hi = np.array([self.domain[k][1] for k in self.input_names])
+
+    def __repr__(self) -> str:
+        return f"SurrogateModel({self.family!r}, {self.version!r})"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw graph outputs by head name (mean, std, spread)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != len(self.input_names):
+            raise ValueError(f"expected a [n, {len(self.input_names)}] batch ({', '.join(self.input_names)}), "
+                             f"got shape {x.shape}")
+        return dict(zip(self._heads, self.session.run(self._heads, {"x": x})))
+
+    def domain_check(self, x: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
+        """Per row: out-of-domain flag and its reasons (input outside the training box, non-finite input,
+        or inside a region of the box that was held out of training)."""
+        x = np.asarray(x, dtype=np.float64)
+        bad_lo, bad_hi = x < self._lo, x > self._hi
+        nonfinite = ~np.isfinite(x)
+        ex_masks = []
+        for ex in self.exclusions:
+            m = np.ones(len(x), dtype=bool)
+            for k, (a, b) in ex["bounds"].items():
+                v = x[:, self.input_names.index(k)]
+                m &= (v >= a) & (v <= b)
+            ex_masks.append(m)
+        flagged = bad_lo.any(1) | bad_hi.any(1) | nonfinite.any(1)
+        for m in ex_masks:
+            flagged |= m
+        reasons: list[list[str]] = [[] for _ in range(len(x))]
+        for i in np.flatnonzero(flagged):
+            r = reasons[i]
+            for j, k in enumerate(self.input_names):
+                lo, hi = self.domain[k]
+                if nonfinite[i, j]:
+                    r.append(f"{k} is not a finite number")
+                elif bad_lo[i, j] or bad_hi[i, j]:
+                    r.append(f"{k}={x[i, j]:.4g} outside the training domain [{lo:g}, {hi:g}]")
+            for ex, m in zip(self.exclusions, ex_masks):
+                if m[i]:
+                    r.append(f"in the {ex['name']}: {ex['reason']}")
+        return flagged, reasons
+
+    def predict(self, x: np.ndarray) -> PredictionBatch:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = self.run(x)
+        ood, reasons = self.domain_check(x)
+        return PredictionBatch(out["mean"], out["std"], out.get("spread", out["std"]), ood, reasons)
+
+    def predict_dict(self, inputs: dict[str, float]) -> dict[str, Any]:
+        """One row by input name -> {mean, std, spread (by output name), ood, ood_reasons}."""
+        row = np.array([[inputs[k] for k in self.input_names]], dtype=np.float32)
+        p = self.predict(row)
+        return {"mean": dict(zip(self.output_names, map(float, p.mean[0]))),
+                "std": dict(zip(self.output_names, map(float, p.std[0]))),
+                "spread": dict(zip(self.output_names, map(float, p.spread[0]))),
+                "ood": bool(p.ood[0]), "ood_reasons": p.ood_reasons[0]}
+
+
+def _version_key(v: str) -> tuple[Any, ...]:
+    # numeric runs compare as numbers ("v10" > "v9"), the rest as text
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", v) if p)
+
+
+class ModelRegistry:
+    """Models on disk: ``<root>/<family>/<version>/{model.onnx,card.json,card.md}``."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def families(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def versions(self, family: str) -> list[str]:
+        d = self.root / family
+        if not d.is_dir():
+            return []
+        vs = [p.name for p in d.iterdir()
+              if p.is_dir() and not p.name.startswith(".") and (p / MODEL_FILE).is_file() and (p / CARD_FILE).is_file()]
+        return sorted(vs, key=_version_key)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every model with its card (newest version of each family last)."""
+        out = []
+        for fam in self.families():
+            vs = self.versions(fam)
+            for v in vs:
+                p = self.root / fam / v
+                try:
+                    card = json.loads((p / CARD_FILE).read_text())
+                except (OSError, ValueError) as err:
+                    card = {"error": f"unreadable card: {err}"}
+                out.append({"family": fam, "version": v, "path": str(p), "latest": v == vs[-1], "card": card})
+        return out
+
+    def path(self, family: str, version: str | None = None) -> Path:
+        vs = self.versions(family)
+        if not vs:
+            raise ModelNotFound(f"no model of family {family!r} under {self.root}")
+        if version is None:
+            return self.root / family / vs[-1]
+        if version not in vs:
+            raise ModelNotFound(f"no version {version!r} of {family!r} under {self.root} (have {', '.join(vs)})")
+        return self.root / family / version
+
+    def load(self, family: str, version: str | None = None) -> SurrogateModel:
+        return SurrogateModel(self.path(family, version))
+
+    def latest(self, family: str) -> SurrogateModel:
+        return self.load(family, None)

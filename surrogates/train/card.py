@@ -1,0 +1,107 @@
+"""Model card: Markdown rendering of ``card.json`` (no torch, no numpy needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(v: Any, nd: int = 4) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float)):
+        if v != v:  # NaN
+            return "n/a"
+        return f"{v:.{nd}g}"
+    return str(v)
+
+
+def metrics_table(m: dict[str, dict[str, float]], rel: dict[str, dict[str, float]] | None = None) -> list[str]:
+    head = "| output | R² | MAE | MedianAE | MAPE % | RMSE | ±2σ coverage | mean σ |"
+    sep = "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    if rel is not None:
+        head += " replicate sd | RMSE / replicate sd | R² noise ceiling |"
+        sep += " --- | --- | --- |"
+    rows = [head, sep]
+    for n, v in m.items():
+        r = (f"| `{n}` | {_f(v['r2'])} | {_f(v['mae'])} | {_f(v['median_ae'])} | {_f(v['mape_pct'], 3)} | "
+             f"{_f(v['rmse'])} | {_f(v.get('coverage_2sigma', float('nan')), 3)} | {_f(v.get('mean_std', float('nan')))} |")
+        if rel is not None:
+            q = rel[n]
+            r += f" {_f(q['replicate_sd'])} | {_f(q['rmse_over_replicate_sd'], 3)} | {_f(q['r2_noise_ceiling'], 3)} |"
+        rows.append(r)
+    return rows
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    L: list[str] = []
+    L.append(f"# Model card: `{card['family']}` {card['version']}")
+    L.append("")
+    L.append(card.get("summary", ""))
+    L.append("")
+    L.append("## Model")
+    t = card["training"]
+    hp = t["config"]["hparams"]
+    L.append(f"- deep ensemble of {t['config']['members']} MLPs (width {hp['width']}, depth {hp['depth']}, "
+             f"{hp['activation']}, linear skip path), bootstrap `{t['config']['bootstrap']}`, seed {t['config']['seed']}; "
+             f"AdamW lr {_f(hp['lr'], 3)}, weight decay {_f(hp['weight_decay'], 3)}, {hp['epochs']} full-batch epochs")
+    L.append("- input and output normalisation inside the graph; ONNX opset "
+             f"{card['onnx']['opset']}, input `x` [batch, {len(card['inputs'])}] float32, "
+             "outputs `mean`, `std` (predictive: ensemble spread and calibrated noise), `spread` (ensemble only)")
+    s = t.get("search")
+    if s:
+        L.append(f"- hyperparameters: optuna TPE, {s['trials']} trials in {_f(s['elapsed_s'], 3)} s "
+                 f"(budget {_f(s['budget_s'], 3)} s, at most {s['max_trials']}), best validation loss {_f(s['best_val_loss'])}")
+    L.append(f"- training wall time {_f(t['wall_s'], 3)} s; command: `{t['command']}`")
+    L.append(f"- parity gate: ONNX vs torch max abs difference {_f(card['parity']['max_abs_diff'], 3)} "
+             f"(<= {card['parity']['tol']:g}) on {card['parity']['rows']} test rows")
+    L.append("")
+    L.append("## Data")
+    ds = card["dataset"]
+    L.append(f"- `{ds['path']}` sha256 `{ds['sha256']}` ({ds['n_runs']} valid runs)")
+    sp = card["split"]
+    L.append(f"- split (seed {sp['seed']}): {sp['rule']}; runs: " +
+             ", ".join(f"{k} {v}" for k, v in sp["n_runs"].items()))
+    L.append("- held-out corner: " + ", ".join(f"{k} in [{a:g}, {b:g}]" for k, (a, b) in sp["corner"].items()))
+    L.append("")
+    L.append("## Input domain (out-of-domain flag)")
+    L.append("| input | low | high |")
+    L.append("| --- | --- | --- |")
+    for k, (lo, hi) in card["domain"].items():
+        L.append(f"| `{k}` | {lo:g} | {hi:g} |")
+    for ex in card.get("domain_exclusions", []):
+        L.append(f"\nFlagged inside the box too: {ex['name']} (" +
+                 ", ".join(f"{k} in [{a:g}, {b:g}]" for k, (a, b) in ex["bounds"].items()) + f"): {ex['reason']}")
+    L.append("")
+    L.append("## Accuracy on the held-out test runs")
+    L.extend(metrics_table(card["metrics"]["test"], card["relative_to_scatter"]["test"]))
+    L.append("")
+    L.append("## Extrapolation: held-out corner")
+    L.extend(metrics_table(card["metrics"]["corner"], card["relative_to_scatter"]["corner"]))
+    L.append("")
+    L.append("## DEM replicate scatter (the physical floor)")
+    rs = card["replicate_scatter"]
+    L.append(f"Pooled within-point standard deviation over {len(rs['design_points'])} design points repeated "
+             f"with other packing seeds ({rs['runs']} runs): " +
+             ", ".join(f"`{n}` sd {_f(v['sd'], 3)} (CV {_f(v['cv_pct'], 2)} %)" for n, v in rs["outputs"].items()) + ".")
+    L.append("The R² noise ceiling is 1 - sd² / Var(y) on the evaluated runs: the expected R² of a model that "
+             "predicted the noise-free DEM mean exactly.")
+    L.append("")
+    L.append("## Acceptance (issue #6)")
+    L.append("Noise limit: the best score a model that predicted the noise-free DEM mean exactly would get against "
+             "single runs (R² ceiling; MAE and MAPE floors = sqrt(2/π) × replicate sd).")
+    L.append("")
+    L.append("| output | metric | target | value | met | noise limit | target beyond the noise limit |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in card["acceptance"]["rows"]:
+        L.append(f"| {r['output']} | {r['metric']} | {_f(r['target'])} | {_f(r['value'])} | {_f(r['met'])} | "
+                 f"{_f(r.get('noise_ceiling', float('nan')), 3)} | {_f(r.get('target_above_ceiling', ''))} |")
+    L.append("")
+    L.append(card.get("acceptance_note", ""))
+    L.append("")
+    u = card["uncertainty"]
+    L.append("## Uncertainty")
+    L.append("`std` = sqrt(ensemble variance + noise variance); noise sd per output = max(DEM replicate sd, "
+             "validation residual sd unexplained by the spread): " +
+             ", ".join(f"`{n}` {_f(v, 3)}" for n, v in zip(card["outputs"], u["noise_sd"])) + ".")
+    L.append("")
+    return "\n".join(L) + "\n"

@@ -1,0 +1,236 @@
+"""Deep ensemble of MLPs (torch): normalisation inside the model, batched members, training, optuna search.
+
+All members live in one module: the weights of layer l are one tensor ``[M, fan_in, fan_out]`` and the
+forward pass is a broadcast matmul, so the whole ensemble trains in one loop and exports as one graph.
+Each member has its own initialisation seed and (optionally) its own Bayesian-bootstrap weights of the
+training runs. Adam is element-wise, so training the members jointly is the same as training them apart.
+
+Outputs of ``forward`` (physical units):
+- ``mean``   : ensemble mean per output
+- ``std``    : predictive standard deviation = sqrt(ensemble variance + noise variance), where the noise
+               variance per output is a buffer set after training (``calibrate_noise``): the larger of the
+               DEM replicate variance and the validation residual variance the ensemble spread leaves
+               unexplained. It is what the +-2 sigma band is checked with.
+- ``spread`` : the ensemble standard deviation alone (epistemic part)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"silu": nn.functional.silu, "tanh": torch.tanh,
+                                                                   "gelu": nn.functional.gelu}
+
+
+@dataclass
+class HParams:
+    width: int = 32
+    depth: int = 1
+    activation: str = "tanh"
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    epochs: int = 1000
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HParams:
+        return cls(**{k: d[k] for k in asdict(cls()) if k in d})
+
+
+@dataclass
+class TrainConfig:
+    members: int = 8
+    seed: int = 0
+    bootstrap: str = "bayesian"  # "bayesian" (Dirichlet weights per member) | "none" (seeds only)
+    hparams: HParams = field(default_factory=HParams)
+    threads: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EnsembleMLP(nn.Module):
+    def __init__(self, n_in: int, n_out: int, members: int, width: int, depth: int, activation: str,
+                 x_mean: np.ndarray, x_std: np.ndarray, y_mean: np.ndarray, y_std: np.ndarray,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.members, self.activation = members, activation
+        self.register_buffer("x_mean", torch.as_tensor(x_mean, dtype=torch.float32))
+        self.register_buffer("x_std", torch.as_tensor(x_std, dtype=torch.float32))
+        self.register_buffer("y_mean", torch.as_tensor(y_mean, dtype=torch.float32))
+        self.register_buffer("y_std", torch.as_tensor(y_std, dtype=torch.float32))
+        self.register_buffer("noise_var", torch.zeros(n_out, dtype=torch.float32))
+        sizes = [n_in] + [width] * depth + [n_out]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            w = torch.empty(members, a, b)
+            for m in range(members):  # each member its own seed: the ensemble does not depend on M's order
+                g = torch.Generator().manual_seed(seed * 100_003 + m * 1009 + a * 7 + b)
+                bound = math.sqrt(6.0 / (a + b))  # Glorot uniform
+                w[m] = (torch.rand(a, b, generator=g) * 2 - 1) * bound
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(members, 1, b)))
+        # linear skip path per member (in normalised units): a small data set is mostly linear-plus-curvature
+        self.skip = nn.Parameter(torch.zeros(members, n_in, n_out))
+
+    def members_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, n_in] physical -> [M, n, n_out] normalised outputs."""
+        act = ACTIVATIONS[self.activation]
+        z = ((x - self.x_mean) / self.x_std).unsqueeze(0)
+        h = z
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.matmul(h, w) + b
+            if i < last:
+                h = act(h)
+        return h + torch.matmul(z, self.skip)
+
+    def members_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.members_normalised(x) * self.y_std + self.y_mean
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = self.members_forward(x)
+        mean = p.mean(dim=0)
+        var = ((p - mean) ** 2).sum(dim=0) / max(self.members - 1, 1)
+        spread = torch.sqrt(var)
+        std = torch.sqrt(var + self.noise_var)
+        return mean, std, spread
+
+
+def _seed_everything(seed: int, threads: int) -> None:
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, threads))
+    torch.use_deterministic_algorithms(True)
+
+
+def build(x: np.ndarray, y: np.ndarray, members: int, hp: HParams, seed: int) -> EnsembleMLP:
+    x_mean, x_std = x.mean(0), x.std(0) + 1e-12
+    y_mean, y_std = y.mean(0), y.std(0) + 1e-12
+    return EnsembleMLP(x.shape[1], y.shape[1], members, hp.width, hp.depth, hp.activation,
+                       x_mean, x_std, y_mean, y_std, seed=seed)
+
+
+def fit(x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+        progress: Callable[[int, int, float], None] | None = None) -> EnsembleMLP:
+    """Train the ensemble on (x, y) (float32 arrays, physical units), full batch, AdamW with a cosine
+    learning-rate schedule. Deterministic for (data, cfg)."""
+    hp = cfg.hparams
+    _seed_everything(cfg.seed, cfg.threads)
+    model = build(x, y, cfg.members, hp, cfg.seed)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    yn = (yt - model.y_mean) / model.y_std
+    n = len(x)
+    if cfg.bootstrap == "bayesian":
+        rng = np.random.default_rng(cfg.seed + 7919)
+        w = rng.dirichlet(np.ones(n), size=cfg.members) * n  # [M, n], mean 1
+    elif cfg.bootstrap == "none":
+        w = np.ones((cfg.members, n))
+    else:
+        raise ValueError(f"unknown bootstrap {cfg.bootstrap!r} (bayesian | none)")
+    wt = torch.as_tensor(w, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs, eta_min=hp.lr * 0.01)
+    every = max(1, hp.epochs // 100)
+    for ep in range(hp.epochs):
+        opt.zero_grad(set_to_none=True)
+        err = (model.members_normalised(xt) - yn) ** 2  # [M, n, k]
+        loss_m = (err.mean(dim=2) * wt).sum(dim=1) / wt.sum(dim=1)
+        loss = loss_m.sum()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None and (ep % every == 0 or ep == hp.epochs - 1):
+            progress(ep + 1, hp.epochs, float(loss.detach()) / cfg.members)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict(model: EnsembleMLP, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean, std, spread = model(torch.as_tensor(np.asarray(x, dtype=np.float32)))
+    return mean.numpy(), std.numpy(), spread.numpy()
+
+
+def noise_from_residuals(mean: np.ndarray, spread: np.ndarray, y: np.ndarray,
+                         replicate_sd: np.ndarray) -> dict[str, list[float]]:
+    """Noise sd per output = max(replicate sd, sd of the held-out residuals that the ensemble spread does
+    not explain). ``mean``/``spread`` are predictions for runs the ensemble did not train on."""
+    resid_var = np.mean((np.asarray(mean, np.float64) - y) ** 2, axis=0)
+    excess = np.maximum(resid_var - np.mean(np.asarray(spread, np.float64) ** 2, axis=0), 0.0)
+    rep_var = np.asarray(replicate_sd, dtype=np.float64) ** 2
+    noise = np.maximum(rep_var, excess)
+    return {"replicate_sd": np.sqrt(rep_var).tolist(), "heldout_excess_sd": np.sqrt(excess).tolist(),
+            "noise_sd": np.sqrt(noise).tolist()}
+
+
+@torch.no_grad()
+def set_noise(model: EnsembleMLP, noise_sd: list[float]) -> None:
+    model.noise_var.copy_(torch.as_tensor(np.asarray(noise_sd, np.float64) ** 2, dtype=torch.float32))
+
+
+def calibrate_noise(model: EnsembleMLP, x_val: np.ndarray, y_val: np.ndarray,
+                    replicate_sd: np.ndarray) -> dict[str, list[float]]:
+    """Set the noise variance buffer from a validation set (see ``noise_from_residuals``)."""
+    mean, _, spread = predict(model, x_val)
+    res = noise_from_residuals(mean, spread, y_val, replicate_sd)
+    set_noise(model, res["noise_sd"])
+    return res
+
+
+def val_loss(model: EnsembleMLP, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean squared error of the ensemble mean in normalised output units (all outputs weighted alike)."""
+    mean, _, _ = predict(model, x)
+    ys = model.y_std.numpy().astype(np.float64)
+    return float(np.mean(((mean - y) / ys) ** 2))
+
+
+SEARCH_SPACE = {
+    "width": [16, 32, 64],
+    "depth": (1, 3),
+    "activation": ["tanh", "silu"],
+    "lr": (1e-3, 1e-2),
+    "weight_decay": (1e-5, 1e-1),
+    "epochs": (300, 1500, 100),
+}
+
+
+def search(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, seed: int,
+           budget_s: float, max_trials: int, members: int = 3, bootstrap: str = "none",
+           on_trial: Callable[[int, float, float], None] | None = None) -> dict[str, Any]:
+    """Optuna (TPE, seeded) over SEARCH_SPACE under a wall-clock budget; objective = validation loss of a
+    small ensemble. Deterministic for the same number of finished trials (the budget may cut it)."""
+    import optuna  # noqa: PLC0415
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t0 = time.perf_counter()
+
+    def objective(trial: optuna.Trial) -> float:
+        hp = HParams(width=trial.suggest_categorical("width", SEARCH_SPACE["width"]),
+                     depth=trial.suggest_int("depth", *SEARCH_SPACE["depth"]),
+                     activation=trial.suggest_categorical("activation", SEARCH_SPACE["activation"]),
+                     lr=trial.suggest_float("lr", *SEARCH_SPACE["lr"], log=True),
+                     weight_decay=trial.suggest_float("weight_decay", *SEARCH_SPACE["weight_decay"], log=True),
+                     epochs=trial.suggest_int("epochs", SEARCH_SPACE["epochs"][0], SEARCH_SPACE["epochs"][1],
+                                              step=SEARCH_SPACE["epochs"][2]))
+        m = fit(x_tr, y_tr, TrainConfig(members=members, seed=seed, bootstrap=bootstrap, hparams=hp))
+        v = val_loss(m, x_val, y_val)
+        if on_trial is not None:
+            on_trial(trial.number, v, time.perf_counter() - t0)
+        return v
+
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial(asdict(HParams()))  # the default is always tried first
+    study.optimize(objective, n_trials=max_trials, timeout=budget_s)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return {"best": HParams.from_dict(study.best_params), "best_val_loss": float(study.best_value),
+            "trials": len(done), "budget_s": budget_s, "max_trials": max_trials,
+            "elapsed_s": time.perf_counter() - t0, "space": {k: list(v) for k, v in SEARCH_SPACE.items()},
+            "history": [{"number": t.number, "value": float(t.value), "params": t.params} for t in done]}

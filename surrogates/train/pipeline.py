@@ -1,0 +1,209 @@
+"""Train -> calibrate -> evaluate -> export (parity gate) -> card; and re-evaluation of a saved model.
+
+``evaluate_model`` needs onnxruntime and numpy only (it runs the exported graph through
+``surrogates.runtime``), so the acceptance tests recompute a committed model's metrics without torch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from surrogates.train import data as D
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS_DIR = ROOT / "surrogates" / "models"
+FAMILY = "calendering"
+
+ACCEPTANCE_NOTE = (
+    "The DEM's own run-to-run scatter bounds what any surrogate can score against single DEM runs. For porosity, "
+    "tortuosity factor and effective diffusivity the R² targets of issue #6 lie above that ceiling on this data "
+    "set (see the 'noise ceiling' column): they cannot be met by a faithful model and were not tuned for. The "
+    "error targets (porosity MAE in percentage points, tortuosity MAPE) and the ±2σ coverage are compatible with "
+    "the scatter and are what the tests hold the model to, together with R² floors set below the noise ceiling.")
+
+
+@dataclass
+class PipelineConfig:
+    family: str = FAMILY
+    version: str | None = None  # default: UTC time stamp
+    out: Path = MODELS_DIR
+    data: Path | None = None
+    split_seed: int = 0
+    seed: int = 0
+    members: int = 8
+    bootstrap: str = "none"
+    budget_s: float = 60.0
+    max_trials: int = 30
+    search_members: int = 3
+    subset: int | None = None  # keep this many training design points (smoke runs)
+    refit: bool = True  # final ensemble on train + validation; noise calibrated by group k-fold on them
+    calib_folds: int = 5
+    hparams: dict[str, Any] | None = None  # skip the search and use these
+    threads: int = 1
+    command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _card_metrics(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, dict[str, float]]:
+    return D.metrics(y, mean, std)
+
+
+def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | None = None) -> dict[str, Any]:
+    """Run the whole training; returns {model, card, split, data}. Nothing is written (see ``export``)."""
+    from surrogates.train import model as M  # noqa: PLC0415 - torch only here
+
+    t0 = time.perf_counter()
+    d = D.load(cfg.data)
+    split = D.make_split(d, cfg.split_seed, subset=cfg.subset)
+    xtr, ytr = D.matrices(d, split.train)
+    xv, yv = D.matrices(d, split.val)
+    scatter = D.replicate_scatter(d)
+    search_res: dict[str, Any] | None = None
+    if cfg.hparams is not None:
+        hp = M.HParams.from_dict(cfg.hparams)
+    else:
+        def on_trial(n: int, v: float, el: float) -> None:
+            if progress is not None:
+                progress("search", min(int(el), int(cfg.budget_s)), int(cfg.budget_s), f"trial {n} val {v:.4f}")
+
+        search_res = M.search(xtr, ytr, xv, yv, cfg.seed, cfg.budget_s, cfg.max_trials, members=cfg.search_members,
+                              bootstrap=cfg.bootstrap, on_trial=on_trial)
+        hp = search_res["best"]
+        search_res = dict(search_res, best=asdict(hp))
+    tcfg = M.TrainConfig(members=cfg.members, seed=cfg.seed, bootstrap=cfg.bootstrap, hparams=hp, threads=cfg.threads)
+
+    def on_epoch(ep: int, n: int, loss: float) -> None:
+        if progress is not None:
+            progress("train", ep, n, f"loss {loss:.4f}")
+
+    rep_sd = np.array([scatter["outputs"][n]["sd"] for n in D.OUTPUTS])
+    if cfg.refit:
+        # out-of-fold predictions over train + validation (folds by design point) calibrate the noise term,
+        # then the shipped ensemble trains on all of train + validation; the test runs stay unseen
+        fit_idx = np.concatenate([split.train, split.val])
+        xf, yf = D.matrices(d, fit_idx)
+        groups = D.design_groups(d)[fit_idx]
+        ug = np.array(sorted(set(groups)))
+        ug = ug[np.random.default_rng(cfg.seed + 1).permutation(len(ug))]
+        oof_mean, oof_spread = np.zeros_like(yf, dtype=np.float64), np.zeros_like(yf, dtype=np.float64)
+        for k, fold in enumerate(np.array_split(ug, cfg.calib_folds)):
+            te = np.isin(groups, fold)
+            if progress is not None:
+                progress("calibrate", k, cfg.calib_folds, f"fold {k + 1}")
+            mk = M.fit(xf[~te], yf[~te], tcfg)
+            mean_k, _, spread_k = M.predict(mk, xf[te])
+            oof_mean[te], oof_spread[te] = mean_k, spread_k
+        if progress is not None:
+            progress("calibrate", cfg.calib_folds, cfg.calib_folds, "done")
+        calib = M.noise_from_residuals(oof_mean, oof_spread, yf, rep_sd)
+        calib["method"] = f"{cfg.calib_folds}-fold out-of-fold residuals over train + validation (by design point)"
+        model = M.fit(xf, yf, tcfg, progress=on_epoch)
+        M.set_noise(model, calib["noise_sd"])
+    else:
+        model = M.fit(xtr, ytr, tcfg, progress=on_epoch)
+        calib = M.calibrate_noise(model, xv, yv, rep_sd)
+        calib["method"] = "validation residuals"
+    wall = time.perf_counter() - t0
+
+    # the card's metrics are those of the graph that ships: the float64 export of the trained ensemble
+    from surrogates.train.export import Float64Graph, graph_predict  # noqa: PLC0415
+
+    graph = Float64Graph(model)
+    metrics: dict[str, Any] = {}
+    rel: dict[str, Any] = {}
+    for name in ("fit", "test", "corner", "ood"):
+        idx = np.concatenate([split.train, split.val]) if name == "fit" and cfg.refit else (
+            split.train if name == "fit" else getattr(split, name))
+        if len(idx) == 0:
+            continue
+        x, y = D.matrices(d, idx)
+        g = graph_predict(graph, x)
+        mean, std = g["mean"], g["std"]
+        metrics[name if name != "ood" else "ood_lowcd"] = D.metrics(y, mean, std)
+        if name in ("test", "corner"):
+            rel[name] = D.relative_to_scatter(metrics[name], y, scatter)
+    version = cfg.version or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    data_path = D.dataset_path(cfg.data)
+    try:
+        shown_path = str(data_path.resolve().relative_to(ROOT))
+    except ValueError:
+        shown_path = str(data_path)
+    card = {
+        "family": cfg.family, "version": version, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "summary": ("Deep-ensemble surrogate of the DEM calendering reference (issue #5 data set): calendering inputs "
+                    "-> structure metrics after release, with predictive uncertainty and an out-of-domain flag."),
+        "inputs": D.INPUTS, "outputs": D.OUTPUTS, "units": D.UNITS,
+        "domain": {k: list(v) for k, v in D.DOMAIN.items()},
+        "domain_exclusions": [{"name": "held-out corner", "bounds": {k: list(v) for k, v in D.CORNER.items()},
+                               "reason": "held out of training to probe extrapolation (high compaction and roll "
+                                         "temperature); predictions there are extrapolations"}],
+        "dataset": {"path": shown_path, "sha256": D.dataset_sha256(cfg.data), "n_runs": int(len(d["run_id"]))},
+        "split": split.summary(),
+        "training": {"config": tcfg.as_dict(), "search": search_res, "wall_s": wall, "refit_on_train_and_val": cfg.refit,
+                     "command": cfg.command or "twin surrogates train", "subset": cfg.subset,
+                     "libraries": _versions()},
+        "uncertainty": calib,
+        "metrics": metrics,
+        "replicate_scatter": scatter,
+        "relative_to_scatter": rel,
+        "targets": D.TARGETS,
+        "onnx": {"opset": 17, "input": "x", "heads": ["mean", "std", "spread"]},
+    }
+    if "test" in metrics:
+        card["acceptance"] = D.acceptance(metrics["test"], rel["test"])
+        card["acceptance_note"] = ACCEPTANCE_NOTE
+    return {"model": model, "card": card, "split": split, "data": d}
+
+
+def export(result: dict[str, Any], out: Path, tol: float | None = None) -> Path:
+    """Write ``out/<family>/<version>/`` behind the parity gate (on the test inputs)."""
+    from surrogates.train.export import PARITY_TOL, write_model  # noqa: PLC0415
+
+    card = result["card"]
+    x_test, _ = D.matrices(result["data"], result["split"].test)
+    return write_model(result["model"], Path(out) / card["family"] / card["version"], x_test, card, D.INPUTS,
+                       D.OUTPUTS, tol=PARITY_TOL if tol is None else tol)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md  # noqa: PLC0415
+
+    out = {}
+    for p in ("torch", "optuna", "onnx", "onnxruntime", "numpy"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def evaluate_model(model_dir: Path | str, data: Path | None = None) -> dict[str, Any]:
+    """Recompute a saved model's metrics from the data set with onnxruntime (no torch): the split comes from
+    the card's seed, the data set must hash to the card's sha256."""
+    from surrogates.runtime import SurrogateModel  # noqa: PLC0415
+
+    m = SurrogateModel(model_dir)
+    card = m.card
+    sha = D.dataset_sha256(data)
+    d = D.load(data)
+    split = D.make_split(d, int(card["split"]["seed"]), subset=card["training"].get("subset"))
+    scatter = D.replicate_scatter(d)
+    out: dict[str, Any] = {"family": m.family, "version": m.version, "dataset_sha256": sha,
+                           "dataset_matches_card": sha == card["dataset"]["sha256"], "metrics": {}, "relative": {}}
+    for name in ("test", "corner", "ood"):
+        idx = getattr(split, name)
+        x, y = D.matrices(d, idx)
+        p = m.predict(x)
+        key = name if name != "ood" else "ood_lowcd"
+        out["metrics"][key] = D.metrics(y, p.mean, p.std)
+        out.setdefault("ood_flagged", {})[key] = float(np.mean(p.ood))
+        if name in ("test", "corner"):
+            out["relative"][name] = D.relative_to_scatter(out["metrics"][name], y, scatter)
+    out["acceptance"] = D.acceptance(out["metrics"]["test"], out["relative"]["test"])
+    out["replicate_scatter"] = scatter
+    return out

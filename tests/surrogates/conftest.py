@@ -1,0 +1,38 @@
+"""Fixtures of the surrogate tests: the committed model and a registry copy to play with."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "surrogates" / "models"
+FAMILY = "calendering"
+
+
+@pytest.fixture(scope="session")
+def committed_dir() -> Path:
+    from surrogates.runtime import ModelRegistry
+
+    return ModelRegistry(MODELS).path(FAMILY)
+
+
+@pytest.fixture
+def registry_copy(tmp_path: Path, committed_dir: Path) -> Path:
+    """A registry holding a copy of the committed model (version as committed)."""
+    root = tmp_path / "models"
+    shutil.copytree(committed_dir, root / FAMILY / committed_dir.name)
+    return root
+
+
+def add_version(root: Path, src: Path, version: str) -> Path:
+    """Copy a model folder as another version (card's version field updated)."""
+    dst = root / FAMILY / version
+    shutil.copytree(src, dst)
+    card = json.loads((dst / "card.json").read_text())
+    card["version"] = version
+    (dst / "card.json").write_text(json.dumps(card))
+    return dst
