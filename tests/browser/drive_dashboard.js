@@ -80,9 +80,11 @@ async function main() {
     // 3. approve the open proposal through the page
     const prop = {};
     result.proposal = prop;
+    const tProp = Date.now();
     try {
       await page.waitForSelector('#proposal[data-state="proposed"], #proposal[data-feedback="disabled"]',
                                  {timeout: (opts.proposal_timeout_s || 25) * 1000});
+      prop.waited_s = (Date.now() - tProp) / 1000;
       const el = await page.$("#proposal");
       prop.feedback = await el.getAttribute("data-feedback");
       if (prop.feedback === "disabled") {

@@ -69,6 +69,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
                              str(tmp_path / "state"), "--time-scale", "30", "--write-token", token],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     shot = tmp_path / "dashboard.png"
+    t_start = time.monotonic()
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -81,10 +82,11 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the demo did not become healthy within 20 s"
             time.sleep(0.2)
 
+        print(f"demo healthy after {time.monotonic() - t_start:.1f} s")
         args = {"url": base + "/", "token": token, "screenshot": str(shot), "chromium": CHROMIUM,
                 "proposal_timeout_s": 25}
         run = subprocess.run([node, str(DRIVER), json.dumps(args)], capture_output=True, text=True, timeout=120)
-        print(f"screenshot: {shot}")
+        print(f"screenshot: {shot} (browser run {time.monotonic() - t_start:.1f} s after the demo's start)")
         try:
             res = json.loads(run.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
@@ -134,9 +136,11 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
             r = httpx.put(f"{base}/api/v1/feedback/targets", json=targets.json(), headers=headers)
             assert r.status_code in (401, 403), (headers, r.status_code, r.text)
     finally:
+        t_stop = time.monotonic()
         demo.send_signal(signal.SIGTERM)
         try:
             demo.wait(timeout=30)
         finally:
             log.close()
+        print(f"demo stopped in {time.monotonic() - t_stop:.1f} s")
     assert demo.returncode == 0, log_path.read_text()[-3000:]

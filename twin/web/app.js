@@ -379,16 +379,6 @@ function onPrediction(pred) {
   markOutOfDomain(pred);
 }
 
-function cardRows(obj, depth) {
-  return Object.entries(obj).map(([k, v]) => {
-    let val;
-    if (v === null || typeof v !== "object") val = typeof v === "number" ? fmt(v) : esc(v);
-    else if (Array.isArray(v)) val = v.length <= 6 && v.every(x => typeof x !== "object") ? v.map(x => typeof x === "number" ? fmt(x) : esc(x)).join(", ") : `${v.length} items`;
-    else val = depth > 0 ? `<table class="nested">${cardRows(v, depth - 1)}</table>` : `${Object.keys(v).length} fields`;
-    return `<tr><th>${esc(k)}</th><td>${val}</td></tr>`;
-  }).join("");
-}
-
 async function loadModel() {
   const el = document.getElementById("model");
   try {
@@ -398,8 +388,23 @@ async function loadModel() {
       return;
     }
     el.classList.remove("muted");
-    el.innerHTML = `<div><b>${esc(m.loaded.family)}</b> version <b>${esc(m.loaded.version)}</b></div>` +
-      `<table class="card-table">${cardRows(m.loaded.card || {}, 1)}</table>`;
+    const c = m.loaded.card || {};
+    const dom = c.domain || {}, units = c.units || {};
+    const list = v => Array.isArray(v) ? v : (v && typeof v === "object" ? Object.keys(v) : []);
+    const inputs = list(c.inputs).map(n => `<tr><td>${esc(n)}</td><td class="num">${Array.isArray(dom[n]) ?
+      dom[n].map(fmt).join(" – ") : ""}</td><td>${esc(unitLabel(units[n]))}</td></tr>`).join("");
+    const outputs = list(c.outputs).map(n => `${esc(n)}${units[n] ? " (" + esc(unitLabel(units[n])) + ")" : ""}`).join(", ");
+    const acc = c.acceptance && typeof c.acceptance === "object" ? c.acceptance : null;
+    el.innerHTML = `<div><b>${esc(m.loaded.family)}</b> version <b>${esc(m.loaded.version)}</b>` +
+      `${c.created_utc ? " · created " + esc(c.created_utc) : ""}</div>` +
+      (c.summary ? `<p class="summary">${esc(c.summary)}</p>` : "") +
+      (inputs ? `<table><thead><tr><th>input</th><th class="num">training domain</th><th>unit</th></tr></thead><tbody>${inputs}</tbody></table>` : "") +
+      (outputs ? `<div>outputs: ${outputs}</div>` : "") +
+      (c.dataset && c.dataset.n_runs !== undefined ? `<div>trained on ${esc(c.dataset.n_runs)} runs</div>` : "") +
+      (acc ? `<div>acceptance: ${acc.all_met === true ? '<span class="online">all criteria met</span>' :
+              acc.all_met === false ? '<span class="error">not all criteria met</span>' : "–"}</div>` : "") +
+      `<details><summary>full model card</summary><pre class="card-json">${esc(JSON.stringify(c, null, 1))}</pre></details>` +
+      `<div class="muted">${(m.models || []).length} model(s) in the registry</div>`;
   } catch (e) { el.textContent = "model card unavailable: " + e.message; }
 }
 
@@ -431,7 +436,8 @@ function renderProposal() {
   el.dataset.proposalId = p.id;
   const settings = (p.settings || []).map(s =>
     `<tr><td>${esc(s.parameter)}</td><td class="num">${fmt(s.current)}</td><td class="num"><b>${fmt(s.proposed)}</b></td>` +
-    `<td>${esc(unitLabel(s.unit))}</td><td>${s.clipped ? '<span class="warn">clipped</span> ' : ""}${esc(s.limit_note || "")}</td></tr>`).join("");
+    `<td>${esc(unitLabel(s.unit))}</td><td>${s.clipped ? '<span class="warn">clipped</span>' : ""}</td></tr>` +
+    (s.limit_note ? `<tr class="note"><td colspan="5" class="muted">${esc(s.limit_note)}</td></tr>` : "")).join("");
   const outs = [...new Set([...Object.keys(p.predicted || {}), ...Object.keys(p.predicted_now || {})])];
   const pred = outs.map(k => {
     const a = (p.predicted_now || {})[k], b = (p.predicted || {})[k], t = b || a || {};
