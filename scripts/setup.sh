@@ -3,6 +3,8 @@
 #   - Debian packages: mosquitto (real broker for the tests), influxdb (influxd 1.x) and
 #     victoria-metrics (real time-series servers for the InfluxDB backend's tests), default JRE (HermiT reasoner)
 #   - a virtual environment in .venv with the project and its extras
+#   - the browser test's tools: nodejs, npm, chromium (Debian) and playwright-core (npm, pinned, into
+#     the git-ignored tests/browser/node; it drives /usr/bin/chromium, no browser download)
 # Run as root for the Debian packages; otherwise it prints what to install and goes on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
