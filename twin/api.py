@@ -273,6 +273,12 @@ def create_app(daemon: Any) -> FastAPI:
         preds = [v.as_json() for k, v in sorted(p.latest.items()) if line is None or k == line]
         return {"predictions": preds, "count": p.count, "skipped": p.skipped, "last_skip_reason": p.last_skip_reason}
 
+    # --- feedback: proposals, approval, targets (twin/feedback.py) ---
+    from twin.feedback import install_routes as feedback_routes
+
+    feedback_routes(app, daemon, auth)
+    # --- end feedback ---
+
     # --- ontology: steps, parameters, points, downloads, SPARQL (ontology/api.py) ---
     from ontology.api import make_router
 

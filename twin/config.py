@@ -18,6 +18,7 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from connectors import registry
+from twin.feedback import FeedbackConfig
 from twin.predictor import PredictorConfig
 from twin.store.sqlite import Durability
 
@@ -189,6 +190,13 @@ class TwinConfig(BaseModel):
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API")
     connectors: list[ConnectorConfig] = Field(default_factory=list, description="data sources")  # type: ignore[valid-type]
     predictor: PredictorConfig = Field(default_factory=PredictorConfig, description="surrogate predictions")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="calender setting proposals")
+
+    @model_validator(mode="after")
+    def _feedback_needs_predictor(self) -> "TwinConfig":
+        if self.feedback.enabled and not self.predictor.enabled:
+            raise ValueError("feedback.enabled needs predictor.enabled: the proposals come from the surrogate")
+        return self
 
 
 def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> list[str]:

@@ -63,6 +63,12 @@ class Daemon:
             predictor = Predictor(config.predictor, self)
             predictor.load()  # fails fast: a configured model that cannot load refuses start-up
             self.extensions["predictor"] = predictor
+        if config.feedback.enabled:
+            if not config.predictor.enabled:
+                raise ValueError("[feedback] enabled needs [predictor] enabled: the proposals come from the surrogate")
+            from twin.feedback import FeedbackService
+
+            self.extensions["feedback"] = FeedbackService(config.feedback, self)
 
     # -- periodic jobs -----------------------------------------------------------------------
     async def _job_flush(self) -> None:
