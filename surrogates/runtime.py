@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ class PredictionBatch:
     std: np.ndarray  # [n, n_out] predictive sd (ensemble spread + calibrated noise)
     spread: np.ndarray  # [n, n_out] ensemble sd alone
     ood: np.ndarray  # [n] bool
-    ood_reasons: list[list[str]]  # per row, empty when in domain
+    ood_reasons: Sequence[list[str]]  # per row, empty when in domain (OODReasons: formatted when read)
 
 
 def session_options() -> ort.SessionOptions:
@@ -49,6 +50,51 @@ def session_options() -> ort.SessionOptions:
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
     return so
+
+
+class OODReasons(Sequence[list[str]]):
+    """Reasons per row of a batch (a list-like: ``reasons[i]`` is a list of str, empty when in domain),
+    formatted on access so that a large batch pays nothing for the rows nobody reads."""
+
+    def __init__(self, model: SurrogateModel, x: np.ndarray, flagged: np.ndarray, bad: np.ndarray,
+                 ex_masks: list[np.ndarray]) -> None:
+        self._m, self._x, self._flagged, self._bad, self._ex = model, x, flagged, bad, ex_masks
+
+    def __len__(self) -> int:
+        return len(self._flagged)
+
+    def row(self, i: int) -> list[str]:
+        if not self._flagged[i]:
+            return []
+        m, r = self._m, []
+        for j in np.flatnonzero(self._bad[i]):
+            k = m.input_names[j]
+            lo, hi = m.domain[k]
+            v = self._x[i, j]
+            r.append(f"{k} is not a finite number" if not np.isfinite(v)
+                     else f"{k}={v:.4g} outside the training domain [{lo:g}, {hi:g}]")
+        for ex, mask in zip(m.exclusions, self._ex):
+            if mask[i]:
+                r.append(f"in the {ex['name']}: {ex['reason']}")
+        return r
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def,override]
+        if isinstance(i, slice):
+            return [self.row(j) for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.row(i)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, OODReasons)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"OODReasons({list(self)!r})"
 
 
 class SurrogateModel:
@@ -84,12 +130,11 @@ class SurrogateModel:
                              f"got shape {x.shape}")
         return dict(zip(self._heads, self.session.run(self._heads, {"x": x})))
 
-    def domain_check(self, x: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
-        """Per row: out-of-domain flag and its reasons (input outside the training box, non-finite input,
-        or inside a region of the box that was held out of training)."""
+    def _masks(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         x = np.asarray(x, dtype=np.float64)
-        bad_lo, bad_hi = x < self._lo, x > self._hi
-        nonfinite = ~np.isfinite(x)
+        with np.errstate(invalid="ignore"):
+            bad = (x < self._lo) | (x > self._hi) | ~np.isfinite(x)  # [n, d]
+        flagged = bad.any(axis=1)
         ex_masks = []
         for ex in self.exclusions:
             m = np.ones(len(x), dtype=bool)
@@ -97,28 +142,30 @@ class SurrogateModel:
                 v = x[:, self.input_names.index(k)]
                 m &= (v >= a) & (v <= b)
             ex_masks.append(m)
-        flagged = bad_lo.any(1) | bad_hi.any(1) | nonfinite.any(1)
-        for m in ex_masks:
             flagged |= m
-        reasons: list[list[str]] = [[] for _ in range(len(x))]
-        for i in np.flatnonzero(flagged):
-            r = reasons[i]
-            for j, k in enumerate(self.input_names):
-                lo, hi = self.domain[k]
-                if nonfinite[i, j]:
-                    r.append(f"{k} is not a finite number")
-                elif bad_lo[i, j] or bad_hi[i, j]:
-                    r.append(f"{k}={x[i, j]:.4g} outside the training domain [{lo:g}, {hi:g}]")
-            for ex, m in zip(self.exclusions, ex_masks):
-                if m[i]:
-                    r.append(f"in the {ex['name']}: {ex['reason']}")
-        return flagged, reasons
+        return flagged, bad, ex_masks
 
-    def predict(self, x: np.ndarray) -> PredictionBatch:
+    def domain_check(self, x: np.ndarray) -> tuple[np.ndarray, OODReasons]:
+        """Per row: out-of-domain flag and its reasons (input outside the training box, non-finite input,
+        or inside a region of the box that was held out of training). The flags are computed for the
+        whole batch at once (vectorised); a row's reason texts are formatted when they are read."""
+        x = np.asarray(x, dtype=np.float64)
+        flagged, bad, ex_masks = self._masks(x)
+        return flagged, OODReasons(self, x, flagged, bad, ex_masks)
+
+    def ood_mask(self, x: np.ndarray) -> np.ndarray:
+        """The out-of-domain flag per row alone (vectorised; no reasons), for large candidate batches."""
+        return self._masks(x)[0]
+
+    def predict(self, x: np.ndarray, *, reasons: bool = True) -> PredictionBatch:
+        """``reasons=False`` skips the per-row reason strings (flags only), for optimizer batches."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = self.run(x)
-        ood, reasons = self.domain_check(x)
-        return PredictionBatch(out["mean"], out["std"], out.get("spread", out["std"]), ood, reasons)
+        if not reasons:
+            return PredictionBatch(out["mean"], out["std"], out.get("spread", out["std"]), self.ood_mask(x),
+                                   [[] for _ in range(len(x))])
+        ood, reasons_ = self.domain_check(x)
+        return PredictionBatch(out["mean"], out["std"], out.get("spread", out["std"]), ood, reasons_)
 
     def predict_dict(self, inputs: dict[str, float]) -> dict[str, Any]:
         """One row by input name -> {mean, std, spread (by output name), ood, ood_reasons}."""

@@ -282,7 +282,7 @@ class Optimizer:
 
     def evaluate(self, values: dict[str, float], sp_now: np.ndarray, cand: np.ndarray) -> Candidates:
         model = self.predictor.model
-        res = model.predict(self._model_rows(values, sp_now, cand))
+        res = model.predict(self._model_rows(values, sp_now, cand), reasons=False)
         mean = np.asarray(res.mean, dtype=np.float64).copy()
         std = np.asarray(res.std, dtype=np.float64).copy()
         spread = np.asarray(res.spread, dtype=np.float64).copy()
@@ -334,8 +334,11 @@ class Optimizer:
         step = np.array([m.max_step for m in ms])
         win_lo = np.maximum(lim_lo, sp_now - step)
         win_hi = np.minimum(lim_hi, sp_now + step)
-        coarse = self._grid(win_lo, win_hi, [m.grid for m in ms])
-        wide = self._grid(lim_lo, lim_hi, [m.grid for m in ms])
+        # per axis: the configured grid for one manipulable; at most 21 points each for several (a 2-D search
+        # with 21 x 21 coarse points and a 21 x 21 refinement resolves a 5-um step to 0.025 um)
+        n_axis = [m.grid if len(ms) == 1 else min(m.grid, 21) for m in ms]
+        coarse = self._grid(win_lo, win_hi, n_axis)
+        wide = self._grid(lim_lo, lim_hi, n_axis)
         now = sp_now[None, :]
         allc = np.concatenate([now, coarse, wide])
         c = self.evaluate(values, sp_now, allc)
@@ -345,8 +348,7 @@ class Optimizer:
         n_coarse = len(coarse)
         i_best = int(np.argmin(cost[1:1 + n_coarse])) + 1
         # local refinement: a finer grid around the best coarse point (one coarse spacing each side)
-        spacing = np.where(np.array([m.grid for m in ms]) > 1, (win_hi - win_lo) / np.maximum(
-            np.array([m.grid for m in ms]) - 1, 1), 0.0)
+        spacing = (win_hi - win_lo) / np.maximum(np.array(n_axis) - 1, 1)
         f_lo = np.maximum(win_lo, allc[i_best] - spacing)
         f_hi = np.minimum(win_hi, allc[i_best] + spacing)
         fine = self._grid(f_lo, f_hi, [21] * len(ms))
@@ -444,6 +446,12 @@ class FeedbackService:
         tags |= {config.gap_actual_tag, config.web_speed_tag}
         self.history = History(tags)
         self.limits = self._limits()
+        from prometheus_client import Counter, Gauge
+
+        reg = daemon.metrics.registry
+        self.m_transitions = Counter("twin_feedback_proposals", "Proposal state transitions", ["state"], registry=reg)
+        self.m_gain = Gauge("twin_feedback_model_gain", "Model-correction gain estimated from the line",
+                            ["line", "output"], registry=reg)
 
     # -- set-up -------------------------------------------------------------------------------------
     def _limits(self) -> list[tuple[float, float]]:
@@ -491,6 +499,9 @@ class FeedbackService:
     # -- audit and events ---------------------------------------------------------------------------
     async def _record(self, p: Proposal, kind: str, actor: str | None = None) -> None:
         p.updated_ns = now_ns()
+        self.m_transitions.labels(kind).inc()
+        for o, g in self.gain.get(p.line_id, {}).items():
+            self.m_gain.labels(p.line_id, o).set(g)
         body = p.as_json()
         await asyncio.to_thread(self.daemon.store.append_audit, f"proposal.{kind}", p.id, body,
                                 line_id=p.line_id, actor=actor, ts_ns=p.updated_ns)
