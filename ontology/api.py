@@ -132,6 +132,8 @@ def make_router(daemon: Any) -> APIRouter:
             return names, rows, truncated
 
         fut = asyncio.get_running_loop().run_in_executor(None, run)
+        # after a timeout the worker stops itself with _Timeout; retrieve it so nothing is logged as lost
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             names, rows, truncated = await asyncio.wait_for(asyncio.shield(fut), timeout=timeout_s)
         except (asyncio.TimeoutError, _Timeout):
