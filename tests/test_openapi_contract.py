@@ -16,6 +16,7 @@ Also here: every write operation in the schema refuses requests without a write-
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,18 @@ from twin.config import ApiToken, load_config
 from twin.daemon import Daemon
 from twin.samples import Quality, Sample, now_ns
 
-DEFAULTS = Path(__file__).resolve().parents[1] / "twin" / "defaults"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = ROOT / "twin" / "defaults"
 TOKEN = "contract-test-write-token"
 STREAM = "/api/v1/stream"
 WRITE_METHODS = {"post", "put", "patch", "delete"}
 EXAMPLES = 30  # per operation and generation mode
 
 
-def _daemon(tmp_path: Path, tokens: bool) -> Daemon:
+def _daemon(tmp_path: Path, tokens: bool, models_dir: Path | None = None) -> Daemon:
     cfg = load_config(DEFAULTS / "demo.toml")
+    if models_dir is not None:
+        cfg = cfg.model_copy(update={"predictor": cfg.predictor.model_copy(update={"models_dir": models_dir})})
     store = cfg.store.model_copy(update={"embedded": cfg.store.embedded.model_copy(
         update={"path": tmp_path / "twin.sqlite"})})
     api = cfg.api
@@ -142,5 +146,36 @@ def test_writes_without_a_write_token_are_refused(tmp_path: Path, tokens: bool) 
                 expected = (401,) if tokens else (403,)
                 assert r.status_code in expected, (method, path, headers, r.status_code, r.text)
                 assert r.json().get("detail"), r.text  # the reason, for the dashboard to show
+    finally:
+        d.store.close()
+
+
+def test_model_reload_with_an_emptied_registry_is_404_and_keeps_the_model(tmp_path: Path) -> None:
+    """Found by the generated requests: a reload while the registry held no model was a 500."""
+    reg = tmp_path / "models"
+    shutil.copytree(ROOT / "surrogates" / "models", reg)
+    d = _daemon(tmp_path, tokens=True, models_dir=reg)
+    try:
+        p = d.extensions["predictor"]
+        loaded = p.model.version
+        client = TestClient(create_app(d))
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/api/v1/models/reload", headers=auth).json() == {"loaded": loaded}
+        from surrogates.runtime import CARD_FILE, MODEL_FILE
+
+        card = (reg / p.config.model / loaded / CARD_FILE).read_bytes()
+        shutil.rmtree(reg / p.config.model)
+        r = client.post("/api/v1/models/reload", headers=auth)
+        assert r.status_code == 404 and "no model" in r.json()["detail"], r.text
+        assert p.model.version == loaded  # still predicting with the model it had
+        assert client.get("/api/v1/models").json()["loaded"]["version"] == loaded
+        # a newer version whose graph is not a model (a half-copied deployment): 409, the model stays
+        broken = reg / p.config.model / "29991231T000000Z"
+        broken.mkdir(parents=True)
+        (broken / CARD_FILE).write_bytes(card)
+        (broken / MODEL_FILE).write_bytes(b"not an onnx graph")
+        r = client.post("/api/v1/models/reload", headers=auth)
+        assert r.status_code == 409 and loaded in r.json()["detail"], r.text
+        assert p.model.version == loaded
     finally:
         d.store.close()

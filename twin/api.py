@@ -264,7 +264,13 @@ def create_app(daemon: Any) -> FastAPI:
     @app.post("/api/v1/models/reload", summary="Load the newest model of the family without a restart (write scope)")
     async def reload_model(who: Principal = Depends(auth("write"))) -> dict[str, Any]:
         p = _predictor()
-        version = await asyncio.to_thread(p.reload)
+        try:
+            version = await asyncio.to_thread(p.reload)
+        except LookupError as err:  # no model of the family in the registry; the loaded one stays
+            raise HTTPException(404, detail=str(err)) from None
+        except Exception as err:  # noqa: BLE001 - unreadable or inconsistent model files (onnxruntime's own errors too)
+            kept = None if p.model is None else p.model.version
+            raise HTTPException(409, detail=f"cannot load the newest model (still using {kept}): {err}") from None
         return {"loaded": version}
 
     @app.get("/api/v1/predictions/latest", summary="Newest prediction per line: mean, spread, domain flag, model")

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -58,7 +59,7 @@ def _pixel_spread(png: Path, box: dict[str, float] | None = None) -> tuple[float
         return sum(stat.stddev) / 3, len(colours) if colours is not None else 1 << 20
 
 
-def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
+def test_dashboard_in_headless_chromium(tmp_path: Path, record_property: Any) -> None:
     node = _need_tools()
     port = free_port()
     token = secrets.token_urlsafe(24)
@@ -69,6 +70,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path) -> None:
                              str(tmp_path / "state"), "--time-scale", "30", "--write-token", token],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     shot = tmp_path / "dashboard.png"
+    record_property("screenshot", str(shot))  # in the JUnit XML too
     t_start = time.monotonic()
     try:
         deadline = time.monotonic() + 20
