@@ -50,7 +50,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     s = t.get("search")
     if s:
         L.append(f"- hyperparameters: optuna TPE, {s['trials']} trials in {_f(s['elapsed_s'], 3)} s "
-                 f"(budget {_f(s['budget_s'], 3)} s, at most {s['max_trials']}), best validation loss {_f(s['best_val_loss'])}")
+                 f"(budget {_f(s['budget_s'], 3)} s, at most {s['max_trials']}); selection: {s.get('selection', 'lowest')} "
+                 f"(chosen {_f(s['best_val_loss'])}, lowest {_f(s.get('lowest_val_loss', s['best_val_loss']))})")
     L.append(f"- training wall time {_f(t['wall_s'], 3)} s; command: `{t['command']}`")
     L.append(f"- parity gate: ONNX vs torch max abs difference {_f(card['parity']['max_abs_diff'], 3)} "
              f"(<= {card['parity']['tol']:g}) on {card['parity']['rows']} test rows")

@@ -28,7 +28,7 @@ def train(
     data: Optional[Path] = typer.Option(None, help="DEM data set folder or parquet (default data/dem)"),
     budget_s: float = typer.Option(60.0, help="wall-clock budget of the optuna hyperparameter search [s]"),
     max_trials: int = typer.Option(30, help="at most this many search trials"),
-    members: int = typer.Option(8, min=2, help="ensemble members (>= 5 for a shipped model)"),
+    members: int = typer.Option(5, min=2, help="ensemble members (>= 5 for a shipped model)"),
     bootstrap: str = typer.Option("none", help="per-member bootstrap of the training runs: none | bayesian"),
     seed: int = typer.Option(0, help="seed of the members, the bootstrap and the search"),
     split_seed: int = typer.Option(0, help="seed of the train/val/test split by design point"),
