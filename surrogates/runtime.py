@@ -116,8 +116,14 @@ class SurrogateModel:
         shape = self.session.get_inputs()[0].shape
         if shape[-1] != len(self.input_names):
             raise ValueError(f"{self.path}: graph takes {shape[-1]} inputs, the card names {len(self.input_names)}")
-        self._lo = np.array([self.domain[k][0] for k in self.input_names])
-        self._hi = np.array([self.domain[k][1] for k in self.input_names])
+        self._lo = np.array([self.domain[k][0] for k in self.input_names], dtype=np.float32)
+        self._hi = np.array([self.domain[k][1] for k in self.input_names], dtype=np.float32)
+        self._ex_boxes = [(np.array([self.input_names.index(k) for k in ex["bounds"]]),
+                           np.array([float(b[0]) for b in ex["bounds"].values()], dtype=np.float32),
+                           np.array([float(b[1]) for b in ex["bounds"].values()], dtype=np.float32))
+                          for ex in self.exclusions]
+        self._lo_l, self._hi_l = self._lo.tolist(), self._hi.tolist()
+        self._ex_boxes_l = [list(zip(c.tolist(), lo.tolist(), hi.tolist())) for c, lo, hi in self._ex_boxes]
 
     def __repr__(self) -> str:
         return f"SurrogateModel({self.family!r}, {self.version!r})"
@@ -131,16 +137,19 @@ class SurrogateModel:
         return dict(zip(self._heads, self.session.run(self._heads, {"x": x})))
 
     def _masks(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        x = np.asarray(x, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            bad = (x < self._lo) | (x > self._hi) | ~np.isfinite(x)  # [n, d]
+        # in float32, as the graph sees the inputs (a bound like 0.97 is then inside at its own float32 value)
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape[0] == 1:  # the daemon's case: plain Python beats a dozen numpy calls on 6 numbers
+            row = x[0].tolist()
+            bad_row = [not (lo <= v <= hi) for v, lo, hi in zip(row, self._lo_l, self._hi_l)]
+            exs = [all(lo <= row[c] <= hi for c, lo, hi in box) for box in self._ex_boxes_l]
+            return (np.array([any(bad_row) or any(exs)]), np.array([bad_row]), [np.array([e]) for e in exs])
+        bad = ~((x >= self._lo) & (x <= self._hi))  # [n, d]; NaN compares False, so it is flagged too
         flagged = bad.any(axis=1)
         ex_masks = []
-        for ex in self.exclusions:
-            m = np.ones(len(x), dtype=bool)
-            for k, (a, b) in ex["bounds"].items():
-                v = x[:, self.input_names.index(k)]
-                m &= (v >= a) & (v <= b)
+        for cols, lo, hi in self._ex_boxes:
+            v = x[:, cols]
+            m = ((v >= lo) & (v <= hi)).all(axis=1)
             ex_masks.append(m)
             flagged |= m
         return flagged, bad, ex_masks
@@ -149,7 +158,7 @@ class SurrogateModel:
         """Per row: out-of-domain flag and its reasons (input outside the training box, non-finite input,
         or inside a region of the box that was held out of training). The flags are computed for the
         whole batch at once (vectorised); a row's reason texts are formatted when they are read."""
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x, dtype=np.float32)
         flagged, bad, ex_masks = self._masks(x)
         return flagged, OODReasons(self, x, flagged, bad, ex_masks)
 
@@ -160,7 +169,10 @@ class SurrogateModel:
     def predict(self, x: np.ndarray, *, reasons: bool = True) -> PredictionBatch:
         """``reasons=False`` skips the per-row reason strings (flags only), for optimizer batches."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        out = self.run(x)
+        if x.ndim != 2 or x.shape[1] != len(self.input_names):
+            raise ValueError(f"expected a [n, {len(self.input_names)}] batch ({', '.join(self.input_names)}), "
+                             f"got shape {x.shape}")
+        out = dict(zip(self._heads, self.session.run(self._heads, {"x": x})))
         if not reasons:
             return PredictionBatch(out["mean"], out["std"], out.get("spread", out["std"]), self.ood_mask(x),
                                    [[] for _ in range(len(x))])

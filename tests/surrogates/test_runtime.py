@@ -134,3 +134,29 @@ def test_card_matches_graph(committed_dir: Path) -> None:
     assert card["parity"]["max_abs_diff"] <= 1e-5
     assert card["training"]["config"]["members"] >= 5
     assert (committed_dir / "card.md").read_text().startswith(f"# Model card: `{FAMILY}`")
+
+
+def test_domain_edges_are_inside_at_float32(committed_dir: Path) -> None:
+    m = SurrogateModel(committed_dir)
+    lo = np.array([[m.domain[k][0] for k in m.input_names]])
+    hi = np.array([[m.domain[k][1] for k in m.input_names]])
+    hi[0, m.input_names.index("compaction_degree")] = m.domain["compaction_degree"][0]  # not the held-out corner
+    for x in (lo, hi, lo.astype(np.float32), hi.astype(np.float32)):
+        assert not m.ood_mask(x).any()
+    assert not m.predict(lo).ood.any() and not m.predict(hi).ood.any()
+    assert m.ood_mask(hi * 1.001).all() and m.ood_mask(lo * 0.999).all()
+
+
+def test_single_row_fast_path_agrees_with_the_batch_path(committed_dir: Path) -> None:
+    m = SurrogateModel(committed_dir)
+    rng = np.random.default_rng(1)
+    lo = np.array([m.domain[k][0] for k in m.input_names])
+    hi = np.array([m.domain[k][1] for k in m.input_names])
+    x = (lo - 0.1 * (hi - lo) + rng.random((600, len(lo))) * 1.2 * (hi - lo)).astype(np.float32)
+    x[::37, 2] = np.nan
+    batch = m.predict(x)
+    assert 0.2 < batch.ood.mean() < 0.95  # both kinds of rows are exercised
+    for i in range(len(x)):
+        one = m.predict(x[i:i + 1])
+        assert one.ood[0] == batch.ood[i] and one.ood_reasons[0] == batch.ood_reasons[i], i
+        np.testing.assert_allclose(one.mean[0], batch.mean[i], rtol=1e-6)
