@@ -107,13 +107,16 @@ def ontology_index() -> OntologyIndex:
     from rdflib import OWL, RDF, RDFS, URIRef
 
     g = ontology_graph()
-    p = lambda name: URIRef(NS + name)  # noqa: E731
+    by_s: dict[Any, dict[Any, list[Any]]] = {}  # one pass over the triples: subject -> predicate -> objects
+    for s_, p_, o_ in g:
+        by_s.setdefault(s_, {}).setdefault(p_, []).append(o_)
+    sub = RDFS.subClassOf
     parents: dict[str, list[str]] = {}
     classes = set()
-    for c in g.subjects(RDF.type, OWL.Class):
-        if isinstance(c, URIRef) and str(c).startswith(NS):
+    for c, props in by_s.items():
+        if isinstance(c, URIRef) and str(c).startswith(NS) and OWL.Class in props.get(RDF.type, ()):
             classes.add(_local(c))
-            parents[_local(c)] = [_local(o) for o in g.objects(c, RDFS.subClassOf) if isinstance(o, URIRef)]
+            parents[_local(c)] = [_local(o) for o in props.get(sub, ()) if isinstance(o, URIRef)]
 
     def ancestors(name: str) -> list[str]:
         out, todo = [], list(parents.get(name, []))
@@ -124,8 +127,10 @@ def ontology_index() -> OntologyIndex:
                 todo.extend(parents.get(n, []))
         return out
 
-    def one(c: URIRef, prop: str) -> Any:
-        return next(iter(g.objects(c, p(prop))), None)
+    def one(c: URIRef, prop: str | URIRef) -> Any:
+        key = prop if isinstance(prop, URIRef) else URIRef(NS + prop)  # URIRef is a str too: test it first
+        vals = by_s.get(c, {}).get(key, ())
+        return vals[0] if vals else None
 
     terms: dict[str, Term] = {}
     for name in sorted(classes):
@@ -138,26 +143,28 @@ def ontology_index() -> OntologyIndex:
         qk_name = _QK_BY_QUDT.get(str(qk).rsplit("/", 1)[-1], str(qk)) if isinstance(qk, URIRef) else str(qk)
         step = one(c, "ofStep")
         table = one(c, "seedTable")
+        qudt = one(c, "qudtUnit")
         terms[name] = Term(
-            local=name, iri=str(c), label=str(one(c, "label") or g.value(c, RDFS.label) or name), kind=kinds[0],
+            local=name, iri=str(c), label=str(one(c, RDFS.label) or name), kind=kinds[0],
             step=_local(step) if step is not None else None, canonical_unit=str(one(c, "canonicalUnit") or ""),
-            ucum=str(one(c, "ucumCode") or ""), qudt_unit=str(one(c, "qudtUnit")) if one(c, "qudtUnit") else None,
+            ucum=str(one(c, "ucumCode") or ""), qudt_unit=str(qudt) if qudt is not None else None,
             quantity_kind=qk_name, measurability=str(one(c, "measurability") or ""),
             accuracy=str(one(c, "accuracy") or ""), mode=str(one(c, "measurementMode") or "unspecified"),
             seed_table=int(table) if table is not None else None,
-            criticality={k: str(one(c, "criticality" + k.capitalize() if k != "ml" else "criticalityML") or "")
-                         for k in ("empirical", "continuum", "discrete", "ml") if table is not None},
-            comment=str(g.value(c, RDFS.comment) or ""))
+            criticality={k: str(one(c, prop) or "") for k, prop in
+                         (("empirical", "criticalityEmpirical"), ("continuum", "criticalityContinuum"),
+                          ("discrete", "criticalityDiscrete"), ("ml", "criticalityML"))} if table is not None else {},
+            comment=str(one(c, RDFS.comment) or ""))
     steps = []
     for name in classes:
         if "ManufacturingStep" not in ancestors(name):
             continue
         c = URIRef(NS + name)
-        info: dict[str, Any] = {"local_name": name, "iri": str(c), "label": str(g.value(c, RDFS.label) or name),
+        info: dict[str, Any] = {"local_name": name, "iri": str(c), "label": str(one(c, RDFS.label) or name),
                                 "order": int(one(c, "stepOrder") or 0), "predecessor": None, "inputs": [],
                                 "outputs": [], "equipment": []}
-        for r in g.objects(c, RDFS.subClassOf):
-            prop, val = g.value(r, OWL.onProperty), g.value(r, OWL.someValuesFrom)
+        for r in by_s[c].get(sub, ()):
+            prop, val = one(r, OWL.onProperty), one(r, OWL.someValuesFrom)
             if prop is None or val is None:
                 continue
             key = {"hasPredecessor": "predecessor", "hasInput": "inputs", "hasOutput": "outputs",
