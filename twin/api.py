@@ -194,7 +194,8 @@ def create_app(daemon: Any) -> FastAPI:
     @app.get("/api/v1/dead-letters", response_model=list[DeadLetterItem],
              summary="Readings that could not be stored, newest first, with the reason")
     async def dead_letters(limit: int = Query(100, ge=1, le=10_000),
-                           before_id: int | None = Query(None, ge=1, description="page: ids below this")) -> list[dict[str, Any]]:
+                           before_id: int | None = Query(None, ge=1, le=2**63 - 1,
+                                                    description="page: ids below this")) -> list[dict[str, Any]]:
         rows = await asyncio.to_thread(daemon.store.dead_letters, limit, before_id)
         for r in rows:
             r["received"] = ns_to_iso(r.pop("received_ts_ns"))
