@@ -5,9 +5,11 @@ role (setpoint / actual), canonical unit and allowed range (in the canonical uni
 its sources: an MQTT topic pattern (``+``/``#`` wildcards, or ``{line}`` to capture the line id
 from the topic), a replay column, or an OPC-UA NodeId, each with the unit the source speaks.
 
-The file is validated as a whole at start-up (pydantic + pint); any problem refuses start-up with
-a message naming the tag. The ontology issue upgrades tags to ontology terms behind this seam:
-:class:`TagMap` is what the rest of the twin sees.
+The file is validated as a whole at start-up (pydantic + pint), then every point that names a
+``parameter`` is checked against the ontology (:mod:`ontology.plant`: the term exists, sits under the
+tag's kind, its quantity kind fits the unit, the unit is the term's canonical unit); any problem
+refuses start-up with a message naming the point. :class:`TagMap` is what the rest of the twin sees;
+each :class:`Tag` carries its parameter's IRI, resolved once here (see docs/ontology.md).
 
 Example::
 
@@ -16,6 +18,8 @@ Example::
     step = "calendering"
     kind = "MP"
     role = "actual"
+    parameter = "CalenderGap"
+    equipment = "Calender"
     canonical_unit = "um"
     range = [10, 400]
     sources = [
