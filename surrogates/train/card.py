@@ -52,6 +52,11 @@ def card_markdown(card: dict[str, Any]) -> str:
         L.append(f"- hyperparameters: optuna TPE, {s['trials']} trials in {_f(s['elapsed_s'], 3)} s "
                  f"(budget {_f(s['budget_s'], 3)} s, at most {s['max_trials']}); selection: {s.get('selection', 'lowest')} "
                  f"(chosen {_f(s['best_val_loss'])}, lowest {_f(s.get('lowest_val_loss', s['best_val_loss']))})")
+    if t.get("refit_on_train_and_val"):
+        n = card["split"]["n_runs"]
+        L.append(f"- the shipped ensemble is trained on train + validation ({n['train'] + n['val']} runs) with the chosen "
+                 f"hyperparameters; its noise term is calibrated by {card['uncertainty'].get('method', 'k-fold')}; "
+                 "the test runs and the corner stay unseen")
     L.append(f"- training wall time {_f(t['wall_s'], 3)} s; command: `{t['command']}`")
     L.append(f"- parity gate: ONNX vs torch max abs difference {_f(card['parity']['max_abs_diff'], 3)} "
              f"(<= {card['parity']['tol']:g}) on {card['parity']['rows']} test rows")
