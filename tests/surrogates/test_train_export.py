@@ -16,14 +16,16 @@ from surrogates.train import data as D  # noqa: E402
 from surrogates.train.export import ExportGraph, ParityError, check_parity, export_onnx  # noqa: E402
 from surrogates.train.pipeline import PipelineConfig, evaluate_model, export, train  # noqa: E402
 
-#: smoke run: 40 training design points, 5 members, fixed hyperparameters, no search (a few seconds)
-SMOKE = PipelineConfig(version="smoke", members=5, subset=40,
+#: smoke run of the shipping path with fixed hyperparameters and no search: 40 training design points, noise
+#: calibrated by 3-fold out-of-fold residuals, then the 5-member ensemble refitted on them plus the 22
+#: validation points (62 of the 127 the shipped model sees); ~10 s on the shared 2-core machine
+SMOKE = PipelineConfig(version="smoke", members=5, subset=40, calib_folds=3,
                        hparams={"width": 32, "depth": 1, "activation": "tanh", "lr": 3e-3, "weight_decay": 1e-3,
                                 "epochs": 400})
-#: what the smoke run must reach on the full held-out test runs (the shipped model, trained on 105 points,
-#: does better: see its card). Porosity is the hardest output (R² noise ceiling ~0.90 on the test runs),
-#: thickness the easiest (ceiling ~0.99).
-SMOKE_FLOORS = {"porosity": 0.40, "thickness_after_um": 0.90, "tortuosity_factor": 0.55, "d_eff": 0.45}
+#: what the smoke run must reach on the held-out test runs (it reaches 0.48 / 0.967 / 0.735 / 0.63; the shipped
+#: model 0.67 / 0.977 / 0.83 / 0.75). Porosity is the hardest output (R² noise ceiling ~0.90 on the test runs),
+#: thickness the easiest (ceiling ~0.99). A broken training path scores near or below 0.
+SMOKE_FLOORS = {"porosity": 0.40, "thickness_after_um": 0.93, "tortuosity_factor": 0.65, "d_eff": 0.55}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,8 @@ def test_small_subset_training_reaches_stated_accuracy(smoke: dict) -> None:
     assert smoke["card"]["split"]["n_design_points"]["train"] == 40
     for out, floor in SMOKE_FLOORS.items():
         assert m[out]["r2"] >= floor, (out, m[out]["r2"])
-    assert m["porosity"]["mae"] <= 0.01 and m["tortuosity_factor"]["mape_pct"] <= 4.0
-    assert D.pooled_coverage(m) >= 0.8
+    assert m["porosity"]["mae"] <= 0.0095 and m["tortuosity_factor"]["mape_pct"] <= 3.2
+    assert D.pooled_coverage(m) >= 0.85
 
 
 def test_training_is_deterministic(smoke: dict) -> None:
