@@ -92,6 +92,8 @@ async function main() {
       } else {
         prop.id = await el.getAttribute("data-proposal-id");
         prop.text_before = (await el.textContent()).slice(0, 400);
+        prop.reasons_shown = await page.$$eval("#proposal ul.reasons li", els => els.length);
+        prop.approve_buttons = await page.$$eval("#proposal button#approve", els => els.length);
         const reqStart = Date.now();
         await page.click("#approve");
         await page.waitForSelector("#token-dialog[open]", {timeout: 5000});
@@ -113,6 +115,10 @@ async function main() {
       prop.error = String(e).split("\n")[0];
       prop.page_text = ((await page.textContent("#proposal").catch(() => "")) || "").slice(0, 300);
     }
+
+    // the plots and the domain badge once predictions have had time to arrive
+    result.plot_data_end = await plotData(page);
+    result.ood_badge = await page.textContent("#ood");
 
     // 4. screenshot, and where the plots are on it (for the non-blank check of a plot region)
     await page.screenshot({path: opts.screenshot, fullPage: true});

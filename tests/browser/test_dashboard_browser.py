@@ -102,6 +102,12 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, record_property: Any) ->
         setpoint_traces = {t["name"]: t["finite_y"] for t in res["plot_data"]["plot-setpoints"]}
         assert setpoint_traces.get("gap_setpoint", 0) > 0, setpoint_traces
 
+        # the demo runs the predictor: predicted means with their ±2σ bands are plotted, the domain badge is set
+        for plot in ("plot-porosity", "plot-thickness", "plot-tortuosity", "plot-diffusivity"):
+            traces = {t["name"]: t["finite_y"] for t in res["plot_data_end"][plot]}
+            assert traces["predicted"] > 0 and traces["predicted ±2σ"] > 0 and traces["+2σ"] > 0, (plot, traces)
+        assert res["ood_badge"] in ("in domain", "OUT OF DOMAIN"), res["ood_badge"]
+
         # 2. a new point through the live stream within 5 s, and no polling by the page meanwhile
         live = res["live"]
         assert live["arrived_after_s"] is not None and live["arrived_after_s"] <= 5.0, live
@@ -120,6 +126,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, record_property: Any) ->
         listing = httpx.get(f"{base}/api/v1/proposals", params={"limit": 5})
         assert listing.status_code == 200, f"feedback API: GET /api/v1/proposals -> {listing.status_code} {listing.text[:200]}"
         assert "error" not in prop, f"no proposal approved through the page: {prop}"
+        assert prop["reasons_shown"] > 0 and prop["approve_buttons"] == 1, prop
         assert prop["dialog_reason"].startswith("401"), prop  # the page asked for a token after the API's 401
         assert prop["token_stored"] and prop["write_error"] is None, prop
         assert any(u.endswith(f"/api/v1/proposals/{prop['id']}/approve") for u in prop["writes"]), prop
