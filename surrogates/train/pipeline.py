@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,11 +46,6 @@ class PipelineConfig:
     hparams: dict[str, Any] | None = None  # skip the search and use these
     threads: int = 1
     command: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _card_metrics(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, dict[str, float]]:
-    return D.metrics(y, mean, std)
 
 
 def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | None = None) -> dict[str, Any]:
