@@ -112,8 +112,9 @@ def test_no_server_error_on_generated_requests(api_schema: Any) -> None:
     for result in api_schema.get_all_operations():
         op = result.ok()
         key = f"{op.method.upper()} {op.path}"
-        covered[key] = sum(_check_operation(op, mode, failures) for mode in (GenerationMode.POSITIVE,
-                                                                              GenerationMode.NEGATIVE))
+        has_input = any(True for _ in op.iter_parameters()) or bool(op.get_request_payload_content_types())
+        modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_input else (GenerationMode.POSITIVE,)
+        covered[key] = sum(_check_operation(op, mode, failures) for mode in modes)
     print("requests per operation:", covered)
     assert STREAM not in {k.split(" ", 1)[1] for k in covered}
     assert len(covered) >= 10 and all(n > 0 for n in covered.values()), covered
