@@ -51,3 +51,41 @@ def test_slow_stream_clients_lose_oldest_events_counted() -> None:
         assert [sub.queue.get_nowait()["i"] for _ in range(2)] == [3, 4]
 
     asyncio.run(run())
+
+
+def test_dead_letters_reach_the_live_stream(tmp_path) -> None:  # noqa: ANN001
+    """A commit with dead letters broadcasts a `dead_letters` event (count, reasons) to stream clients."""
+    import asyncio
+
+    from ontology.tagmap import TagMap
+    from ontology.validate import Tagger
+    from twin.config import PipelineConfig
+    from twin.metrics import Metrics
+    from twin.pipeline import Pipeline
+    from twin.samples import RawBatch, RawReading, SourceKind
+    from twin.store.sqlite import SQLiteStore
+
+    async def run() -> list[dict]:
+        tm = TagMap.from_dict({"tags": [{"id": "calendering.gap_actual", "step": "calendering", "kind": "MP",
+                                         "canonical_unit": "um", "range": [0, 400],
+                                         "sources": [{"mqtt": "pilot/{line}/calendering/gap_actual"}]}]})
+        st = LineState()
+        sub = st.subscribe(maxsize=10)
+        store = SQLiteStore(tmp_path / "s.sqlite")
+        pipe = Pipeline(PipelineConfig(linger_ms=1), store, Tagger(tm, "L1"), Metrics(), st)
+        t = 1_790_000_000 * 10**9
+        readings = [RawReading(SourceKind.MQTT, "pilot/L1/calendering/gap_actual", v, t + i, t + i, "um",
+                               connector="c")
+                    for i, v in enumerate([80.0, 9999.0, 81.0])]
+        await pipe.ingest(RawBatch(readings, [], lambda: None), "c")
+        await pipe.flush()
+        store.close()
+        events = []
+        while not sub.queue.empty():
+            events.append(sub.queue.get_nowait())
+        return events
+
+    events = asyncio.run(run())
+    dl = [e for e in events if e["type"] == "dead_letters"]
+    assert len(dl) == 1 and dl[0]["count"] == 1, dl
+    assert dl[0]["dead_letters"][0]["reason_code"] == "out_of_range"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ontology.validate import Tagger
 from twin.config import PipelineConfig
 from twin.metrics import Metrics
-from twin.samples import DeadLetter, RawBatch, RollEvent, Sample, now_ns
+from twin.samples import DeadLetter, RawBatch, RollEvent, Sample, now_ns, ns_to_iso
 from twin.state import LineState
 from twin.store.base import Store
 
@@ -156,6 +156,11 @@ class Pipeline:
                     log.warning("acknowledgement failed (the source will redeliver): %s", err)
             self.stats.acked_batches += len(acks)
             self.state.update(samples, rolls)
+            if dead:  # the live page shows dead letters as they happen (newest 20 of this commit)
+                self.state.broadcast({"type": "dead_letters", "count": len(dead), "dead_letters": [
+                    {"received": ns_to_iso(d.received_ts_ns), "source": getattr(d.source, "value", str(d.source)),
+                     "connector": d.connector, "address": d.address, "line_id": d.line_id,
+                     "reason_code": d.reason_code, "reason": d.reason} for d in dead[-20:]]})
             for fn in self.after_commit:
                 try:
                     fn(samples)

@@ -553,7 +553,12 @@ async function saveTargets(ev) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// dead letters (loaded at start, on reconnect and on request: the stream carries no dead letters)
+// dead letters (loaded at start, on reconnect, on request, and when the stream says new ones were stored;
+// at most one reload per 2 s however fast bad input arrives)
+let dlTimer = null;
+function deadLettersArrived() {
+  if (dlTimer === null) dlTimer = setTimeout(() => { dlTimer = null; refreshDeadLetters(); }, 2000);
+}
 async function refreshDeadLetters() {
   try {
     const dl = await getJSON("/api/v1/dead-letters?limit=20");
@@ -581,6 +586,7 @@ function connect() {
   es.addEventListener("samples", e => onSamples(JSON.parse(e.data)));
   es.addEventListener("prediction", e => onPrediction(JSON.parse(e.data).prediction));
   es.addEventListener("proposal", e => onProposal(JSON.parse(e.data).proposal));
+  es.addEventListener("dead_letters", deadLettersArrived);
   es.addEventListener("targets", e => {  // someone changed the targets
     const t = JSON.parse(e.data);
     if (document.activeElement && document.activeElement.closest("#targets")) return;  // not under the user's cursor
