@@ -10,7 +10,8 @@ Genealogy: a step may have a parent-roll tag (``traceability = "parent_roll_id"`
 step's current roll is made from, e.g. the coated roll fed into the calender). Its values are stored as
 roll events; :func:`genealogy` pairs each with the roll that was current in the same line and step at that
 moment (the newest event of the step's roll-id tag at or before it), and the roll's node gets
-``prov:wasDerivedFrom`` its parent roll.
+``prov:wasDerivedFrom`` its parent roll. A step without a parent-roll tag falls back to the order of rolls
+through the steps: its n-th roll is made from the n-th roll of the nearest upstream step with a roll-id tag.
 """
 
 from __future__ import annotations
@@ -62,6 +63,31 @@ def genealogy(rolls: list[dict[str, Any]], tags: dict[str, Any]) -> list[tuple[s
             current[key] = r["roll_id"]
         elif kind == "parent_roll_id" and key in current:
             out.append((r["line_id"], r["step"], current[key], r["roll_id"]))
+    return out + _by_order(rows, tags, {(line, step) for line, step, _, _ in out})
+
+
+def _by_order(rows: list[dict[str, Any]], tags: dict[str, Any],
+              explicit: set[tuple[str, str]]) -> list[tuple[str, str, str, str]]:
+    """Without a parent-roll tag: rolls pass the steps in order, so the n-th roll to enter a step is made
+    from the n-th roll that entered the nearest upstream step with a roll-id tag (same line)."""
+    from ontology.plant import ontology_index, step_class
+
+    order = {s["local_name"]: s["order"] for s in ontology_index().steps}
+    seq: dict[tuple[str, str], list[str]] = {}
+    for r in rows:  # already in time order
+        if _trace(tags, r.get("tag_id")) == "roll_id":
+            seq.setdefault((r["line_id"], r["step"]), []).append(r["roll_id"])
+    out = []
+    for (line, step), rolls in seq.items():
+        pos = order.get(step_class(step) or "")
+        if pos is None or (line, step) in explicit:
+            continue
+        ups = [(order[step_class(s2) or ""], s2) for (l2, s2) in seq
+               if l2 == line and order.get(step_class(s2) or "", pos) < pos]
+        if not ups:
+            continue
+        upstream = seq[(line, max(ups)[1])]
+        out.extend((line, step, child, parent) for child, parent in zip(rolls, upstream) if child != parent)
     return out
 
 

@@ -141,3 +141,37 @@ def test_genealogy_pairs_roll_and_parent_sharing_a_timestamp() -> None:
         {"line_id": "M", "step": "calendering", "roll_id": "K-9", "source_ts_ns": 5, "tag_id": "calendering.parent_roll_id"},
     ]
     assert genealogy(rows, tm.tags) == [("L", "calendering", "C-1", "K-7"), ("L", "calendering", "C-2", "K-8")]
+
+
+COATING_ROLL_TAG = '''
+[[tags]]
+id = "coating.roll_id"
+step = "coating"
+kind = "TRACE"
+role = "actual"
+parameter = "RollId"
+canonical_unit = "dimensionless"
+value_type = "string"
+traceability = "roll_id"
+description = "id of the roll being coated"
+sources = [ { mqtt = "pilot/{line}/coating/roll_id" } ]
+'''
+
+
+def test_genealogy_by_order_of_rolls_through_steps() -> None:
+    from ontology.tagmap import TagMap
+    from twin.jsonld import genealogy
+
+    tm = TagMap.from_dict(__import__("tomllib").loads((DEFAULTS / "tagmap.toml").read_text() + COATING_ROLL_TAG))
+    ev = [("coating", "K-1", 1), ("coating", "K-2", 5), ("calendering", "C-1", 9), ("coating", "K-3", 10),
+          ("calendering", "C-2", 14), ("calendering", "C-3", 20)]
+    rows = [{"line_id": "L", "step": st, "roll_id": r, "source_ts_ns": ts, "tag_id": f"{st}.roll_id"}
+            for st, r, ts in reversed(ev)]
+    assert genealogy(rows, tm.tags) == [("L", "calendering", "C-1", "K-1"), ("L", "calendering", "C-2", "K-2"),
+                                        ("L", "calendering", "C-3", "K-3")]
+    # an explicit parent-roll tag wins over the order
+    tm2 = TagMap.from_dict(__import__("tomllib").loads((DEFAULTS / "tagmap.toml").read_text() + COATING_ROLL_TAG
+                                                       + PARENT_TAG))
+    rows2 = rows + [{"line_id": "L", "step": "calendering", "roll_id": "K-2", "source_ts_ns": 9,
+                     "tag_id": "calendering.parent_roll_id"}]
+    assert genealogy(rows2, tm2.tags) == [("L", "calendering", "C-1", "K-2")]
