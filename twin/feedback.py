@@ -394,36 +394,45 @@ class Optimizer:
 
 # -- the service ----------------------------------------------------------------------------------
 class History:
-    """Recent committed values of the tags the service watches (fed by the pipeline's after-commit hook)."""
+    """Recent committed values of the tags the service watches (fed by the pipeline's after-commit hook).
+    The time of each tag's last value change is kept as values arrive, so a decision round reads it in
+    O(1) instead of scanning the history."""
+
+    CHANGE_EPS = 1e-6  # relative: a setpoint that moved by less did not change
 
     def __init__(self, tags: set[str], maxlen: int = 50_000) -> None:
         self.tags = tags
         self.data: dict[tuple[str, str], deque[tuple[int, float, int]]] = {}
+        self.changed: dict[tuple[str, str], int] = {}
         self.maxlen = maxlen
 
     def add(self, samples: Sequence[Sample]) -> None:
         for s in samples:
             if s.tag_id in self.tags and isinstance(s.value, (int, float)):
-                q = self.data.get((s.line_id, s.tag_id))
+                key = (s.line_id, s.tag_id)
+                q = self.data.get(key)
                 if q is None:
-                    q = self.data[(s.line_id, s.tag_id)] = deque(maxlen=self.maxlen)
-                q.append((s.source_ts_ns, float(s.value), int(s.quality)))
+                    q = self.data[key] = deque(maxlen=self.maxlen)
+                v = float(s.value)
+                if q and abs(v - q[-1][1]) > self.CHANGE_EPS * max(1.0, abs(q[-1][1])):
+                    self.changed[key] = s.source_ts_ns
+                q.append((s.source_ts_ns, v, int(s.quality)))
 
     def since(self, line: str, tag: str, t0_ns: int) -> list[tuple[int, float, int]]:
+        """Values from ``t0_ns`` on, read from the newest end (the window is short, the history long)."""
         q = self.data.get((line, tag))
-        return [] if q is None else [x for x in q if x[0] >= t0_ns]
+        if q is None:
+            return []
+        out = []
+        for x in reversed(q):
+            if x[0] < t0_ns:
+                break
+            out.append(x)
+        out.reverse()
+        return out
 
-    def last_change_ns(self, line: str, tag: str, eps: float = 1e-6) -> int | None:
-        q = self.data.get((line, tag))
-        if not q:
-            return None
-        prev = None
-        last = None
-        for ts, v, _ in q:
-            if prev is not None and abs(v - prev) > eps * max(1.0, abs(prev)):
-                last = ts
-            prev = v
-        return last
+    def last_change_ns(self, line: str, tag: str) -> int | None:
+        return self.changed.get((line, tag))
 
 
 class FeedbackService:

@@ -45,3 +45,18 @@ def test_feedback_without_the_predictor_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         check_config(p)
     assert "feedback.enabled needs predictor.enabled" in str(err.value)
+
+
+def test_history_windows_and_last_change() -> None:
+    from twin.feedback import History
+    from twin.samples import Quality, Sample
+
+    h = History({"calendering.gap_setpoint"})
+    vals = [85.0, 85.0, 85.0 + 1e-9, 90.0, 90.0, 88.0, 88.0]
+    h.add([Sample("L1", "calendering.gap_setpoint", v, "um", 100 + i, 0, Quality.GOOD, None, None)
+           for i, v in enumerate(vals)])
+    h.add([Sample("L1", "other.tag", 1.0, "um", 200, 0, Quality.GOOD, None, None)])  # not watched
+    assert h.last_change_ns("L1", "calendering.gap_setpoint") == 105  # 90 -> 88; the 1e-9 wiggle is no change
+    assert [v for _, v, _ in h.since("L1", "calendering.gap_setpoint", 104)] == [90.0, 88.0, 88.0]
+    assert h.since("L1", "calendering.gap_setpoint", 1_000) == [] and h.since("L1", "other.tag", 0) == []
+    assert h.last_change_ns("L2", "calendering.gap_setpoint") is None
