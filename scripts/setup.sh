@@ -50,13 +50,19 @@ fi
 
 # Browser test (tests/browser): playwright-core from npm drives Debian's chromium (no browser download)
 PLAYWRIGHT_CORE="${TWIN_PLAYWRIGHT_CORE:-1.65.1}"
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 || [ ! -x /usr/bin/chromium ]; then
+# Only what is missing: a machine may already carry Node.js with its own npm (NodeSource's nodejs
+# bundles npm and conflicts with Debian's npm package).
+web=()
+command -v node >/dev/null 2>&1 || web+=(nodejs)
+command -v npm >/dev/null 2>&1 || web+=(npm)
+[ -x /usr/bin/chromium ] || web+=(chromium)
+if ((${#web[@]})); then
   if [ "$(id -u)" = 0 ]; then
-    echo "setup: installing Debian packages: nodejs npm chromium"
+    echo "setup: installing Debian packages: ${web[*]}"
     (apt-get update -qq || true) >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${web[@]}" >/dev/null
   else
-    echo "setup: please install these Debian packages (as root): nodejs npm chromium" >&2
+    echo "setup: please install these Debian packages (as root): ${web[*]}" >&2
   fi
 fi
 PW=tests/browser/node/node_modules/playwright-core/package.json
