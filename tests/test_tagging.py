@@ -152,3 +152,97 @@ def test_roll_per_step_and_web_position_integrated_from_speed() -> None:
     t.tag(r("coat_speed", 6.0, 91))
     wet2 = t.tag(r("wet", 150.0, 91))
     assert isinstance(wet2, Sample) and wet2.roll_id == "C-8" and wet2.web_pos_m == pytest.approx(3.0)
+
+
+# -- the compiled batch path (tag_batch) against the per-reading path (tag + row sort) -----------------
+
+_EQUIV_SPEC = {"tags": [
+    {"id": "coating.roll_id", "step": "coating", "kind": "TRACE", "value_type": "string",
+     "traceability": "roll_id", "sources": [{"replay": "coat_roll"}, {"mqtt": "p/{line}/coating/roll"}]},
+    {"id": "coating.parent_roll", "step": "coating", "kind": "TRACE", "value_type": "string",
+     "traceability": "parent_roll_id", "sources": [{"replay": "coat_parent"}]},
+    {"id": "coating.recipe", "step": "coating", "kind": "SP", "value_type": "string",
+     "sources": [{"replay": "recipe"}, {"opcua": "ns=2;s=Recipe"}]},
+    {"id": "coating.speed", "step": "coating", "kind": "MP", "canonical_unit": "m/min", "range": [0, 60],
+     "traceability": "web_speed", "sources": [{"replay": "coat_speed", "unit": "m/min"},
+                                              {"opcua": "ns=2;s=Speed", "unit": "m/s"}]},
+    {"id": "coating.wet_film", "step": "coating", "kind": "SP", "canonical_unit": "um", "range": [0, 1000],
+     "sources": [{"replay": "wet"}, {"mqtt": "p/{line}/coating/wet", "unit": "mm"}, {"opcua": "ns=2;s=Wet"}]},
+    {"id": "coating.temp", "step": "coating", "kind": "MP", "canonical_unit": "degC", "range": [-20, 200],
+     "sources": [{"replay": "temp_F", "unit": "degF"}, {"mqtt": "p/+/coating/temp/#"}]},
+    {"id": "calendering.roll_id", "step": "calendering", "kind": "TRACE", "value_type": "string",
+     "traceability": "roll_id", "sources": [{"replay": "cal_roll"}]},
+    {"id": "calendering.web_position", "step": "calendering", "kind": "TRACE", "canonical_unit": "m",
+     "range": [0, 100000], "traceability": "web_position",
+     "sources": [{"replay": "cal_web"}, {"mqtt": "p/{line}/calendering/web", "unit": "km"}]},
+    {"id": "calendering.gap", "step": "calendering", "kind": "MP", "canonical_unit": "um", "range": [10, 400],
+     "sources": [{"replay": "gap"}, {"mqtt": "p/line-x/calendering/gap", "unit": "mm"}, {"opcua": "ns=2;s=Gap"}]},
+    {"id": "calendering.load", "step": "calendering", "kind": "MP", "canonical_unit": "N/mm",
+     "sources": [{"replay": "load", "unit": "kN/m"}]},
+]}
+
+
+def _random_batches(seed: int, n_batches: int) -> list[list[RawReading]]:
+    import random
+
+    rnd = random.Random(seed)
+    replay = ["coat_roll", "coat_parent", "recipe", "coat_speed", "wet", "temp_F", "cal_roll", "cal_web", "gap",
+              "load", "nope"]
+    mqtt = ["p/L1/coating/roll", "p/L2/coating/wet", "p/L1/coating/temp/a/b", "p/L2/calendering/web",
+            "p/line-x/calendering/gap", "p/L1/nothing", "p/L3/coating/wet"]
+    opcua = ["ns=2;s=Recipe", "ns=2;s=Speed", "ns=2;s=Wet", "ns=2;s=Gap", "ns=2;s=Nope"]
+    values = [lambda: rnd.uniform(-50, 1200), lambda: rnd.randint(0, 500), lambda: rnd.choice(["R-1", "R-2", " R-2 ", ""]),
+              lambda: rnd.choice([math.nan, math.inf, -math.inf, True, False, None, "7", -0.0, 0.0, 1e308, 2**70])]
+    units = [None, None, None, "um", "mm", "degF", "degC", "K", "m", "km", "m/min", "m/s", "kg", "bananas", "N/mm"]
+    batches, ts = [], T
+    for _ in range(n_batches):
+        batch: list[RawReading] = []
+        for _ in range(rnd.randint(1, 12)):  # rows
+            ts = ts + rnd.choice([0, 10**9, 10**9, 10**9, -10**9])
+            row_ts = None if rnd.random() < 0.05 else ts
+            for _ in range(rnd.choice([1, 1, 2, 4, 11, 16])):
+                src = rnd.choice([SourceKind.REPLAY, SourceKind.REPLAY, SourceKind.MQTT, SourceKind.OPCUA])
+                addr = rnd.choice(replay if src is SourceKind.REPLAY else mqtt if src is SourceKind.MQTT else opcua)
+                v = rnd.choice(values)() if rnd.random() < 0.3 else (
+                    rnd.choice(["R-1", "R-2", "R-3"]) if "roll" in addr or "parent" in addr or "Recipe" in addr
+                    or addr == "recipe" else rnd.uniform(0, 300))
+                batch.append(RawReading(
+                    src, addr, v, row_ts, T + 1, rnd.choice(units) if rnd.random() < 0.3 else None,
+                    rnd.choice([Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN, Quality.BAD]),
+                    rnd.choice([None, None, None, "L9", ""]), rnd.choice([None, None, None, "R-own"]),
+                    rnd.choice([None, None, None, 3.5]), "c1"))
+        batches.append(batch)
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_tag_batch_equals_the_per_reading_path(seed: int) -> None:
+    tm = TagMap.from_dict(_EQUIV_SPEC)
+    fast, ref = Tagger(tm, "L0"), Tagger(tm, "L0")
+    for batch in _random_batches(seed, 300):
+        a, b = fast.tag_batch(batch), ref.tag_batch_per_reading(tuple(batch))
+        assert [type(x) for x in a] == [type(x) for x in b]
+        assert a == b and repr(a) == repr(b)
+    assert fast.trace == ref.trace
+
+
+def test_tag_batch_rows_put_trace_readings_first_wherever_they_stand() -> None:
+    t = Tagger(TagMap.from_dict(_EQUIV_SPEC), "L")
+    r = lambda addr, v, ts=0: RawReading(SourceKind.REPLAY, addr, v, T + ts, T)  # noqa: E731
+    out = t.tag_batch([r("gap", 70.0), r("cal_roll", "K-1"), r("load", 1.0), r("cal_web", 2.5), r("recipe", "A"),
+                       r("gap", 71.0, 1), r("cal_web", 3.0, 1)])
+    assert [getattr(o, "tag_id", None) for o in out] == [
+        "calendering.roll_id", "calendering.web_position", "calendering.gap", "calendering.load",
+        "coating.recipe", "calendering.web_position", "calendering.gap"]
+    assert out[2].roll_id == "K-1" and out[2].web_pos_m == 2.5 and out[6].web_pos_m == 3.0
+
+
+def test_tag_batch_keeps_pattern_topics_bounded() -> None:
+    t = Tagger(TagMap.load(DEFAULTS / "tagmap.toml"), "pilot-1")
+    t.CACHE_LIMIT = 10
+    batch = [mq(f"pilot/line-{i}/calendering/gap_actual", 65.0) for i in range(25)] + [mq("pilot/x/nope", 1.0)]
+    out = t.tag_batch(batch)
+    assert [o.line_id for o in out[:25]] == [f"line-{i}" for i in range(25)]
+    assert isinstance(out[25], DeadLetter) and out[25].reason_code == "unknown_address"
+    assert t.cache_misses == 26 and t.cache_resets == 2
+    assert t.tag_batch(batch[24:25])[0].line_id == "line-24" and t.cache_misses == 26
