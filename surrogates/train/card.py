@@ -69,11 +69,16 @@ def card_markdown(card: dict[str, Any]) -> str:
              ", ".join(f"{k} {v}" for k, v in sp["n_runs"].items()))
     L.append("- held-out corner: " + ", ".join(f"{k} in [{a:g}, {b:g}]" for k, (a, b) in sp["corner"].items()))
     L.append("")
-    L.append("## Input domain (out-of-domain flag)")
-    L.append("| input | low | high |")
-    L.append("| --- | --- | --- |")
+    L.append("## Inputs and their domain (out-of-domain flag)")
+    defs = card.get("input_definitions", {})
+    L.append("| input | meaning | low | high |")
+    L.append("| --- | --- | --- | --- |")
     for k, (lo, hi) in card["domain"].items():
-        L.append(f"| `{k}` | {lo:g} | {hi:g} |")
+        L.append(f"| `{k}` | {defs.get(k, '')} | {lo:.4g} | {hi:.4g} |")
+    if card.get("derived_features"):
+        L.append("\nComputed inside the graph from the inputs (phi0 = `initial_porosity`, h0 = "
+                 "`initial_thickness_um`, pi = `compaction_degree`) and fed to the network beside them: " +
+                 ", ".join(f"`{k}` = {v}" for k, v in card["derived_features"].items()) + ".")
     for ex in card.get("domain_exclusions", []):
         L.append(f"\nFlagged inside the box too: {ex['name']} (" +
                  ", ".join(f"{k} in [{a:g}, {b:g}]" for k, (a, b) in ex["bounds"].items()) + f"): {ex['reason']}")
@@ -91,23 +96,35 @@ def card_markdown(card: dict[str, Any]) -> str:
              ", ".join(f"`{n}` sd {_f(v['sd'], 3)} (CV {_f(v['cv_pct'], 2)} %)" for n, v in rs["outputs"].items()) + ".")
     L.append("The R² noise ceiling is 1 - sd² / Var(y) on the evaluated runs: the expected R² of a model that "
              "predicted the noise-free DEM mean exactly.")
+    if any("sd_given_measured_inputs" in v for v in rs["outputs"].values()):
+        L.append("")
+        L.append("Part of that scatter is explained by the inputs: another packing seed also gives another incoming "
+                 "layer (measured thickness and porosity), which the model sees. Scatter left after a pooled "
+                 "within-point linear fit on those measured inputs (a rough estimate, "
+                 f"{next(iter(rs['outputs'].values())).get('dof_given_measured_inputs', '?')} degrees of freedom): " +
+                 ", ".join(f"`{n}` sd {_f(v['sd_given_measured_inputs'], 3)}" for n, v in rs["outputs"].items()
+                           if "sd_given_measured_inputs" in v) + ".")
     L.append("")
     L.append("## Acceptance (issue #6)")
     L.append("Noise limit: the best score a model that predicted the noise-free DEM mean exactly would get against "
              "single runs (R² ceiling; MAE and MAPE floors = sqrt(2/π) × replicate sd).")
     L.append("")
-    L.append("| output | metric | target | value | met | noise limit | target beyond the noise limit |")
-    L.append("| --- | --- | --- | --- | --- | --- | --- |")
+    L.append("| output | metric | target | value | met | noise limit (replicate scatter) | target beyond it "
+             "| limit left after the measured inputs |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in card["acceptance"]["rows"]:
         L.append(f"| {r['output']} | {r['metric']} | {_f(r['target'])} | {_f(r['value'])} | {_f(r['met'])} | "
-                 f"{_f(r.get('noise_ceiling', float('nan')), 3)} | {_f(r.get('target_above_ceiling', ''))} |")
+                 f"{_f(r.get('noise_ceiling', float('nan')), 3)} | {_f(r.get('target_above_ceiling', ''))} | "
+                 f"{_f(r.get('ceiling_given_measured_inputs', float('nan')), 3)} |")
     L.append("")
     L.append(card.get("acceptance_note", ""))
     L.append("")
     u = card["uncertainty"]
     L.append("## Uncertainty")
-    L.append("`std` = sqrt(ensemble variance + noise variance); noise sd per output = max(DEM replicate sd, "
-             "validation residual sd unexplained by the spread): " +
+    L.append("`std` = sqrt(ensemble variance + noise variance); noise sd per output = the largest of: the DEM "
+             "scatter the inputs do not explain (the smaller of the replicate sd and the sd left after the measured "
+             "inputs), the out-of-fold residual sd unexplained by the spread, and the smallest noise for which the "
+             f"±2σ band holds {100 * u.get('coverage_target', 0.9545):.2f} % of the out-of-fold residuals: " +
              ", ".join(f"`{n}` {_f(v, 3)}" for n, v in zip(card["outputs"], u["noise_sd"])) + ".")
     L.append("")
     return "\n".join(L) + "\n"

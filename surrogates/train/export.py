@@ -44,7 +44,7 @@ class ExportGraph(torch.nn.Module):
     def __init__(self, model: EnsembleMLP) -> None:
         super().__init__()
         m = copy.deepcopy(model).eval()
-        self.members, self.activation = m.members, m.activation
+        self.members, self.activation, self.derived = m.members, m.activation, bool(getattr(m, "derived", False))
         M = m.members
         with torch.no_grad():
             d = m.weights[0].shape[1]
@@ -71,9 +71,11 @@ class ExportGraph(torch.nn.Module):
                 self.bias.append(f"b{i}")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from surrogates.train.model import ACTIVATIONS  # noqa: PLC0415
+        from surrogates.train.model import ACTIVATIONS, derive  # noqa: PLC0415
 
         act = ACTIVATIONS[self.activation]
+        if self.derived:
+            x = derive(x)
         z = (x - self.x_mean) / self.x_std
         h = z
         last = len(self.mats) - 1

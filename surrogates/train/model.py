@@ -8,9 +8,9 @@ training runs. Adam is element-wise, so training the members jointly is the same
 Outputs of ``forward`` (physical units):
 - ``mean``   : ensemble mean per output
 - ``std``    : predictive standard deviation = sqrt(ensemble variance + noise variance), where the noise
-               variance per output is a buffer set after training (``calibrate_noise``): the larger of the
-               DEM replicate variance and the validation residual variance the ensemble spread leaves
-               unexplained. It is what the +-2 sigma band is checked with.
+               variance per output is a buffer set after training from held-out residuals
+               (``noise_from_residuals``: DEM scatter floor, unexplained residual variance, and a
+               split-conformal step for the +-2 sigma coverage). It is what the +-2 sigma band is checked with.
 - ``spread`` : the ensemble standard deviation alone (epistemic part)
 """
 
@@ -29,6 +29,29 @@ from torch import nn
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"silu": nn.functional.silu, "tanh": torch.tanh,
                                                                    "gelu": nn.functional.gelu}
 
+#: physics-informed features appended to the six inputs inside the graph (seed 001's compaction model: the
+#: porosity the layer would have if pressed to the gap with its solids conserved, and the gap itself);
+#: computed from the columns ``initial_porosity`` (phi0), ``initial_thickness_um`` (h0), ``compaction_degree`` (pi)
+DERIVED_FEATURES: dict[str, str] = {
+    "porosity_at_gap": "1 - (1 - phi0) / (1 - pi)",
+    "coating_gap_um": "h0 * (1 - pi)",
+    "solid_thickness_um": "h0 * (1 - phi0)",
+}
+_I_PHI, _I_H, _I_PI = 1, 2, 3  # column order of surrogates.train.data.INPUTS (checked in tests)
+
+
+def derive(x: torch.Tensor) -> torch.Tensor:
+    """[n, 6] physical inputs -> [n, 9]: the inputs and DERIVED_FEATURES (same arithmetic in training and in
+    the exported graph)."""
+    phi, h, pi = x[:, _I_PHI:_I_PHI + 1], x[:, _I_H:_I_H + 1], x[:, _I_PI:_I_PI + 1]
+    keep = 1.0 - pi
+    return torch.cat([x, 1.0 - (1.0 - phi) / keep, h * keep, h * (1.0 - phi)], dim=1)
+
+
+def derive_np(x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return derive(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
+
 
 @dataclass
 class HParams:
@@ -38,6 +61,7 @@ class HParams:
     lr: float = 3e-3
     weight_decay: float = 1e-3
     epochs: int = 1000
+    derived: bool = True  # append DERIVED_FEATURES inside the graph
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HParams:
@@ -59,9 +83,9 @@ class TrainConfig:
 class EnsembleMLP(nn.Module):
     def __init__(self, n_in: int, n_out: int, members: int, width: int, depth: int, activation: str,
                  x_mean: np.ndarray, x_std: np.ndarray, y_mean: np.ndarray, y_std: np.ndarray,
-                 seed: int = 0) -> None:
+                 seed: int = 0, derived: bool = False) -> None:
         super().__init__()
-        self.members, self.activation = members, activation
+        self.members, self.activation, self.derived = members, activation, derived
         self.register_buffer("x_mean", torch.as_tensor(x_mean, dtype=torch.float32))
         self.register_buffer("x_std", torch.as_tensor(x_std, dtype=torch.float32))
         self.register_buffer("y_mean", torch.as_tensor(y_mean, dtype=torch.float32))
@@ -88,6 +112,8 @@ class EnsembleMLP(nn.Module):
         on the shared normalised input ([n, d] @ [d, M*w + M*k]); later layers are batched matmuls."""
         act = ACTIVATIONS[self.activation]
         M = self.members
+        if self.derived:
+            x = derive(x)
         z = (x - self.x_mean) / self.x_std  # [n, d]
         d = z.shape[1]
         w0, b0 = self.weights[0], self.biases[0]  # [M, d, w], [M, 1, w]
@@ -127,10 +153,11 @@ def _seed_everything(seed: int, threads: int) -> None:
 
 
 def build(x: np.ndarray, y: np.ndarray, members: int, hp: HParams, seed: int) -> EnsembleMLP:
-    x_mean, x_std = x.mean(0), x.std(0) + 1e-12
+    xf = derive_np(x) if hp.derived else x
+    x_mean, x_std = xf.mean(0), xf.std(0) + 1e-12
     y_mean, y_std = y.mean(0), y.std(0) + 1e-12
-    return EnsembleMLP(x.shape[1], y.shape[1], members, hp.width, hp.depth, hp.activation,
-                       x_mean, x_std, y_mean, y_std, seed=seed)
+    return EnsembleMLP(xf.shape[1], y.shape[1], members, hp.width, hp.depth, hp.activation,
+                       x_mean, x_std, y_mean, y_std, seed=seed, derived=hp.derived)
 
 
 def fit(x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
@@ -174,15 +201,28 @@ def predict(model: EnsembleMLP, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return mean.numpy(), std.numpy(), spread.numpy()
 
 
+#: coverage of the +-2 sigma band the noise term is calibrated to on out-of-fold residuals (Gaussian: 95.45 %)
+COVERAGE_CALIBRATION = 0.9545
+
+
 def noise_from_residuals(mean: np.ndarray, spread: np.ndarray, y: np.ndarray,
-                         replicate_sd: np.ndarray) -> dict[str, list[float]]:
-    """Noise sd per output = max(replicate sd, sd of the held-out residuals that the ensemble spread does
-    not explain). ``mean``/``spread`` are predictions for runs the ensemble did not train on."""
-    resid_var = np.mean((np.asarray(mean, np.float64) - y) ** 2, axis=0)
-    excess = np.maximum(resid_var - np.mean(np.asarray(spread, np.float64) ** 2, axis=0), 0.0)
+                         replicate_sd: np.ndarray, coverage: float = COVERAGE_CALIBRATION) -> dict[str, list[float]]:
+    """Noise sd per output, from predictions ``mean``/``spread`` for runs the ensemble did not train on:
+    the largest of
+    - the floor ``replicate_sd`` (the DEM scatter the inputs cannot explain),
+    - the sd of the held-out residuals that the ensemble spread does not explain (variance matching),
+    - the smallest noise sd for which the +-2 sigma band, sqrt(spread² + noise²), holds ``coverage`` of the
+      held-out residuals (a split-conformal step: the residuals are heavier-tailed than a Gaussian)."""
+    mean, spread = np.asarray(mean, np.float64), np.asarray(spread, np.float64)
+    e = mean - np.asarray(y, np.float64)
+    resid_var = np.mean(e ** 2, axis=0)
+    excess = np.maximum(resid_var - np.mean(spread ** 2, axis=0), 0.0)
+    need = np.maximum((e / 2.0) ** 2 - spread ** 2, 0.0)  # per run: noise variance that just covers it
+    conformal = np.quantile(need, coverage, axis=0, method="higher")
     rep_var = np.asarray(replicate_sd, dtype=np.float64) ** 2
-    noise = np.maximum(rep_var, excess)
-    return {"replicate_sd": np.sqrt(rep_var).tolist(), "heldout_excess_sd": np.sqrt(excess).tolist(),
+    noise = np.maximum(np.maximum(rep_var, excess), conformal)
+    return {"floor_sd": np.sqrt(rep_var).tolist(), "heldout_excess_sd": np.sqrt(excess).tolist(),
+            "coverage_sd": np.sqrt(conformal).tolist(), "coverage_target": coverage,
             "noise_sd": np.sqrt(noise).tolist()}
 
 
@@ -219,6 +259,7 @@ SEARCH_SPACE = {
 
 def inference_macs(hp: HParams, n_in: int = 6, n_out: int = 9) -> int:
     """Multiply-accumulates per row and member of the exported graph (first layer, hidden, output, skip)."""
+    n_in += len(DERIVED_FEATURES) if hp.derived else 0
     return n_in * hp.width + (hp.depth - 1) * hp.width * hp.width + hp.width * n_out + n_in * n_out
 
 
@@ -251,7 +292,7 @@ def search(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndar
         return v
 
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.enqueue_trial(asdict(HParams()))  # the default is always tried first
+    study.enqueue_trial({k: v for k, v in asdict(HParams()).items() if k in SEARCH_SPACE})  # the default first
     study.optimize(objective, n_trials=max_trials, timeout=budget_s)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = float(study.best_value)

@@ -20,11 +20,14 @@ MODELS_DIR = ROOT / "surrogates" / "models"
 FAMILY = "calendering"
 
 ACCEPTANCE_NOTE = (
-    "The DEM's own run-to-run scatter bounds what any surrogate can score against single DEM runs. For porosity, "
-    "tortuosity factor and effective diffusivity the R² targets of issue #6 lie above that ceiling on this data "
-    "set (see the 'noise ceiling' column): they cannot be met by a faithful model and were not tuned for. The "
-    "error targets (porosity MAE in percentage points, tortuosity MAPE) and the ±2σ coverage are compatible with "
-    "the scatter and are what the tests hold the model to, together with R² floors set below the noise ceiling.")
+    "The DEM's own run-to-run scatter (one design point, other packing seeds) bounds what any surrogate can score "
+    "against single DEM runs. For porosity, tortuosity factor and effective diffusivity the R² targets of issue #6 "
+    "lie above that ceiling on this data set (the 'noise limit' column); they were not tuned for. A packing seed "
+    "also changes the incoming layer the model is given (its measured thickness and porosity), so part of that "
+    "scatter is explained by the inputs: the last column is the limit left after them, estimated from the same few "
+    "replicates (a rough estimate). The error targets (porosity MAE in percentage points, tortuosity MAPE) and the "
+    "±2σ coverage are compatible with the scatter and are what the tests hold the model to, together with R² "
+    "floors set below the noise ceiling.")
 
 
 @dataclass
@@ -76,7 +79,10 @@ def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | 
         if progress is not None:
             progress("train", ep, n, f"loss {loss:.4f}")
 
-    rep_sd = np.array([scatter["outputs"][n]["sd"] for n in D.OUTPUTS])
+    # floor of the noise term: the DEM scatter the model cannot explain, i.e. the replicate scatter left after
+    # the measured inputs where that is smaller (spring-back: 4.7 -> 0.7 %-points), else the replicate scatter
+    rep_sd = np.array([min(scatter["outputs"][n]["sd"], scatter["outputs"][n].get("sd_given_measured_inputs", np.inf))
+                       for n in D.OUTPUTS])
     if cfg.refit:
         # out-of-fold predictions over train + validation (folds by design point) calibrate the noise term,
         # then the shipped ensemble trains on all of train + validation; the test runs stay unseen
@@ -138,7 +144,10 @@ def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | 
         "summary": ("Deep-ensemble surrogate of the DEM calendering reference (issue #5 data set): calendering inputs "
                     "-> structure metrics after release, with predictive uncertainty and an out-of-domain flag."),
         "inputs": D.INPUTS, "outputs": D.OUTPUTS, "units": D.UNITS,
-        "domain": {k: list(v) for k, v in D.DOMAIN.items()},
+        "domain": {k: list(v) for k, v in D.training_domain(
+            D.matrices(d, np.concatenate([split.train, split.val]) if cfg.refit else split.train)[0]).items()},
+        "input_definitions": D.INPUT_DEFINITIONS,
+        "derived_features": _derived_features(),
         "domain_exclusions": [{"name": "held-out corner", "bounds": {k: list(v) for k, v in D.CORNER.items()},
                                "reason": "held out of training to probe extrapolation (high compaction and roll "
                                          "temperature); predictions there are extrapolations"}],
@@ -168,6 +177,12 @@ def export(result: dict[str, Any], out: Path, tol: float | None = None) -> Path:
     x_test, _ = D.matrices(result["data"], result["split"].test)
     return write_model(result["model"], Path(out) / card["family"] / card["version"], x_test, card, D.INPUTS,
                        D.OUTPUTS, tol=PARITY_TOL if tol is None else tol)
+
+
+def _derived_features() -> dict[str, str]:
+    from surrogates.train.model import DERIVED_FEATURES  # noqa: PLC0415 - torch
+
+    return dict(DERIVED_FEATURES)
 
 
 def _versions() -> dict[str, str]:
