@@ -3,8 +3,8 @@ reproducible, it meets the issue-#6 targets the DEM data can support, and the ga
 
 What the data supports: the DEM's own run-to-run scatter (the same design point with other packing seeds)
 caps the R² any model can reach against single runs at 1 - sd_rep² / Var(y) (the "noise ceiling"), and
-floors the MAE at sqrt(2/pi) sd_rep. On the test runs the R² ceilings are ~0.90 (porosity), ~0.94
-(tortuosity factor), ~0.92 (effective diffusivity) — below the 0.99 / 0.97 targets — and ~0.99 for the
+floors the MAE at sqrt(2/pi) sd_rep. On the test runs the R² ceilings are ~0.87 (porosity), ~0.93
+(tortuosity factor), ~0.88 (effective diffusivity) — below the 0.99 / 0.97 targets — and ~0.99 for the
 final thickness. Targets beyond the ceiling are asserted to be beyond it (so the statement stays true if the
 data set changes), not tuned for; feasible targets the model misses are strict xfails with the numbers.
 """
@@ -21,7 +21,7 @@ from surrogates.train.pipeline import evaluate_model
 
 #: regression floors of the shipped model on the test runs (a retrained model must not fall below them);
 #: each sits a little under what the committed model reaches and under the noise ceiling (see the card)
-R2_FLOORS = {"porosity": 0.60, "thickness_after_um": 0.96, "tortuosity_factor": 0.75, "d_eff": 0.70}
+R2_FLOORS = {"porosity": 0.75, "thickness_after_um": 0.975, "tortuosity_factor": 0.88, "d_eff": 0.85}
 #: the model's RMSE on the test runs within this many DEM replicate standard deviations, for every output
 RMSE_OVER_SCATTER_MAX = 2.5
 
@@ -78,16 +78,25 @@ def test_r2_floors_and_accuracy_relative_to_the_dem_scatter(ev: dict) -> None:
         assert rel[out]["rmse_over_replicate_sd"] <= RMSE_OVER_SCATTER_MAX, out
 
 
-@pytest.mark.xfail(strict=True, reason="porosity MAE on the test runs is above 0.5 pp (see the card): feasible in "
-                                        "principle (noise floor ~0.38 pp) but not reached with 143 training runs")
 def test_porosity_mae_target(ev: dict) -> None:
-    assert ev["metrics"]["test"]["porosity"]["mae"] <= D.TARGETS["porosity"]["mae_max"]
+    assert ev["metrics"]["test"]["porosity"]["mae"] <= D.TARGETS["porosity"]["mae_max"]  # 0.5 percentage points
 
 
-@pytest.mark.xfail(strict=True, reason="final-thickness R² on the test runs is below 0.99 (see the card); the DEM "
-                                        "scatter allows ~0.993")
+@pytest.mark.xfail(strict=True, reason="final-thickness R² on the test runs is 0.983, below 0.99 (see the card): "
+                                        "RMSE 0.44 um = 1.45 replicate sd; the DEM scatter allows ~0.992")
 def test_thickness_r2_target(ev: dict) -> None:
     assert ev["metrics"]["test"]["thickness_after_um"]["r2"] >= D.TARGETS["thickness_after_um"]["r2_min"]
+
+
+def test_uncertainty_floor_is_the_scatter_the_inputs_leave(card: dict) -> None:
+    """Spring-back's replicate scatter (4.7 %-points) is mostly the incoming layer the packing seed made, which the
+    model sees; its noise term must not be held at the raw replicate sd, or its band would be ~4x too wide."""
+    u, rs = card["uncertainty"], card["replicate_scatter"]["outputs"]
+    for j, out in enumerate(D.OUTPUTS):
+        assert u["floor_sd"][j] == pytest.approx(min(rs[out]["sd"], rs[out]["sd_given_measured_inputs"]))
+        assert u["noise_sd"][j] >= u["floor_sd"][j]
+    j = D.OUTPUTS.index("springback_pct")
+    assert u["noise_sd"][j] < 0.5 * rs["springback_pct"]["sd"]
 
 
 def test_held_out_corner_extrapolation_is_flagged_and_bounded(ev: dict) -> None:
