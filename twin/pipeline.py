@@ -107,7 +107,10 @@ class Pipeline:
 
     async def _linger_flush(self) -> None:
         await asyncio.sleep(self.config.linger_ms / 1000.0)
-        await self.flush()
+        # close() cancels this task: a commit it has begun still finishes and acknowledges its
+        # batches (close's own flush waits for it on the lock); cancelled halfway, its batches were
+        # never acknowledged while later ones were
+        await asyncio.shield(self.flush())
 
     # -- commits -----------------------------------------------------------------------------
     async def flush(self) -> int:
