@@ -17,13 +17,30 @@ from . import empirical as em
 from .dataset import DEFAULT_DIR, ROOT, load_dataset
 
 CD_BINS = np.array([0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50])
+# The Sobol box of the design (compaction degree 0.20-0.50) is covered by the Sobol points and the centre run;
+# the low-compaction sweep (design "lowcd", CD 0.02-0.18) lies outside it and is analysed separately, the seed
+# replicates repeat design points (they would weight those points several times).
+BOX_DESIGNS = ("sobol", "centre")
+
+
+def box_mask(ds: dict[str, np.ndarray]) -> np.ndarray:
+    """Runs of the Sobol design box (Sobol points + centre run): the population of the CD trends."""
+    return np.isin(ds["design"], BOX_DESIGNS)
 
 
 def binned(x: np.ndarray, y: np.ndarray, bins: np.ndarray = CD_BINS) -> dict[str, list[float]]:
-    idx = np.clip(np.digitize(x, bins) - 1, 0, len(bins) - 2)
+    """Mean, std and count of y per bin of x; bins are [b_i, b_i+1), the last one closed on the right.
+
+    Values of x outside [bins[0], bins[-1]] are dropped, not put into the edge bins.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    idx = np.digitize(x, bins) - 1
+    idx[x == bins[-1]] = len(bins) - 2
+    inside = (idx >= 0) & (idx <= len(bins) - 2) & np.isfinite(x)
     mids, mean, std, n = [], [], [], []
     for b in range(len(bins) - 1):
-        sel = (idx == b) & np.isfinite(y)
+        sel = inside & (idx == b) & np.isfinite(y)
         mids.append(float(0.5 * (bins[b] + bins[b + 1])))
         mean.append(float(np.mean(y[sel])) if sel.any() else float("nan"))
         std.append(float(np.std(y[sel])) if sel.any() else float("nan"))
@@ -31,12 +48,47 @@ def binned(x: np.ndarray, y: np.ndarray, bins: np.ndarray = CD_BINS) -> dict[str
     return {"cd_mid": mids, "mean": mean, "std": std, "n": n}
 
 
+def lowcd_sweep(ds: dict[str, np.ndarray]) -> dict:
+    """Summary of the low-compaction sweep (design "lowcd"), kept apart from the Sobol-box trends."""
+    m = ds["design"] == "lowcd"
+    if not m.any():
+        return {"n": 0}
+    cd = ds["compaction_degree"][m]
+    T = ds["roll_temperature_C"][m]
+    q = ds["line_load_N_per_mm"][m]
+    t_lo, t_hi = float(T.min()), float(T.max())
+    pairs = []
+    for c in np.unique(cd):
+        lo = (cd == c) & (T == t_lo)
+        hi = (cd == c) & (T == t_hi)
+        if lo.any() and hi.any() and t_hi > t_lo:
+            ql, qh = float(np.mean(q[lo])), float(np.mean(q[hi]))
+            pairs.append({"cd": float(c), "line_load_low_T": ql, "line_load_high_T": qh,
+                          "change_pct": 100.0 * (qh / ql - 1.0)})
+    return {
+        "n": int(m.sum()), "cd_min": float(cd.min()), "cd_max": float(cd.max()),
+        "roll_temperatures_C": [t_lo, t_hi],
+        "porosity_before_mean": float(np.mean(ds["porosity_before"][m])),
+        "porosity_min": float(np.min(ds["porosity"][m])), "porosity_max": float(np.max(ds["porosity"][m])),
+        "line_load_max": float(np.max(q)),
+        "d_eff_min": float(np.min(ds["d_eff"][m])), "d_eff_max": float(np.max(ds["d_eff"][m])),
+        "tortuosity_factor_min": float(np.min(ds["tortuosity_factor"][m])),
+        "tortuosity_factor_max": float(np.max(ds["tortuosity_factor"][m])),
+        "springback_min_pct": float(np.min(ds["springback_pct"][m])),
+        "springback_max_pct": float(np.max(ds["springback_pct"][m])),
+        "line_load_high_vs_low_T": pairs,
+    }
+
+
 def trends(ds: dict[str, np.ndarray]) -> dict:
+    """CD trends and rank correlations over the Sobol box (Sobol + centre runs); the low-CD sweep apart."""
     from scipy.stats import spearmanr  # noqa: PLC0415
 
-    sob = ds["design"] != "replicate"
+    sob = box_mask(ds)
     cd = ds["compaction_degree"][sob]
-    out: dict = {"n_runs": int(len(ds["run_id"])), "n_design": int(sob.sum())}
+    out: dict = {"n_runs": int(len(ds["run_id"])), "n_design": int(sob.sum()), "designs": list(BOX_DESIGNS),
+                 "n_lowcd": int(np.sum(ds["design"] == "lowcd")),
+                 "n_replicate": int(np.sum(ds["design"] == "replicate"))}
     for col in ("porosity", "porosity_max", "tortuosity_factor", "d_eff", "springback_pct", "compaction_final",
                 "conductivity_eff", "max_pressure_MPa", "line_load_N_per_mm", "sa_pore_am_per_um",
                 "sa_pore_cbd_per_um", "sa_am_cbd_per_um"):
@@ -46,6 +98,7 @@ def trends(ds: dict[str, np.ndarray]) -> dict:
     d = out["d_eff"]["binned_vs_cd"]["mean"]
     # drop of D_eff/D0 between the CD bins 20-25 % -> 30-35 % and 30-35 % -> 45-50 % (bin means)
     out["d_eff_drop"] = {"from_20_25_to_30_35": float(d[0] - d[2]), "from_30_35_to_45_50": float(d[2] - d[-1]),
+                         "between_neighbouring_bins": [float(a - b) for a, b in zip(d[:-1], d[1:])],
                          "uncalendered_mean": float(np.nanmean(ds["d_eff_before"][sob]))}
     q = ds["line_load_N_per_mm"][sob]
     rho, _p = spearmanr(q, ds["springback_pct"][sob])
@@ -60,6 +113,7 @@ def trends(ds: dict[str, np.ndarray]) -> dict:
     v = ds["wall_speed_mm_s"][sob]
     rho_v, p_v = spearmanr(v, resid)
     out["pressure_residual_vs_speed_spearman"] = {"rho": float(rho_v), "p_value": float(p_v)}
+    out["lowcd_sweep"] = lowcd_sweep(ds)
     return out
 
 
@@ -87,9 +141,17 @@ def make_plots(ds: dict[str, np.ndarray], fits: dict, img_dir: Path, frames_dir:
 
     img_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    sob = ds["design"] != "replicate"
+    # the Sobol box (Sobol + centre) carries the bin means; the low-CD sweep is drawn as its own series
+    sob = box_mask(ds)
+    low = ds["design"] == "lowcd"
     cd = ds["compaction_degree"][sob] * 100
+    cd_low = ds["compaction_degree"][low] * 100
     T = ds["roll_temperature_C"][sob]
+    T_low = ds["roll_temperature_C"][low]
+    Tlim = (float(np.min(ds["roll_temperature_C"])), float(np.max(ds["roll_temperature_C"])))
+    low_kw = {"s": 16, "marker": "D", "cmap": "coolwarm", "vmin": Tlim[0], "vmax": Tlim[1], "edgecolors": "k",
+              "linewidths": 0.5}
+    box_kw = {"cmap": "coolwarm", "vmin": Tlim[0], "vmax": Tlim[1]}
 
     def save(fig, name):
         p = img_dir / name
@@ -100,11 +162,14 @@ def make_plots(ds: dict[str, np.ndarray], fits: dict, img_dir: Path, frames_dir:
 
     # 1 porosity vs CD
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.scatter(cd, ds["porosity_before"][sob], s=10, c="0.6", label="dried (before)")
-    ax.scatter(cd, ds["porosity_max"][sob], s=10, marker="v", c="tab:orange", label="at maximum compression")
-    sc = ax.scatter(cd, ds["porosity"][sob], s=14, c=T, cmap="coolwarm", label="after release (spring-back)")
-    b = binned(cd / 100, ds["porosity"][sob])
-    ax.plot(np.array(b["cd_mid"]) * 100, b["mean"], "k-o", lw=1.5, label="after release, bin mean")
+    nb = sob | low
+    cd_nb = ds["compaction_degree"][nb] * 100
+    ax.scatter(cd_nb, ds["porosity_before"][nb], s=10, c="0.6", label="dried (before)")
+    ax.scatter(cd_nb, ds["porosity_max"][nb], s=10, marker="v", c="tab:orange", label="at maximum compression")
+    sc = ax.scatter(cd, ds["porosity"][sob], s=14, c=T, label="after release (spring-back)", **box_kw)
+    ax.scatter(cd_low, ds["porosity"][low], c=T_low, label="after release, low-CD sweep", **low_kw)
+    b = binned(ds["compaction_degree"][sob], ds["porosity"][sob])
+    ax.plot(np.array(b["cd_mid"]) * 100, b["mean"], "k-o", lw=1.5, label="after release, bin mean (Sobol box)")
     ax.axhline(0.20, ls="--", c="tab:green", label="seed 001 floor ≈ 20 %")
     ax.set_xlabel("compaction degree (imposed) [%]")
     ax.set_ylabel("porosity [-]")
@@ -116,13 +181,15 @@ def make_plots(ds: dict[str, np.ndarray], fits: dict, img_dir: Path, frames_dir:
     # 2 tortuosity and D_eff vs CD
     fig, axs = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, col, lab in ((axs[0], "tortuosity_factor", "tortuosity factor τ [-]"), (axs[1], "d_eff", "D_eff / D0 = ε/τ [-]")):
-        ax.scatter(cd, ds[col][sob], s=10, c=T, cmap="coolwarm")
-        b = binned(cd / 100, ds[col][sob])
-        ax.errorbar(np.array(b["cd_mid"]) * 100, b["mean"], yerr=b["std"], fmt="k-o", lw=1.5, capsize=3)
+        ax.scatter(cd, ds[col][sob], s=10, c=T, **box_kw)
+        ax.scatter(cd_low, ds[col][low], c=T_low, label="low-CD sweep", **low_kw)
+        b = binned(ds["compaction_degree"][sob], ds[col][sob])
+        ax.errorbar(np.array(b["cd_mid"]) * 100, b["mean"], yerr=b["std"], fmt="k-o", lw=1.5, capsize=3,
+                    label="bin mean ± sd (Sobol box)")
         before = ds[col + "_before"][sob] if col + "_before" in ds else None
         if before is not None:
-            ax.axhline(np.mean(before), c="0.5", ls=":", label="dried electrode (mean)")
-            ax.legend(fontsize=7)
+            ax.axhline(np.mean(before), c="0.5", ls=":", label="dried electrode (mean, Sobol box)")
+        ax.legend(fontsize=7)
         ax.set_xlabel("compaction degree [%]")
         ax.set_ylabel(lab)
     fig.suptitle("Through-plane transport of the pore phase after release (taufactor)")
@@ -132,11 +199,18 @@ def make_plots(ds: dict[str, np.ndarray], fits: dict, img_dir: Path, frames_dir:
     fig, axs = plt.subplots(1, 2, figsize=(9, 3.8))
     q = ds["line_load_N_per_mm"][sob]
     sb = ds["springback_pct"][sob]
-    axs[0].scatter(cd, sb, s=10, c=T, cmap="coolwarm")
+    q_low = ds["line_load_N_per_mm"][low]
+    sb_low = ds["springback_pct"][low]
+    axs[0].scatter(cd, sb, s=10, c=T, label="Sobol box", **box_kw)
+    axs[0].scatter(cd_low, sb_low, c=T_low, label="low-CD sweep", **low_kw)
     axs[0].set_xlabel("compaction degree [%]")
     axs[0].set_ylabel("spring-back (h_after - h_max)/h_max [%]")
-    axs[1].scatter(q, sb, s=10, c="tab:blue", label="DEM")
-    qq = np.geomspace(max(q.min(), 0.1), q.max(), 200)
+    axs[0].legend(fontsize=7)
+    axs[1].scatter(q, sb, s=10, c="tab:blue", label="DEM, Sobol box")
+    axs[1].scatter(q_low, sb_low, s=16, marker="D", c="tab:purple", edgecolors="k", linewidths=0.5,
+                   label="DEM, low-CD sweep")
+    q_all = np.concatenate([q, q_low])
+    qq = np.geomspace(max(q_all.min(), 0.05), q_all.max(), 200)
     f = fits["springback"]
     axs[1].plot(qq, f.predict(qq), "k-", label=f"fit s∞={f.params['s_inf']:.1f} %, q_s={f.params['q_s']:.0f} N/mm (R²={f.r2:.2f})")
     axs[1].set_xscale("log")
@@ -204,7 +278,10 @@ def make_plots(ds: dict[str, np.ndarray], fits: dict, img_dir: Path, frames_dir:
     # 7 contact areas vs CD
     fig, ax = plt.subplots(figsize=(5.6, 4))
     for col, lab in (("sa_pore_am_per_um", "pore–AM"), ("sa_pore_cbd_per_um", "pore–CBD"), ("sa_am_cbd_per_um", "AM–CBD")):
-        ax.scatter(cd, ds[col][sob], s=8, label=lab)
+        pts = ax.scatter(cd, ds[col][sob], s=8, label=lab)
+        ax.scatter(cd_low, ds[col][low], s=14, marker="D", color=pts.get_facecolor()[0], edgecolors="k",
+                   linewidths=0.5)
+    ax.scatter([], [], s=14, marker="D", facecolors="none", edgecolors="k", label="low-CD sweep (◆)")
     ax.set_xlabel("compaction degree [%]")
     ax.set_ylabel("contact surface area [µm²/µm³]")
     ax.legend(fontsize=7)
