@@ -116,7 +116,11 @@ class Tagger:
             return self._dead(r, "bad_quality", f"{tag.id}: the source reports bad quality and no value", line)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return self._dead(r, "wrong_type", f"{tag.id}: expected a number, got {type(v).__name__} {v!r}", line)
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:  # an int beyond the float range (> ~1.8e308)
+            return self._dead(r, "non_finite", f"{tag.id}: integer value with {len(str(abs(v)))} digits does not "
+                                               "fit a float (overflow)", line)
         if not math.isfinite(x):
             return self._dead(r, "non_finite", f"{tag.id}: value {x!r} is not finite", line)
         unit = r.unit
@@ -244,7 +248,10 @@ class Tagger:
         if tv is float:
             x = v
         elif tv is int:
-            x = float(v)
+            try:
+                x = float(v)
+            except OverflowError:
+                return self.tag(r)
         else:
             return self.tag(r)
         if x - x != 0.0:
@@ -375,7 +382,11 @@ class Tagger:
             if tv is float:
                 x = v
             elif tv is int:
-                x = float(v)
+                try:
+                    x = float(v)
+                except OverflowError:
+                    append(tag(r))
+                    continue
             else:
                 append(tag(r))
                 continue

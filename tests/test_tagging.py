@@ -246,3 +246,14 @@ def test_tag_batch_keeps_pattern_topics_bounded() -> None:
     assert isinstance(out[25], DeadLetter) and out[25].reason_code == "unknown_address"
     assert t.cache_misses == 26 and t.cache_resets == 2
     assert t.tag_batch(batch[24:25])[0].line_id == "line-24" and t.cache_misses == 26
+
+
+def test_an_integer_beyond_the_float_range_is_a_dead_letter_not_a_crash(tagger: Tagger) -> None:
+    huge = 10 ** 400  # a JSON payload can carry it; float() overflows
+    r = mq("pilot/pilot-1/calendering/gap_actual", huge)
+    one = tagger.tag(r)
+    assert type(one).__name__ == "DeadLetter" and one.reason_code == "non_finite" and "overflow" in one.reason
+    batch = tagger.tag_batch([mq("pilot/pilot-1/calendering/gap_actual", 65), r,
+                              mq("pilot/pilot-1/calendering/gap_actual", 66.0)])
+    assert [type(o).__name__ for o in batch] == ["Sample", "DeadLetter", "Sample"]
+    assert batch[1].reason_code == "non_finite"
