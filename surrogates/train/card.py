@@ -86,6 +86,18 @@ def card_markdown(card: dict[str, Any]) -> str:
     L.append("## Accuracy on the held-out test runs")
     L.extend(metrics_table(card["metrics"]["test"], card["relative_to_scatter"]["test"]))
     L.append("")
+    cv = card.get("cross_validation")
+    if cv and cv.get("metrics"):
+        L.append("## Cross-validation over train + validation")
+        L.append(f"{cv['method']}; each run predicted by an ensemble that did not see its design point "
+                 "(no ±2σ columns: these predictions calibrate the band).")
+        L.append("")
+        L.append("| output | R² | MAE | MedianAE | MAPE % | RMSE |")
+        L.append("| --- | --- | --- | --- | --- | --- |")
+        for n, v in cv["metrics"].items():
+            L.append(f"| `{n}` | {_f(v['r2'])} | {_f(v['mae'])} | {_f(v['median_ae'])} | {_f(v['mape_pct'], 3)} | "
+                     f"{_f(v['rmse'])} |")
+        L.append("")
     L.append("## Extrapolation: held-out corner")
     L.extend(metrics_table(card["metrics"]["corner"], card["relative_to_scatter"]["corner"]))
     L.append("")

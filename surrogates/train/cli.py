@@ -36,6 +36,8 @@ def train(
     refit: bool = typer.Option(True, help="ship an ensemble trained on train + validation (noise calibrated by "
                                           "k-fold); --no-refit: train only, calibrate on validation"),
     hparams: Optional[str] = typer.Option(None, help="JSON hyperparameters: skip the search"),
+    loss: str = typer.Option("uniform", help="uniform: every output alike in normalised units; noise: each output's "
+                                             "error in units of its DEM noise sd (search and training)"),
     no_export: bool = typer.Option(False, help="train and report, write nothing"),
 ) -> None:
     """Train the surrogate ensemble on the DEM data set, export it to ONNX behind the parity gate, write its card."""
@@ -46,7 +48,7 @@ def train(
 
     cfg = PipelineConfig(family=family, version=version, out=out, data=data, split_seed=split_seed, seed=seed,
                          members=members, bootstrap=bootstrap, budget_s=budget_s, max_trials=max_trials,
-                         subset=subset, refit=refit, hparams=json.loads(hparams) if hparams else None,
+                         subset=subset, refit=refit, loss=loss, hparams=json.loads(hparams) if hparams else None,
                          command="twin surrogates train " + " ".join(
                              shlex.quote(a) for a in sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -75,6 +75,8 @@ class TrainConfig:
     bootstrap: str = "bayesian"  # "bayesian" (Dirichlet weights per member) | "none" (seeds only)
     hparams: HParams = field(default_factory=HParams)
     threads: int = 1
+    #: per-output weights of the squared error in normalised units (None: all 1); see output_weights()
+    output_weights: list[float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,12 +180,14 @@ def fit(x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
     else:
         raise ValueError(f"unknown bootstrap {cfg.bootstrap!r} (bayesian | none)")
     wt = torch.as_tensor(w, dtype=torch.float32)
+    ow = torch.ones(y.shape[1]) if cfg.output_weights is None else torch.as_tensor(cfg.output_weights,
+                                                                                     dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.epochs, eta_min=hp.lr * 0.01)
     every = max(1, hp.epochs // 100)
     for ep in range(hp.epochs):
         opt.zero_grad(set_to_none=True)
-        err = (model.members_normalised(xt) - yn) ** 2  # [M, n, k]
+        err = (model.members_normalised(xt) - yn) ** 2 * ow  # [M, n, k]
         loss_m = (err.mean(dim=2) * wt).sum(dim=1) / wt.sum(dim=1)
         loss = loss_m.sum()
         loss.backward()
@@ -240,11 +244,20 @@ def calibrate_noise(model: EnsembleMLP, x_val: np.ndarray, y_val: np.ndarray,
     return res
 
 
-def val_loss(model: EnsembleMLP, x: np.ndarray, y: np.ndarray) -> float:
-    """Mean squared error of the ensemble mean in normalised output units (all outputs weighted alike)."""
+def val_loss(model: EnsembleMLP, x: np.ndarray, y: np.ndarray, output_weights: list[float] | None = None) -> float:
+    """Mean squared error of the ensemble mean in normalised output units (weighted per output as in training)."""
     mean, _, _ = predict(model, x)
     ys = model.y_std.numpy().astype(np.float64)
-    return float(np.mean(((mean - y) / ys) ** 2))
+    ow = np.ones(y.shape[1]) if output_weights is None else np.asarray(output_weights, np.float64)
+    return float(np.mean(((mean - y) / ys) ** 2 * ow))
+
+
+def output_weights(y: np.ndarray, noise_sd: np.ndarray) -> list[float]:
+    """Weights that turn the normalised squared error into error / noise sd (a Gaussian likelihood with each
+    output's own DEM noise): Var(y_j) / noise_j², scaled to mean 1. Outputs the inputs determine well (final
+    thickness, spring-back) then count for more than outputs whose variation is mostly DEM scatter."""
+    w = np.var(np.asarray(y, np.float64), axis=0) / np.asarray(noise_sd, np.float64) ** 2
+    return (w / w.mean()).tolist()
 
 
 SEARCH_SPACE = {
@@ -265,7 +278,8 @@ def inference_macs(hp: HParams, n_in: int = 6, n_out: int = 9) -> int:
 
 def search(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, seed: int,
            budget_s: float, max_trials: int, members: int = 3, bootstrap: str = "none",
-           on_trial: Callable[[int, float, float], None] | None = None, parsimony: float = 0.05) -> dict[str, Any]:
+           on_trial: Callable[[int, float, float], None] | None = None, parsimony: float = 0.05,
+           output_weights: list[float] | None = None) -> dict[str, Any]:
     """Optuna (TPE, seeded) over SEARCH_SPACE under a wall-clock budget; objective = validation loss of a
     small ensemble. Deterministic for the same number of finished trials (the budget may cut it).
 
@@ -285,8 +299,9 @@ def search(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndar
                      weight_decay=trial.suggest_float("weight_decay", *SEARCH_SPACE["weight_decay"], log=True),
                      epochs=trial.suggest_int("epochs", SEARCH_SPACE["epochs"][0], SEARCH_SPACE["epochs"][1],
                                               step=SEARCH_SPACE["epochs"][2]))
-        m = fit(x_tr, y_tr, TrainConfig(members=members, seed=seed, bootstrap=bootstrap, hparams=hp))
-        v = val_loss(m, x_val, y_val)
+        m = fit(x_tr, y_tr, TrainConfig(members=members, seed=seed, bootstrap=bootstrap, hparams=hp,
+                                        output_weights=output_weights))
+        v = val_loss(m, x_val, y_val, output_weights)
         if on_trial is not None:
             on_trial(trial.number, v, time.perf_counter() - t0)
         return v

@@ -48,6 +48,7 @@ class PipelineConfig:
     calib_folds: int = 5
     hparams: dict[str, Any] | None = None  # skip the search and use these
     threads: int = 1
+    loss: str = "uniform"  # "uniform": every output alike in normalised units | "noise": error / DEM noise sd
     command: str = ""
 
 
@@ -61,6 +62,16 @@ def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | 
     xtr, ytr = D.matrices(d, split.train)
     xv, yv = D.matrices(d, split.val)
     scatter = D.replicate_scatter(d)
+    # floor of the noise term: the DEM scatter the model cannot explain, i.e. the replicate scatter left after
+    # the measured inputs where that is smaller (spring-back: 4.7 -> 0.7 %-points), else the replicate scatter
+    rep_sd = np.array([min(scatter["outputs"][n]["sd"], scatter["outputs"][n].get("sd_given_measured_inputs", np.inf))
+                       for n in D.OUTPUTS])
+    if cfg.loss == "noise":
+        ow: list[float] | None = M.output_weights(np.concatenate([ytr, yv]), rep_sd)
+    elif cfg.loss == "uniform":
+        ow = None
+    else:
+        raise ValueError(f"unknown loss {cfg.loss!r} (uniform | noise)")
     search_res: dict[str, Any] | None = None
     if cfg.hparams is not None:
         hp = M.HParams.from_dict(cfg.hparams)
@@ -70,19 +81,17 @@ def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | 
                 progress("search", min(int(el), int(cfg.budget_s)), int(cfg.budget_s), f"trial {n} val {v:.4f}")
 
         search_res = M.search(xtr, ytr, xv, yv, cfg.seed, cfg.budget_s, cfg.max_trials, members=cfg.search_members,
-                              bootstrap=cfg.bootstrap, on_trial=on_trial)
+                              bootstrap=cfg.bootstrap, on_trial=on_trial, output_weights=ow)
         hp = search_res["best"]
         search_res = dict(search_res, best=asdict(hp))
-    tcfg = M.TrainConfig(members=cfg.members, seed=cfg.seed, bootstrap=cfg.bootstrap, hparams=hp, threads=cfg.threads)
+    tcfg = M.TrainConfig(members=cfg.members, seed=cfg.seed, bootstrap=cfg.bootstrap, hparams=hp, threads=cfg.threads,
+                         output_weights=ow)
 
     def on_epoch(ep: int, n: int, loss: float) -> None:
         if progress is not None:
             progress("train", ep, n, f"loss {loss:.4f}")
 
-    # floor of the noise term: the DEM scatter the model cannot explain, i.e. the replicate scatter left after
-    # the measured inputs where that is smaller (spring-back: 4.7 -> 0.7 %-points), else the replicate scatter
-    rep_sd = np.array([min(scatter["outputs"][n]["sd"], scatter["outputs"][n].get("sd_given_measured_inputs", np.inf))
-                       for n in D.OUTPUTS])
+    cv_metrics: dict[str, Any] | None = None
     if cfg.refit:
         # out-of-fold predictions over train + validation (folds by design point) calibrate the noise term,
         # then the shipped ensemble trains on all of train + validation; the test runs stay unseen
@@ -102,6 +111,7 @@ def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | 
         if progress is not None:
             progress("calibrate", cfg.calib_folds, cfg.calib_folds, "done")
         calib = M.noise_from_residuals(oof_mean, oof_spread, yf, rep_sd)
+        cv_metrics = D.metrics(yf, oof_mean)
         calib["method"] = f"{cfg.calib_folds}-fold out-of-fold residuals over train + validation (by design point)"
         model = M.fit(xf, yf, tcfg, progress=on_epoch)
         M.set_noise(model, calib["noise_sd"])
@@ -153,10 +163,13 @@ def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | 
                                          "temperature); predictions there are extrapolations"}],
         "dataset": {"path": shown_path, "sha256": D.dataset_sha256(cfg.data), "n_runs": int(len(d["run_id"]))},
         "split": split.summary(),
-        "training": {"config": tcfg.as_dict(), "search": search_res, "wall_s": wall, "refit_on_train_and_val": cfg.refit,
+        "training": {"config": tcfg.as_dict(), "search": search_res, "wall_s": wall, "refit_on_train_and_val": cfg.refit, "loss": cfg.loss,
                      "command": cfg.command or "twin surrogates train", "subset": cfg.subset,
                      "libraries": _versions()},
         "uncertainty": calib,
+        "cross_validation": ({"method": f"{cfg.calib_folds}-fold by design point over train + validation "
+                                        "(the out-of-fold predictions that calibrate the noise term)",
+                              "metrics": cv_metrics} if cv_metrics is not None else None),
         "metrics": metrics,
         "replicate_scatter": scatter,
         "relative_to_scatter": rel,

@@ -105,3 +105,11 @@ def test_held_out_corner_extrapolation_is_flagged_and_bounded(ev: dict) -> None:
     c = ev["metrics"]["corner"]
     assert c["porosity"]["mae"] <= 0.01 and c["tortuosity_factor"]["mape_pct"] <= 4.0
     assert c["thickness_after_um"]["r2"] >= 0.9
+
+
+def test_card_markdown_is_rendered_from_the_json(committed_dir: Path, card: dict) -> None:
+    from surrogates.train.card import card_markdown
+
+    assert (committed_dir / "card.md").read_text() == card_markdown(card)
+    cv = card["cross_validation"]["metrics"]  # out-of-fold over train + validation, in the card and the Markdown
+    assert set(cv) == set(D.OUTPUTS) and "## Cross-validation" in (committed_dir / "card.md").read_text()

@@ -166,3 +166,15 @@ def test_failed_gate_writes_nothing(smoke: dict, tmp_path: Path, monkeypatch: py
     with pytest.raises(ParityError):
         export(smoke, tmp_path)
     assert list((tmp_path / "calendering").iterdir()) == []  # no version folder, no temp folder
+
+
+def test_noise_weighted_loss_option() -> None:
+    from surrogates.train.model import output_weights
+
+    y = np.array([[0.0, 0.0], [2.0, 20.0], [4.0, 40.0]])
+    w = output_weights(y, np.array([1.0, 1.0]))
+    assert np.mean(w) == pytest.approx(1.0) and w[1] == pytest.approx(100 * w[0])  # Var ratio 100, same noise
+    w = output_weights(y, np.array([1.0, 10.0]))
+    assert w[0] == pytest.approx(w[1])  # error in units of each output's noise sd
+    with pytest.raises(ValueError, match="unknown loss"):
+        train(PipelineConfig(loss="huber", hparams=SMOKE.hparams, subset=5, members=2))
