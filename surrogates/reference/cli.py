@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from .dataset import DEFAULT_DIR
+from .dataset import DEFAULT_DIR, N_REPLICATE_POINTS
 
 app = typer.Typer(help="Physics reference: DEM calendering data set for the surrogates.", no_args_is_help=True)
 
@@ -30,15 +30,18 @@ def generate(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip runs already finished in OUT/runs."),
     frames_subset: int = typer.Option(3, "--frames-subset", min=0, help="Runs that keep frame-by-frame voxels."),
     replicates: bool = typer.Option(True, "--replicates/--no-replicates", help="Add the seed-replicate runs."),
+    replicate_points: int = typer.Option(N_REPLICATE_POINTS, "--replicate-points", min=1,
+                                         help="Design points repeated with other packing seeds (the centre point "
+                                              "and the first Sobol points)."),
 ) -> None:
     """Generate (or complete) the DEM data set."""
     from .dataset import full_design, generate as _generate, sobol_design  # noqa: PLC0415
 
-    rows = full_design(n_runs) if replicates else sobol_design(n_runs)
+    rows = full_design(n_runs, replicate_points) if replicates else sobol_design(n_runs)
     argv = sys.argv[sys.argv.index("generate") + 1:] if "generate" in sys.argv else sys.argv[1:]
     command = "twin surrogates generate " + " ".join(shlex.quote(a) for a in argv)
     table = _generate(n_runs=n_runs, out=out, workers=workers, resume=resume, frames_subset=frames_subset,
-                      command=command, rows=rows)
+                      command=command, rows=rows, replicate_points=replicate_points if replicates else 0)
     typer.echo(f"wrote {table}")
 
 

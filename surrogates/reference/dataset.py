@@ -100,9 +100,9 @@ def low_cd_design() -> list[dict]:
     return rows
 
 
-def full_design(n_runs: int) -> list[dict]:
+def full_design(n_runs: int, replicate_points: int = N_REPLICATE_POINTS) -> list[dict]:
     base = sobol_design(n_runs)
-    return base + replicate_design(base) + low_cd_design()
+    return base + replicate_design(base, n_points=replicate_points) + low_cd_design()
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def _run_safe(row: dict, frames_dir: str | None) -> dict:
                 "traceback": traceback.format_exc(limit=5)}
 
 
-def provenance(n_runs: int, command: str) -> dict:
+def provenance(n_runs: int, command: str, replicate_points: int = N_REPLICATE_POINTS) -> dict:
     from .dem import MATERIAL_SOURCES, DEMParams, lammps_version  # noqa: PLC0415
 
     def ver(mod: str) -> str:
@@ -271,7 +271,8 @@ def provenance(n_runs: int, command: str) -> dict:
         "design_seed": DESIGN_SEED,
         "design_ranges": {k: {"low": v[0], "high": v[1], "unit": v[2], "meaning": v[3]}
                           for k, v in DESIGN_RANGES.items()},
-        "replicates": {"points": N_REPLICATE_POINTS, "seeds": list(REPLICATE_SEEDS)},
+        "replicates": {"points": replicate_points, "seeds": list(REPLICATE_SEEDS),
+                       "which": "the centre point and the first Sobol points"},
         "low_cd_sweep": {"compaction_degree": list(LOW_CD_VALUES), "roll_temperature_C": list(LOW_CD_TEMPERATURES),
                          "seed": 2000, "other_inputs": "centre of the design ranges"},
         "dem_defaults": defaults,
@@ -296,13 +297,14 @@ def generate(
     progress: bool = True,
     rows: list[dict] | None = None,
     on_result: Callable[[dict], None] | None = None,
+    replicate_points: int = N_REPLICATE_POINTS,
 ) -> Path:
     """Run the design (Sobol + replicates), resumable, in parallel; write the Parquet table."""
     out = Path(out)
     runs_dir = out / "runs"
     frames_dir = out / "frames"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    design = rows if rows is not None else full_design(n_runs)
+    design = rows if rows is not None else full_design(n_runs, replicate_points)
     # frame-by-frame series for a small subset spread over compaction degree
     subset_ids: set[str] = set()
     if frames_subset > 0:
@@ -310,7 +312,7 @@ def generate(
         by_cd = sorted(sob[: max(frames_subset * 8, frames_subset)], key=lambda r: r["compaction_degree"])
         idx = np.linspace(0, len(by_cd) - 1, frames_subset).round().astype(int)
         subset_ids = {by_cd[i]["run_id"] for i in idx}
-    (out / "provenance.json").write_text(json.dumps(provenance(n_runs, command), indent=2))
+    (out / "provenance.json").write_text(json.dumps(provenance(n_runs, command, replicate_points), indent=2))
     done_ids = _finished_ids(out) if resume else set()
     todo = [r for r in design if r["run_id"] not in done_ids]
 
