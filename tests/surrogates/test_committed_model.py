@@ -3,10 +3,11 @@ reproducible, it meets the issue-#6 targets the DEM data can support, and the ga
 
 What the data supports: the DEM's own run-to-run scatter (the same design point with other packing seeds)
 caps the R² any model can reach against single runs at 1 - sd_rep² / Var(y) (the "noise ceiling"), and
-floors the MAE at sqrt(2/pi) sd_rep. On the test runs the R² ceilings are ~0.87 (porosity), ~0.93
-(tortuosity factor), ~0.88 (effective diffusivity) — below the 0.99 / 0.97 targets — and ~0.99 for the
-final thickness. Targets beyond the ceiling are asserted to be beyond it (so the statement stays true if the
-data set changes), not tuned for; feasible targets the model misses are strict xfails with the numbers.
+floors the MAE at sqrt(2/pi) sd_rep. On the test runs the R² ceilings are ~0.94 (porosity), ~0.92
+(tortuosity factor), ~0.93 (effective diffusivity) — below the 0.99 / 0.97 targets, also after the part of
+the scatter the measured inputs explain (~0.95 / 0.95 / 0.96) — and ~0.995 for the final thickness. Targets
+beyond the ceiling are asserted to be beyond it (so the statement stays true if the data set changes), not
+tuned for; the feasible ones are asserted to be met.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from surrogates.train.pipeline import evaluate_model
 
 #: regression floors of the shipped model on the test runs (a retrained model must not fall below them);
 #: each sits a little under what the committed model reaches and under the noise ceiling (see the card)
-R2_FLOORS = {"porosity": 0.75, "thickness_after_um": 0.975, "tortuosity_factor": 0.88, "d_eff": 0.85}
+R2_FLOORS = {"porosity": 0.83, "thickness_after_um": 0.985, "tortuosity_factor": 0.90, "d_eff": 0.88}
 #: the model's RMSE on the test runs within this many DEM replicate standard deviations, for every output
 RMSE_OVER_SCATTER_MAX = 2.5
 
@@ -61,6 +62,8 @@ def test_r2_targets_beyond_the_noise_ceiling_are_flagged_not_tuned(ev: dict, car
         assert rel[out]["r2_noise_ceiling"] < target  # no faithful model can reach it on these runs
         row = next(r for r in card["acceptance"]["rows"] if r["output"] == out and r["metric"] == "r2")
         assert row["target_above_ceiling"] and not row["met"]
+        # also beyond the ceiling left after the part of the scatter the measured inputs explain
+        assert row["ceiling_given_measured_inputs"] < target, out
     assert "ceiling" in card["acceptance_note"]
 
 
@@ -82,8 +85,6 @@ def test_porosity_mae_target(ev: dict) -> None:
     assert ev["metrics"]["test"]["porosity"]["mae"] <= D.TARGETS["porosity"]["mae_max"]  # 0.5 percentage points
 
 
-@pytest.mark.xfail(strict=True, reason="final-thickness R² on the test runs is 0.983, below 0.99 (see the card): "
-                                        "RMSE 0.44 um = 1.45 replicate sd; the DEM scatter allows ~0.992")
 def test_thickness_r2_target(ev: dict) -> None:
     assert ev["metrics"]["test"]["thickness_after_um"]["r2"] >= D.TARGETS["thickness_after_um"]["r2_min"]
 
