@@ -156,6 +156,8 @@ async def test_closed_loop_brings_porosity_back_after_a_loading_disturbance(tmp_
                 if p.applied_ns and pid not in applied_at:
                     applied_at[pid] = srv.sim.t_s
         props = [svc.proposals[pid] for pid in svc.order]
+        last_decision = svc.last_decision.get("pilot-1")
+        last_reasons = list(last_decision.reasons) if last_decision is not None else []
     tr = np.array(trace)
     final = tr[tr[:, 0] > end_s - 60.0, 1].mean() / 100.0
     applied = [p for p in props if p.id in applied_at]
@@ -176,7 +178,8 @@ async def test_closed_loop_brings_porosity_back_after_a_loading_disturbance(tmp_
               "applied_at_line_s": [[applied_at[p.id], p.settings[0].current, p.settings[0].proposed]
                                     for p in applied],
               "gain": svc.gain, "states": [p.state for p in props],
-              "reasons": [p.reasons for p in props], "realised": [p.realised for p in props]}
+              "reasons": [p.reasons for p in props], "realised": [p.realised for p in props],
+              "last_decision_reasons": last_reasons}
     out = os.environ.get("PILOTLINE_FEEDBACK_REPORT")
     if out:
         Path(out).write_text(json.dumps({"report": report, "trace": tr.tolist(), "open_loop": base.tolist()}))
