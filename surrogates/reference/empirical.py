@@ -173,24 +173,33 @@ def fit_meyer(q_L, eps, eps0, T_R, M_C) -> FitResult:
     return _multistart(lambda mu: _fit("meyer_porosity_line_load",
                                        "eps = eps0 (p + (1-p) exp(-q_L / ((mu0 - xi T_R) M_C)))", f, X, eps,
                                        p0=[0.7, mu, 0.0], names=["p", "mu0", "xi"],
-                                       bounds=([0.0, 1e-6, -10.0], [1.0, 1e4, 10.0])), q_L, M_C)
+                                       bounds=([0.0, 1e-6, -10.0], [1.0, 1e4, 10.0])), q_L, M_C, T_R)
 
 
-def _multistart(fit_at: Callable[[float], FitResult], q_L, M_C) -> FitResult:
-    """The exponential saturates quickly; start the damping factor over two decades of q_L / M_C."""
+def _multistart(fit_at: Callable[[float], FitResult], q_L, M_C, T_R=None) -> FitResult:
+    """The exponential saturates quickly; start the damping factor over three decades of q_L / M_C.
+
+    A solution whose damping ``mu0 - xi T_R`` is not positive at every temperature of the data is degenerate: the
+    model clips it to its floor there and predicts a constant, whatever the line load. Such a solution is taken
+    only when no start gives a proper one."""
     q = np.asarray(q_L, dtype=float)
     M = float(np.mean(M_C))
-    best = None
-    for mu in np.geomspace(max(np.percentile(q, 2), 1e-2) / M, max(np.percentile(q, 90), 1e-1) / M, 6):
+    T = None if T_R is None else np.asarray(T_R, dtype=float)
+    best, best_any = None, None
+    lo, hi = max(np.percentile(q, 2), 1e-2) / M, max(np.percentile(q, 90), 1e-1) / M
+    for mu in np.geomspace(lo / 3.0, hi * 3.0, 12):
         try:
             r = fit_at(float(mu))
         except (RuntimeError, ValueError):
             continue
-        if best is None or r.rmse < best.rmse:
+        if best_any is None or r.rmse < best_any.rmse:
+            best_any = r
+        proper = T is None or bool(np.all(r.params["mu0"] - r.params["xi"] * T > 0))
+        if proper and (best is None or r.rmse < best.rmse):
             best = r
-    if best is None:
+    if best_any is None:
         raise RuntimeError("Meyer fit did not converge from any start")
-    return best
+    return best if best is not None else best_any
 
 
 def fit_meyer_min(q_L, eps, eps0, T_R, M_C) -> FitResult:
@@ -205,7 +214,7 @@ def fit_meyer_min(q_L, eps, eps0, T_R, M_C) -> FitResult:
     return _multistart(lambda mu: _fit("meyer_eq5_min_porosity",
                                        "eps = eps_min + (eps0 - eps_min) exp(-q_L / ((mu0 - xi T_R) M_C))", f, X,
                                        eps, p0=[float(np.min(eps)), mu, 0.0], names=["eps_min", "mu0", "xi"],
-                                       bounds=([0.0, 1e-6, -10.0], [1.0, 1e4, 10.0])), q_L, M_C)
+                                       bounds=([0.0, 1e-6, -10.0], [1.0, 1e4, 10.0])), q_L, M_C, T_R)
 
 
 def fit_density_line_load(rho, rho0, q_L) -> FitResult:

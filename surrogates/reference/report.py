@@ -337,11 +337,9 @@ def main(argv: list[str] | None = None) -> None:
         b = tr[col]["binned_vs_cd"]
         print(col, [round(x, 3) for x in b["mean"]], "spearman", round(tr[col]["spearman_vs_cd"], 2))
     print("replicates", json.dumps(rep))
+    files.append(write_datasheet(args.data))
     print("wrote", [str(f) for f in files])
 
-
-if __name__ == "__main__":
-    main()
 
 
 COLUMN_DOCS = {
@@ -464,3 +462,7 @@ def write_datasheet(data_dir: Path = DEFAULT_DIR) -> Path:
     out = data_dir / "datasheet.md"
     out.write_text("\n".join(lines))
     return out
+
+
+if __name__ == "__main__":
+    main()

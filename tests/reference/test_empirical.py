@@ -77,3 +77,19 @@ def test_mass_loading_bookkeeping():
     # 60 um at 40 % porosity: M = rho (1-eps) h w
     m = em.active_mass_loading(0.4, 60.0, 0.96)
     assert m == pytest.approx(rho_s * 0.6 * 60e-4 * 1e3 * 0.96)
+
+
+@pytest.mark.parametrize("fit_fn", [em.fit_meyer, em.fit_meyer_min])
+def test_meyer_fit_on_the_dem_set_is_not_degenerate(fit_fn):
+    """On the committed DEM set a start once converged where mu0 - xi T_R <= 0 above 25 degC: the model then clips
+    the damping and predicts a constant fraction of eps0 whatever the line load. The multistart must prefer a
+    solution whose damping is positive at every temperature of the data, and the porosity must then fall with
+    the line load."""
+    from surrogates.reference.dataset import load_dataset
+
+    d = load_dataset()
+    T = d["roll_temperature_C"]
+    M_C = em.active_mass_loading(d["porosity_before"], d["thickness_before_um"], d["am_fraction"])
+    fit = fit_fn(d["line_load_N_per_mm"], d["porosity"], d["porosity_before"], T, M_C)
+    assert np.all(fit.params["mu0"] - fit.params["xi"] * T > 0), fit.summary()
+    assert fit.stderr["mu0"] < 10 * abs(fit.params["mu0"]), fit.summary()  # identified, not free to wander
