@@ -341,7 +341,6 @@ def main(argv: list[str] | None = None) -> None:
     print("wrote", [str(f) for f in files])
 
 
-
 COLUMN_DOCS = {
     "run_id": "run identifier (sNNNN Sobol, c0000 centre, <id>rSEED replicate, lCCtTTT low-CD sweep)",
     "design": "sobol | centre | replicate | lowcd",

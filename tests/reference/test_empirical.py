@@ -93,3 +93,8 @@ def test_meyer_fit_on_the_dem_set_is_not_degenerate(fit_fn):
     fit = fit_fn(d["line_load_N_per_mm"], d["porosity"], d["porosity_before"], T, M_C)
     assert np.all(fit.params["mu0"] - fit.params["xi"] * T > 0), fit.summary()
     assert fit.stderr["mu0"] < 10 * abs(fit.params["mu0"]), fit.summary()  # identified, not free to wander
+    # at 60 degC the porosity still follows the line load between two small loads (the degenerate fit had already
+    # saturated at any load above zero and gave the same value for both)
+    X = np.array([[0.05, 0.5], [0.47, 0.47], [60.0, 60.0], [float(np.median(M_C))] * 2])
+    light, heavier = fit.predict(X)
+    assert heavier < light - 1e-3, fit.summary()
