@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from pydantic import BaseModel, Field
 
 from twin.samples import now_ns, ns_to_iso, parse_time_ns
 from twin.state import sample_json
+
+_log = logging.getLogger("twin.api")
 
 
 class SeriesPoint(BaseModel):
@@ -84,13 +87,24 @@ class DeadLetterItem(BaseModel):
     payload: str | None
 
 
+# times the store can hold: int64 nanoseconds since the epoch (1677-09-21 .. 2262-04-11)
+TIME_MIN_NS, TIME_MAX_NS = -(2**63) + 1, 2**63 - 1
+
+
 def _time(name: str, value: str | None, default_ns: int) -> int:
     if value is None:
         return default_ns
+    if len(value) > 64:
+        raise HTTPException(422, detail=[{"loc": ["query", name], "msg": f"a time is at most 64 characters, got "
+                                          f"{len(value)}", "type": "value_error"}])
     try:
-        return parse_time_ns(value)
-    except ValueError as err:
+        ns = parse_time_ns(value)
+    except (ValueError, OverflowError) as err:
         raise HTTPException(422, detail=[{"loc": ["query", name], "msg": str(err), "type": "value_error"}]) from err
+    if not TIME_MIN_NS <= ns <= TIME_MAX_NS:
+        raise HTTPException(422, detail=[{"loc": ["query", name], "msg": f"{value!r} is outside the times the store "
+                                          "holds (1677-09-21 .. 2262-04-11 UTC)", "type": "value_error"}])
+    return ns
 
 
 class Principal(BaseModel):
@@ -145,7 +159,21 @@ def create_app(daemon: Any) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": exc.errors(), "message": "; ".join(msgs)},
                             )
 
-    @app.get("/healthz", summary="Liveness and component health")
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # a bug, not a bad request: counted and logged once per kind; the client gets a JSON body
+        metrics = getattr(daemon, "metrics", None)
+        if metrics is not None and hasattr(metrics, "internal_errors"):
+            metrics.internal_errors.labels("api").inc()
+        _log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(status_code=500, content={"detail": f"internal error ({type(exc).__name__}); "
+                                                                "it was logged and counted"})
+
+    @app.get("/healthz", summary="Component health: 200 when ok, 503 when degraded",
+             description="`status` is `ok` or `degraded`; `problems` says why in words. Degraded: a source "
+                         "disconnected or failing, a supervised task failing or restarting, store commits "
+                         "failing, a scheduled job failing. 503 makes container health checks and load "
+                         "balancers treat the twin as unhealthy (docs/reliability.md).")
     async def healthz() -> JSONResponse:
         h = daemon.health()
         h["started"] = ns_to_iso(h["started"])
@@ -178,7 +206,7 @@ def create_app(daemon: Any) -> FastAPI:
         if t is None:
             raise HTTPException(404, detail=f"unknown tag {tag!r}")
         end_ns = _time("end", end, now_ns())
-        start_ns = _time("start", start, end_ns - 3600 * 10**9)
+        start_ns = _time("start", start, max(TIME_MIN_NS, end_ns - 3600 * 10**9))
         if start_ns >= end_ns:
             raise HTTPException(422, detail=[{"loc": ["query", "start"], "msg": "start must be before end",
                                               "type": "value_error"}])

@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from connectors import registry
@@ -24,9 +25,10 @@ from ontology.validate import Tagger
 from twin.config import TwinConfig
 from twin.metrics import Metrics
 from twin.pipeline import Pipeline
-from twin.samples import now_ns
+from twin.samples import RawBatch, now_ns
 from twin.state import LineState
 from twin.store.base import Store, open_store
+from twin.supervise import Supervisor, TaskHealth
 
 log = logging.getLogger("twin.daemon")
 
@@ -56,6 +58,10 @@ class Daemon:
         self.scheduler: AsyncIOScheduler | None = None
         self.api_port: int | None = None
         self.extensions: dict[str, Any] = {}  # predictor, feedback, ... register here
+        self.supervisor = Supervisor(on_failure=self._task_failed)
+        self.last_delivery_ns: dict[str, int] = {}  # connector -> receive time of its newest delivery
+        self._stopping = False
+        self.job_health: dict[str, dict[str, Any]] = {}  # scheduler job -> last run, last error
         if config.predictor.enabled:
             from twin.predictor import Predictor, predicted_tag_specs
 
@@ -83,19 +89,99 @@ class Daemon:
             log.info("retention removed %d rows", n)
 
     async def _job_health(self) -> None:
+        m = self.metrics
+        now = now_ns()
         for c in self.connectors:
-            self.metrics.queue_depth.labels(c.name).set(c.queue.qsize())
-            self.metrics.dropped.labels(c.name).set(c.counters.dropped)
-            self.metrics.connected.labels(c.name).set(1 if c.counters.connected else 0)
-        self.metrics.pending.set(self.pipeline.pending)
+            m.queue_depth.labels(c.name).set(c.queue.qsize())
+            m.dropped.labels(c.name).set(c.counters.dropped)
+            m.connected.labels(c.name).set(1 if c.counters.connected else 0)
+            for k, v in c.counters.extra.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    m.connector_events.labels(c.name, k).set(v)
+            last = self.last_delivery_ns.get(c.name)
+            if last is not None:
+                m.source_age.labels(c.name).set((now - last) / 1e9)
+        for k, v in vars(self.pipeline.stats).items():
+            if isinstance(v, int) and not isinstance(v, bool) and not k.endswith("_ns"):
+                m.pipeline_events.labels(k).set(v)
+        m.pending.set(self.pipeline.pending)
+        m.degraded.set(1 if self.problems() else 0)
+
+    def _task_failed(self, h: TaskHealth, err: BaseException) -> None:
+        self.metrics.internal_errors.labels(h.stage).inc()
+        self.metrics.task_restarts.labels(h.name).inc()
+
+    def _job_event(self, event: JobExecutionEvent) -> None:
+        j = self.job_health.setdefault(event.job_id, {"runs": 0, "errors": 0, "missed": 0, "last_error": None,
+                                                      "last_error_ns": None, "last_run_ns": None})
+        if event.code == EVENT_JOB_MISSED:
+            j["missed"] += 1
+            return
+        j["runs"] += 1
+        j["last_run_ns"] = now_ns()
+        if event.code == EVENT_JOB_ERROR:  # apscheduler logged the traceback; count it and show it
+            j["errors"] += 1
+            j["last_error"] = f"{type(event.exception).__name__}: {event.exception}"[:500]
+            j["last_error_ns"] = j["last_run_ns"]
+            j["failing"] = True
+            self.metrics.internal_errors.labels(f"job:{event.job_id}").inc()
+        else:
+            j["failing"] = False
+
+    def source_state(self, c: Connector) -> str:
+        """connected | disconnected | finished (a finite source that delivered everything) | failed"""
+        h = self.supervisor.tasks.get(f"consume:{c.name}")
+        if h is not None and (h.state.value == "restarting"
+                              or (h.state.value == "finished" and c.kind != "replay" and not self._stopping)):
+            return "failed"  # a live source's consumer must never finish while the daemon runs
+        if c.finished or c.kind == "replay":
+            return "finished" if c.finished else "reading"
+        return "connected" if c.counters.connected else "disconnected"
+
+    def problems(self) -> list[str]:
+        """Why the twin is degraded, in words (empty: healthy). /healthz answers 503 while any holds."""
+        out: list[str] = []
+        store = self.store.health()
+        if not store.get("ok"):
+            out.append(f"store {store.get('backend', '')} unhealthy: {store.get('error') or store.get('last_error') or ''}".rstrip(": "))
+        st = self.pipeline.stats
+        failing_since = getattr(st, "store_failing_since_ns", 0) or 0
+        if failing_since:
+            out.append(f"store commits failing for {(now_ns() - failing_since) / 1e9:.0f} s: "
+                       f"{getattr(st, 'last_commit_error', '') or ''}".rstrip(": "))
+        for c in self.connectors:
+            state = self.source_state(c)
+            if state in ("disconnected", "failed"):
+                err = getattr(c, "last_error", None) or c.counters.extra.get("last_error")
+                out.append(f"source {c.name} ({c.kind}) {state}" + (f": {err}" if err else ""))
+        out.extend(self.supervisor.degraded())
+        for name, ext in self.extensions.items():  # predictor, feedback: a round failed recently
+            t = getattr(ext, "last_error_ns", None)
+            if t is not None and now_ns() - t < 60e9:
+                out.append(f"{name} failed {(now_ns() - t) / 1e9:.0f} s ago: {getattr(ext, 'last_error', '')}")
+        for job, j in self.job_health.items():
+            if j.get("failing"):
+                out.append(f"scheduled job {job} failing: {j['last_error']}")
+        return out
 
     def health(self) -> dict[str, Any]:
-        store = self.store.health()
+        now = now_ns()
+        problems = self.problems()
+        sources = []
+        for c in self.connectors:
+            d = c.describe()
+            last = self.last_delivery_ns.get(c.name)
+            d["state"] = self.source_state(c)
+            d["last_delivery_age_s"] = None if last is None else round((now - last) / 1e9, 3)
+            sources.append(d)
         return {
-            "status": "ok" if store.get("ok") else "degraded",
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
             "started": self.started_ns,
-            "store": store,
-            "connectors": [c.describe() for c in self.connectors],
+            "store": self.store.health(),
+            "connectors": sources,
+            "tasks": self.supervisor.health(),
+            "jobs": self.job_health,
             "pipeline": vars(self.pipeline.stats).copy() | {"pending": self.pipeline.pending},
         }
 
@@ -126,6 +212,17 @@ class Daemon:
         ctx = self._signals(loop) if install_signals else contextlib.nullcontext()
         with ctx:
             await self._run()
+
+    def _consumer(self, c: Connector) -> Any:
+        """The consumer coroutine factory of one connector (the supervisor makes a new one per restart)."""
+        async def tapped() -> AsyncIterator[RawBatch]:
+            async for batch in c.batches():
+                self.last_delivery_ns[c.name] = now_ns()
+                yield batch
+
+        def factory() -> Any:
+            return self.pipeline.consume(c.name, tapped())
+        return factory
 
     async def _serve_api(self) -> tuple[Any, asyncio.Task[None]] | None:
         if not self.config.api.enabled:
@@ -165,6 +262,7 @@ class Daemon:
                                max_instances=1, coalesce=True)
         self.scheduler.add_job(self._job_health, "interval", seconds=p.health_interval_s, id="health",
                                max_instances=1, coalesce=True)
+        self.scheduler.add_listener(self._job_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         self.scheduler.start()
         api = await self._serve_api()
         for ext in self.extensions.values():
@@ -174,8 +272,7 @@ class Daemon:
         consumers = []
         for c in self.connectors:
             await c.__aenter__()
-            consumers.append(asyncio.create_task(self.pipeline.consume(c.name, c.batches()),
-                                                 name=f"consume:{c.name}"))
+            consumers.append(self.supervisor.spawn(f"consume:{c.name}", self._consumer(c), stage="consumer"))
         waiter = asyncio.create_task(self.stop_event.wait())
         try:
             if self.exit_when_finished and consumers:
@@ -185,10 +282,12 @@ class Daemon:
                 await waiter
         finally:
             # 1. stop intake; 2. drain what connectors already delivered; 3. commit + ack; 4. close
+            self._stopping = True
             for c in self.connectors:
                 await c.stop()
             if consumers:
                 await asyncio.wait(consumers, timeout=30)
+                await self.supervisor.cancel()  # a consumer still restarting after a failure
             await self.pipeline.close()
             for c in self.connectors:
                 await c.aclose()

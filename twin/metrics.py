@@ -29,5 +29,19 @@ class Metrics:
         self.commit_errors = Counter("twin_store_commit_errors", "Failed store commits (retried)", registry=r)
         self.connected = Gauge("twin_connector_connected", "1 while a connector is connected", ["connector"],
                                registry=r)
+        self.internal_errors = Counter("twin_internal_errors", "Unexpected exceptions, per stage (each was "
+                                       "logged with its traceback; the reading involved became a dead letter)",
+                                       ["stage"], registry=r)
+        self.task_restarts = Counter("twin_task_restarts", "Restarts of supervised long-running tasks", ["task"],
+                                     registry=r)
+        self.degraded = Gauge("twin_health_degraded", "1 while /healthz reports degraded", registry=r)
+        self.connector_events = Gauge("twin_connector_events", "Connector event counters (monotonic, owned by "
+                                      "the connector): messages, acked, internal_errors, task_restarts, ...",
+                                      ["connector", "event"], registry=r)
+        self.pipeline_events = Gauge("twin_pipeline_events", "Pipeline event counters (monotonic, owned by the "
+                                     "pipeline): store_rejected, unstorable, lost_at_shutdown, internal_errors, ...",
+                                     ["event"], registry=r)
+        self.source_age = Gauge("twin_source_last_delivery_age_seconds",
+                                "Seconds since a connector last delivered readings", ["connector"], registry=r)
         self.stream_dropped = Counter("twin_stream_dropped", "Live-stream events dropped for slow clients",
                                       registry=r)

@@ -157,6 +157,10 @@ class Predictor:
     count: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     last_skip_reason: str | None = None
+    failures: int = 0
+    last_error: str | None = None
+    last_error_ns: int | None = None
+    _last_traceback: float = -1e18
     _pending: asyncio.Task[None] | None = None
     _periodic: asyncio.Task[None] | None = None
 
@@ -200,12 +204,29 @@ class Predictor:
 
     async def _debounced(self) -> None:
         await asyncio.sleep(self.config.debounce_ms / 1000.0)
-        await self.predict_all()
+        await self._guarded()
 
     async def _every(self) -> None:
         while True:
             await asyncio.sleep(self.config.interval_s)
+            await self._guarded()
+
+    async def _guarded(self) -> None:
+        """One prediction round; a failure is logged (traceback at most once a minute), counted in
+        ``twin_internal_errors_total{stage="predictor"}`` and kept in ``last_error``; the loop goes on."""
+        try:
             await self.predict_all()
+        except Exception as err:  # noqa: BLE001 - one bad round must not end the predictor
+            self.failures += 1
+            self.last_error = f"{type(err).__name__}: {err}"[:500]
+            self.last_error_ns = now_ns()
+            self.daemon.metrics.internal_errors.labels("predictor").inc()
+            mono = time.monotonic()
+            if mono - self._last_traceback >= 60.0:
+                self._last_traceback = mono
+                log.exception("prediction round failed (failure %d)", self.failures)
+            else:
+                log.error("prediction round failed again (failure %d): %s", self.failures, self.last_error)
 
     # -- prediction --------------------------------------------------------------------------
     def _skip(self, reason: str) -> None:
