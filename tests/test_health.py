@@ -165,3 +165,26 @@ async def test_series_far_out_or_malformed_times_are_422_not_500(tmp_path: Path,
             assert r.status_code == 422, (params, r.status_code, r.text)
             assert r.json()["detail"][0]["msg"]
     d.store.close()
+
+
+async def test_a_body_with_nan_or_a_lone_surrogate_is_422_with_plain_text(tmp_path: Path) -> None:
+    """Request validation errors carry the offending input; it must never turn a 422 into a 500."""
+    from fastapi import Body
+
+    from twin.config import load_config
+    from twin.daemon import Daemon
+
+    d = Daemon(load_config(write_config(tmp_path)))
+    app = create_app(d)
+
+    @app.put("/test/number")
+    async def number(x: float = Body(..., embed=True, gt=0)) -> dict:
+        return {"x": x}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://twin") as c:
+        for body in ('{"x": NaN}', '{"x": -Infinity}', '{"x": "\\ud800"}', '{"x": "' + "9" * 100_000 + 'x"}',
+                     '{"x": -1}'):
+            r = await c.put("/test/number", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 422, (body[:40], r.status_code, r.text[:300])
+            assert r.json()["message"] and len(r.text) < 5000
+    d.store.close()

@@ -91,6 +91,13 @@ class DeadLetterItem(BaseModel):
 TIME_MIN_NS, TIME_MAX_NS = -(2**63) + 1, 2**63 - 1
 
 
+def _plain_text(value: object, limit: int) -> str:
+    """Bounded text that JSON can carry: lone surrogates and control characters escaped."""
+    text = value if isinstance(value, str) else str(value)
+    text = text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _time(name: str, value: str | None, default_ns: int) -> int:
     if value is None:
         return default_ns
@@ -155,9 +162,13 @@ def create_app(daemon: Any) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        msgs = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": exc.errors(), "message": "; ".join(msgs)},
-                            )
+        # only plain, bounded, storable text goes back: an error's `input` may hold NaN, a lone surrogate or
+        # megabytes, and its `ctx` a ValueError object, none of which JSON (or the client) can take
+        detail = [{"loc": [_plain_text(p, 100) if isinstance(p, str) else p for p in e.get("loc", ())][:20],
+                   "msg": _plain_text(e.get("msg", ""), 500), "type": _plain_text(e.get("type", ""), 100)}
+                  for e in exc.errors()[:50]]
+        msgs = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in detail]
+        return JSONResponse(status_code=422, content={"detail": detail, "message": "; ".join(msgs)})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
