@@ -95,6 +95,7 @@ class Tagger:
     CACHE_KEY_CHARS = 8_000_000  # and the characters of their keys, in all
     UNKNOWN_LIMIT = 1024  # addresses without a tag kept (as None) at most; beyond, resolved each time
     TEXT_CACHE_LIMIT = 4096  # roll ids from readings already checked (bad_text), kept at most
+    BINDING_LIMIT = 10_000  # pattern addresses tag() keeps resolved (its slow path: failures, roll changes)
 
     def __init__(self, tagmap: TagMap, default_line_id: str, *, max_future_skew_s: float | None = None,
                  max_past_age_s: float | None = None,
@@ -145,7 +146,7 @@ class Tagger:
         b = self._match(source, address)
         if b is None and self._bindings_unknown >= self.UNKNOWN_LIMIT:
             return None
-        if len(self._bindings) >= self.CACHE_LIMIT or self._bindings_chars + len(address) > self.CACHE_KEY_CHARS:
+        if len(self._bindings) >= self.BINDING_LIMIT or self._bindings_chars + len(address) > self.CACHE_KEY_CHARS:
             self._bindings.clear()
             self._bindings_chars = self._bindings_unknown = 0
         self._bindings[key] = b
@@ -338,13 +339,18 @@ class Tagger:
         trace = tag.traceability is not Traceability.NONE
         kind = _STRING if tag.value_type is ValueType.STRING else _TRACE_NUMBER if trace else _NUMBER
         su = b.source_unit
-        # unit the reading states (None: the source's unit) -> (a, c), or None for no conversion
-        units: dict[str | None, tuple[float, float] | None] = {tag.unit: None}
-        units[su] = None if su == tag.unit else affine(su, tag.unit)
-        units[None] = units[su]
+        # unit the reading states (None: the source's unit) -> (a, c), or None for no conversion; one
+        # dict per (tag, source unit), shared by every topic a pattern matches (bounded memory per topic)
+        units = self._units_of.get((tag.id, su))
+        if units is None:
+            units = {tag.unit: None}
+            units[su] = None if su == tag.unit else affine(su, tag.unit)
+            units[None] = units[su]
+            self._units_of[(tag.id, su)] = units
         return (kind, tag.id, tag.unit, tag.lo, tag.hi, tag.step, b.line_id, units, trace, tag.traceability)
 
     def _build_fast(self) -> None:
+        self._units_of: dict[tuple[str, str | None], dict[str | None, tuple[float, float] | None]] = {}
         fast: dict[str, dict[str, _Entry | None]] = {}
         for (source, address), b in self.tagmap._exact.items():
             fast.setdefault(source, {})[address] = self._compile_entry(b)
