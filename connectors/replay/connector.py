@@ -75,6 +75,8 @@ def _lines(path: Path, fh: io.BufferedIOBase, pos: list[int], limit: int) -> Ite
         if len(raw) > limit and not raw.endswith(b"\n"):
             raise ReplayFileError(path, n, f"line longer than {limit} bytes (refused; the limit keeps the "
                                            "replay's memory bounded)")
+        if b"\x00" in raw:
+            raise ReplayFileError(path, n, "a NUL byte in the line (a binary file, or not UTF-8 text)")
         if n == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[3:]
         try:
