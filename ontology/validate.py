@@ -399,10 +399,10 @@ class Tagger:
         """A reading of a string tag or of a web-position / web-speed tag, its row already in order:
         the common outcomes here (a repeated roll id, a valid number), the rest through :meth:`tag`."""
         source, address, v, ts, rts, unit, quality, line, roll, web, _ = r
-        if ts is None or not TS_MIN_NS <= ts <= TS_MAX_NS:
+        if ts is None:
             return self.tag(r)
-        wlo, whi = self._window_of(source)
-        if not wlo <= ts - rts <= whi:
+        wlo, whi = self._windows.get(source) or self._window_of(source)
+        if not (TS_MIN_NS <= ts <= TS_MAX_NS and wlo <= ts - rts <= whi):
             return self.tag(r)
         kind, tag_id, canon, lo, hi, step, eline, units, _, traceability = e
         if kind == _STRING:
