@@ -107,6 +107,29 @@ def test_dead_letters_rolls_and_retention(store: Store) -> None:
     assert store.count() == 5 and store.dead_letter_count() == 0
 
 
+@pytest.mark.parametrize("bad", [
+    Sample("L1", "a.b", float("nan"), "um", T0 + 7 * S, T0, Quality.GOOD),  # SQLite would store NULL
+    Sample("L1", "a.b", float("inf"), "um", T0 + 7 * S, T0, Quality.GOOD),
+    Sample("L1", "a.b", 1.0, "um", T0 + 7 * S, T0, Quality.GOOD, None, float("nan")),
+    Sample("L1", "a.\ud800", 1.0, "um", T0 + 7 * S, T0, Quality.GOOD),  # UTF-8 cannot encode it
+    Sample("L1", "a.b", 1.0, "um", 2**64, T0, Quality.GOOD),  # beyond int64 nanoseconds
+], ids=["nan", "inf", "nan_web_position", "lone_surrogate_tag", "ts_beyond_int64"])
+def test_a_row_the_backend_cannot_take_fails_the_whole_write_permanently(store: Store, bad: Sample) -> None:
+    """The pipeline splits a refused commit to find the row (twin.pipeline): that needs a refused
+    write() to store nothing of the call and to raise an error classified as permanent; a later write
+    works as before."""
+    from twin.store.base import StoreErrorKind, classify_store_error
+
+    good = [smp("a.b", i, float(i)) for i in range(5)]
+    with pytest.raises(Exception) as info:
+        store.write(good + [bad] + [smp("a.c", 1, 1.0)],
+                    [DeadLetter(SourceKind.MQTT, "x", "{}", "r", "wrong_type", T0)])
+    assert classify_store_error(info.value) is StoreErrorKind.PERMANENT, repr(info.value)
+    assert store.count() == 0 and store.dead_letter_count() == 0
+    assert store.write(good).inserted == 5
+    assert store.count() == 5
+
+
 WRITER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[2])

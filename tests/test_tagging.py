@@ -257,3 +257,59 @@ def test_an_integer_beyond_the_float_range_is_a_dead_letter_not_a_crash(tagger: 
                               mq("pilot/pilot-1/calendering/gap_actual", 66.0)])
     assert [type(o).__name__ for o in batch] == ["Sample", "DeadLetter", "Sample"]
     assert batch[1].reason_code == "non_finite"
+
+
+def _hostile_batches(seed: int, n_batches: int) -> list[list[RawReading]]:
+    """_random_batches with hostile readings mixed in: timestamps beyond the store's range and far
+    outside the skew window, lone surrogates / NUL / over-long text in addresses, roll ids and units,
+    non-finite web positions, roll ids cycling."""
+    import random
+
+    rnd = random.Random(1000 + seed)
+    batches = _random_batches(seed, n_batches)
+    day = 86400 * 10**9
+    for batch in batches:
+        for k, r in enumerate(batch):
+            x = rnd.random()
+            if x < 0.04:
+                r = r._replace(source_ts_ns=rnd.choice([2**63 + 1, -(2**63) - 1, 2**80]))
+            elif x < 0.08 and r.source_ts_ns is not None:
+                r = r._replace(source_ts_ns=r.received_ts_ns + rnd.choice([301 * 10**9, -401 * day, 10**15]))
+            elif x < 0.11:
+                r = r._replace(address=r.address + rnd.choice(["\ud800", "\x00", "z" * 1100]))
+            elif x < 0.14:
+                r = r._replace(roll_id=rnd.choice(["R-\udcff", "R\x00", "R" * 300, f"R-{rnd.randint(0, 10**6)}"]))
+            elif x < 0.16:
+                r = r._replace(web_pos_m=rnd.choice([math.nan, math.inf, -math.inf]))
+            elif x < 0.18:
+                r = r._replace(unit=rnd.choice(["u\x00m", "\ud800", "m" * 300]))
+            elif x < 0.20 and isinstance(r.value, str):
+                r = r._replace(value=rnd.choice(["R-\ud800", "R" * 300, f"R-{rnd.randint(0, 10**6)}"]))
+            batch[k] = r
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tag_batch_equals_the_per_reading_path_under_hostile_input(seed: int) -> None:
+    """The screening (store range, skew window, storable text, finite web position) gives the same
+    results on both paths; with a skew window set, and nothing unstorable passes."""
+    tm = TagMap.from_dict(_EQUIV_SPEC)
+    fast, ref = Tagger(tm, "L0"), Tagger(tm, "L0")
+    for t in (fast, ref):
+        t.set_time_window(300.0, 400 * 86400.0)
+    codes: set[str] = set()
+    for batch in _hostile_batches(seed, 200):
+        a, b = fast.tag_batch(batch), ref.tag_batch_per_reading(tuple(batch))
+        assert [type(x) for x in a] == [type(x) for x in b]
+        assert a == b and repr(a) == repr(b)
+        for x in a:
+            if type(x) is DeadLetter:
+                codes.add(x.reason_code)
+            elif type(x) is Sample:
+                assert -(2**63) < x.source_ts_ns < 2**63
+                for text in (x.line_id, x.tag_id, x.roll_id or ""):
+                    text.encode("utf-8")
+                    assert "\x00" not in text and len(text) <= 1024
+                assert x.web_pos_m is None or math.isfinite(x.web_pos_m)
+    assert fast.trace == ref.trace
+    assert {"bad_timestamp", "clock_skew", "bad_text"} <= codes

@@ -90,7 +90,14 @@ def replay_cmd(
     ack_log: Optional[Path] = typer.Option(None, help="append the number of rows stored after each commit"),
     serve_api: bool = typer.Option(False, "--api/--no-api", help="also serve the API while replaying"),
 ) -> None:
-    """Replay a recorded file through the same pipeline as live data, then exit."""
+    """Replay a recorded file through the same pipeline as live data, then exit.
+
+    Ends with one summary line on stderr (rows read, stored, not stored, dead letters). Exit status:
+    0 the whole file was read and every row stored (bad rows as dead letters, counted in the line);
+    1 the file could not be read to its end (truncated gzip, binary or non-UTF-8 content, an
+    over-long line, a CSV without its time column...: everything before the error is stored);
+    3 rows were read but could not be stored (the store kept failing); 2 configuration errors.
+    """
     from connectors.replay.config import ReplayConnectorConfig, ReplaySpeed
 
     cfg, tagmap = _load(config)
@@ -105,7 +112,41 @@ def replay_cmd(
         _fail(f"--speed {speed!r}: {err}")
         return
     cfg = cfg.model_copy(update={"connectors": [rc], "api": cfg.api.model_copy(update={"enabled": serve_api})})
-    raise typer.Exit(_run_daemon(cfg, tagmap, ack_log=ack_log, exit_when_finished=True))
+    from twin.daemon import Daemon
+
+    _logging(cfg.log_level.value)
+    try:
+        daemon = Daemon(cfg, tagmap=tagmap, ack_log=ack_log, exit_when_finished=True)
+    except (OSError, ValueError) as err:
+        _fail(f"cannot start: {err}")
+        return
+    asyncio.run(daemon.run())
+    line, code = replay_summary(file, daemon)
+    print(line, file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+def replay_summary(file: Path, daemon) -> tuple[str, int]:  # noqa: ANN001
+    """The one line ``twin replay`` ends with, and its exit status (see replay_cmd)."""
+    conn = daemon.connectors[0]
+    st = daemon.pipeline.stats
+    read, acked = conn.rows_sent, min(conn.rows_acked, conn.rows_sent)
+    not_stored = read - acked
+    counts = (f"{read} rows read, {acked} stored, {not_stored} not stored "
+              f"({st.stored} samples stored, {st.duplicates} duplicates already stored, {st.rejected} dead letters"
+              + (f", {st.unstorable} rows unstorable even as dead letters" if st.unstorable else "") + ")")
+    lost = ""
+    if not_stored or st.unstorable:
+        lost = ("; rows not stored are not redelivered (a file is read once): the --ack-log records the rows "
+                "stored, replay the file again to store the rest")
+    err = conn.error
+    if err is not None:
+        where = f"line {err.line}: " if err.line else ""
+        line = f"twin replay: {file}: {where}{err.problem}; stopped there: {counts}{lost}"
+        return line, 3 if (not_stored or st.unstorable) else 1
+    stopped = daemon.stop_event is not None and daemon.stop_event.is_set() and not conn.finished
+    state = "stopped on request before the end of the file" if stopped else "done"
+    return f"twin replay: {file}: {state}: {counts}{lost}", 3 if (not_stored or st.unstorable) else 0
 
 
 class DemoSource(str, enum.Enum):

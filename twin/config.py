@@ -141,6 +141,19 @@ class PipelineConfig(BaseModel):
     retention_interval_s: float = Field(3600.0, gt=0, description="how often the retention job runs")
     health_interval_s: float = Field(5.0, gt=0, description="how often the health job refreshes gauges")
     stream_queue: int = Field(1000, ge=1, description="per live-stream client queue; overflow drops oldest, counted")
+    max_future_skew_s: float | None = Field(
+        300.0, ge=0, le=100 * 365 * 86400.0,
+        description="a source timestamp more than this after its receive time is a clock_skew dead letter "
+                    "(None: no limit; replayed files are exempt)")
+    max_past_age_s: float | None = Field(
+        400 * 86400.0, ge=0, le=200 * 365 * 86400.0,
+        description="a source timestamp more than this before its receive time is a clock_skew dead letter "
+                    "(None: no limit; replayed files are exempt: they are history)")
+    commit_retry_initial_s: float = Field(0.05, gt=0, le=60, description="first delay before a failed commit is "
+                                                                         "retried (transient store errors)")
+    commit_retry_max_s: float = Field(5.0, gt=0, le=600, description="longest delay between commit retries")
+    shutdown_commit_attempts: int = Field(3, ge=1, le=100, description="commit attempts at shutdown while the store "
+                                                                       "fails, before reporting what was not stored")
 
 
 class Scope(str, enum.Enum):

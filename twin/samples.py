@@ -64,33 +64,111 @@ def ns_to_iso(ns: int) -> str:
     return dt.isoformat(timespec="microseconds")
 
 
+# the store's time range: int64 nanoseconds since the epoch (1677-09-21 .. 2262-04-11), as SQLite's
+# INTEGER and InfluxDB's timestamps hold it (InfluxDB reserves the two extreme values)
+TS_MIN_NS = -9_223_372_036_854_775_806
+TS_MAX_NS = 9_223_372_036_854_775_806
+_RANGE_TEXT = "outside the store's range (1677-09-21 .. 2262-04-11 UTC, int64 nanoseconds)"
+
+
+def in_store_range(ns: int) -> bool:
+    """True when ``ns`` (ns since the epoch) fits the store's int64 nanosecond timestamps."""
+    return TS_MIN_NS <= ns <= TS_MAX_NS
+
+
 def parse_time_ns(value: Any) -> int:
     """Parse a timestamp into ns since epoch (UTC).
 
     Accepts ISO 8601 strings (a naive one is refused: a time without offset is ambiguous on a plant
-    that spans time zones), or numbers of seconds since the epoch (int or float). Raises ValueError.
+    that spans time zones), or numbers of seconds since the epoch (int or float). Raises ValueError,
+    and only ValueError, for anything else: a time the store cannot hold (outside int64 nanoseconds,
+    1677-09-21 .. 2262-04-11), a huge number, a year ``datetime`` does not take.
     """
     if isinstance(value, bool):
         raise ValueError(f"timestamp must be ISO 8601 or epoch seconds, got boolean {value!r}")
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        # compare before multiplying: a 10**100000 would first build a huge number
+        if not -9_223_372_037 <= value <= 9_223_372_037:
+            raise ValueError(f"timestamp {safe_text(value, 40)} s is {_RANGE_TEXT}")
+        ns = value * 1_000_000_000
+    elif isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"timestamp is not finite: {value!r}")
-        if isinstance(value, int):
-            return value * 1_000_000_000
-        return int(round(value * 1e6)) * 1000
-    if isinstance(value, str):
+        if not -9.3e9 < value < 9.3e9:  # 1e30 or 1e308 epoch seconds
+            raise ValueError(f"timestamp {value!r} s is {_RANGE_TEXT}")
+        ns = int(round(value * 1e6)) * 1000
+    elif isinstance(value, str):
+        if len(value) > 64:
+            raise ValueError(f"timestamp {safe_text(value, 40)!r} is not ISO 8601 (longer than 64 characters)")
         text = value.strip()
         if text.endswith("Z") or text.endswith("z"):
             text = text[:-1] + "+00:00"
         try:
             dt = datetime.fromisoformat(text)
-        except ValueError as err:
-            raise ValueError(f"timestamp {value!r} is not ISO 8601") from err
+        except (ValueError, TypeError, OverflowError) as err:
+            raise ValueError(f"timestamp {safe_text(value, 64)!r} is not ISO 8601") from err
         if dt.tzinfo is None:
-            raise ValueError(f"timestamp {value!r} has no UTC offset (write e.g. '...Z' or '+01:00')")
-        whole = int(dt.timestamp())
-        return whole * 1_000_000_000 + dt.microsecond * 1000
-    raise ValueError(f"timestamp must be ISO 8601 or epoch seconds, got {type(value).__name__}")
+            raise ValueError(f"timestamp {safe_text(value, 64)!r} has no UTC offset (write e.g. '...Z' or '+01:00')")
+        try:
+            # exact integer arithmetic (dt.timestamp() is a float and overflows near the year 1 / 9999)
+            delta = dt - _EPOCH
+        except (OverflowError, ValueError) as err:
+            raise ValueError(f"timestamp {safe_text(value, 64)!r} is {_RANGE_TEXT}") from err
+        ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    else:
+        raise ValueError(f"timestamp must be ISO 8601 or epoch seconds, got {type(value).__name__}")
+    if not TS_MIN_NS <= ns <= TS_MAX_NS:
+        raise ValueError(f"timestamp {safe_text(value, 64)!r} is {_RANGE_TEXT}")
+    return ns
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_TRUNCATED = "...[truncated, {} chars in all]"
+
+
+def text_ok(s: object, limit: int) -> bool:
+    """True when ``s`` is a str the store takes as it is: at most ``limit`` characters, no NUL, valid
+    Unicode (no lone surrogates, which UTF-8 cannot encode)."""
+    if type(s) is not str or len(s) > limit or "\x00" in s:
+        return False
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def safe_text(s: object, limit: int) -> str:
+    """``s`` as text every store takes: valid UTF-8 (lone surrogates and NUL written as escapes) and
+    at most ``limit`` characters (longer text is cut, with a marker giving the full length). Never
+    raises; the work is bounded by ``limit``, whatever ``s`` is."""
+    if type(s) is not str:
+        try:
+            if isinstance(s, int) and not isinstance(s, bool) and s.bit_length() > 4 * limit + 64:
+                s = f"<int of {s.bit_length()} bits>"  # str() of a huge int is slow (and refused past 4300 digits)
+            else:
+                s = str(s)
+        except Exception:  # noqa: BLE001 - a __str__ that raises
+            try:
+                s = f"<{type(s).__name__}>"
+            except Exception:  # noqa: BLE001
+                s = "<object>"
+        if type(s) is not str:  # a str subclass
+            s = str.__str__(s)
+    n = len(s)
+    if n <= limit and s.isascii() and "\x00" not in s:
+        return s
+    marker = ""
+    if n > limit:
+        marker = _TRUNCATED.format(n)
+        s = s[:max(0, limit - len(marker))]
+    s = s.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    if len(s) + len(marker) > limit:  # the escapes made it longer
+        s = s[:max(0, limit - len(marker or _TRUNCATED.format(n)))]
+        marker = marker or _TRUNCATED.format(n)
+    return (s + marker)[:limit] if limit > 0 else ""
 
 
 class RawReading(NamedTuple):
@@ -141,9 +219,47 @@ class DeadLetter:
     connector: str = ""
     line_id: str | None = None
 
+    def __post_init__(self) -> None:
+        # every field is made storable here, whoever builds the dead letter: valid UTF-8, no NUL,
+        # bounded (the payload at most DEAD_LETTER_PAYLOAD_CHARS), a receive time in the store's range
+        for name, limit in _DEAD_LETTER_LIMITS:
+            v = getattr(self, name)
+            if not (v is None and name == "line_id") and not text_ok(v, limit):
+                object.__setattr__(self, name, safe_text(v, limit))
+        t = self.received_ts_ns
+        if type(t) is not int or not TS_MIN_NS <= t <= TS_MAX_NS:
+            object.__setattr__(self, "received_ts_ns", time.time_ns())
+
+
+DEAD_LETTER_PAYLOAD_CHARS = 4096
+_DEAD_LETTER_LIMITS = (("address", 1024), ("payload", DEAD_LETTER_PAYLOAD_CHARS), ("reason", 2048),
+                       ("reason_code", 64), ("connector", 256), ("line_id", 256))
+
 
 def _noop() -> None:
     return None
+
+
+class Redelivery(str, enum.Enum):
+    """What happens to a delivery the pipeline could not store (the shutdown report says it per source).
+
+    - ``source``: the source keeps an unacknowledged delivery and sends it again (an MQTT message
+      received with QoS 1 on a persistent session);
+    - ``checkpoint``: nothing is sent again, but the source records how far it was stored (a replayed
+      file: its ack log / checkpoint; replaying the file again stores the rest, without duplicates);
+    - ``none``: lost when not stored (OPC-UA subscriptions, the API, MQTT QoS 0, the twin's own samples).
+    """
+
+    SOURCE = "source"
+    CHECKPOINT = "checkpoint"
+    NONE = "none"
+
+
+# what a delivery without a stated ``redelivery`` is taken for, by the source kind of its readings
+# (MQTT: the connector subscribes with QoS 1, so a message arrives with QoS 1 unless it was published
+# with QoS 0; a connector that knows the message's QoS states it on the batch)
+DEFAULT_REDELIVERY = {"mqtt": Redelivery.SOURCE, "replay": Redelivery.CHECKPOINT, "opcua": Redelivery.NONE,
+                      "api": Redelivery.NONE, "internal": Redelivery.NONE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +268,22 @@ class RawBatch:
 
     ``ack`` is called by the pipeline once everything in the batch is durably stored (samples and
     dead letters alike). An MQTT connector acknowledges the broker only then, so a reading that was
-    never stored is redelivered; a replay connector advances its checkpoint.
+    never stored is redelivered; a replay connector advances its checkpoint. ``redelivery`` says
+    what happens to the delivery if it is never acknowledged (None: by its source kind,
+    ``DEFAULT_REDELIVERY``).
     """
 
     readings: tuple[RawReading, ...]
     dead_letters: tuple[DeadLetter, ...] = ()
     ack: Callable[[], None] = field(default=_noop, compare=False)
+    redelivery: Redelivery | None = None
+
+    def redelivery_of(self) -> Redelivery:
+        if self.redelivery is not None:
+            return self.redelivery
+        first = self.readings[0] if self.readings else self.dead_letters[0] if self.dead_letters else None
+        kind = getattr(getattr(first, "source", None), "value", getattr(first, "source", None))
+        return DEFAULT_REDELIVERY.get(kind, Redelivery.NONE)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.readings) + len(self.dead_letters)

@@ -196,3 +196,86 @@ async def test_replayed_roll_exports_as_json_ld(tmp_path: Path) -> None:
     assert all((o, sosa.hasFeatureOfInterest, roll) in g for o in list(observations)[:100])
     assert TestClient(create_app(d2)).get("/api/v1/rolls/NOPE/observations.jsonld").status_code == 404
     d2.store.close()
+
+
+# -- bad files through the real CLI: one summary line, rows before the error stored, exit status ----------
+def _replay_cli(file: Path, cfg: Path, *extra: str) -> tuple[int, str, str]:
+    p = subprocess.run([sys.executable, "-m", "twin.cli", "replay", str(file), "--config", str(cfg), *extra],
+                       capture_output=True, text=True, timeout=300)
+    summary = [x for x in p.stderr.splitlines() if x.startswith("twin replay:")]
+    assert len(summary) == 1, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    return p.returncode, summary[0], p.stderr
+
+
+def _counts(line: str) -> tuple[int, int, int]:
+    import re
+
+    m = re.search(r"(\d+) rows read, (\d+) stored, (\d+) not stored", line)
+    assert m, line
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def _bad_files(d: Path) -> dict[str, tuple[Path, str, int | None]]:
+    """name -> (file, problem text the line names, line number of the problem or None)."""
+    raw = gzip.decompress(RECORDED.read_bytes())
+    head = b"\n".join(raw.split(b"\n")[:1001]) + b"\n"  # header + 1000 rows
+    out: dict[str, tuple[Path, str, int | None]] = {}
+    f = d / "truncated.csv.gz"
+    f.write_bytes(gzip.compress(raw)[: len(gzip.compress(raw)) // 3])
+    out["truncated_gzip"] = (f, "truncated gzip file", None)
+    f = d / "binary.csv"
+    f.write_bytes(bytes(range(256)) * 64)
+    out["binary"] = (f, "a binary file", 1)
+    f = d / "no_time_column.csv"
+    f.write_bytes(head.replace(b"timestamp,", b"time,", 1))
+    out["missing_time_column"] = (f, "no time column 'timestamp'", 1)
+    f = d / "long_line.csv"
+    f.write_bytes(head + b"2026-11-02T09:00:00Z," + b"9" * (2 << 20) + b"\n")
+    out["over_long_line"] = (f, "line longer than 1048576 bytes", 1002)
+    f = d / "bad_utf8.csv"
+    f.write_bytes(head + b"2026-11-02T09:00:00Z,R-\xff\xfe\n")
+    out["invalid_utf8"] = (f, "invalid UTF-8", 1002)
+    return out
+
+
+@pytest.mark.parametrize("case", ["truncated_gzip", "binary", "missing_time_column", "over_long_line",
+                                  "invalid_utf8"])
+def test_a_bad_file_stores_what_came_before_and_exits_non_zero_with_one_line(tmp_path: Path, case: str) -> None:
+    file, problem, line_no = _bad_files(tmp_path)[case]
+    rc, line, _ = _replay_cli(file, write_config(tmp_path))
+    assert rc == 1, line
+    assert str(file) in line and problem in line, line
+    if line_no is not None:
+        assert f": line {line_no}: " in line, line
+    assert "redeliver" not in line
+    read, stored_rows, not_stored = _counts(line)
+    assert stored_rows == read and not_stored == 0
+    if case in ("over_long_line", "invalid_utf8"):
+        assert read == 1000
+    if case == "truncated_gzip":
+        assert 100 < read < 10_800
+    got = stored(tmp_path / "store.sqlite")
+    assert set(got) == set(expected_keys(read))  # every row before the problem, nothing after it
+
+
+def test_a_file_read_to_its_end_with_bad_rows_exits_0_and_counts_them(tmp_path: Path) -> None:
+    f = tmp_path / "run.jsonl"
+    _write_jsonl(f)
+    with f.open("a") as fh:
+        fh.write(json.dumps({"ts": "9999-12-31T23:59:59Z", "calender_gap_actual_um": 66.0}) + "\n")
+        fh.write(json.dumps({"ts": 1e30, "calender_gap_actual_um": 66.0}) + "\n")
+        fh.write("[" * 50_000 + "\n")  # nesting deeper than the JSON decoder's recursion limit
+        fh.write(json.dumps({"ts": "2026-11-02T06:00:09Z", "roll_id": "R-\ud800"}) + "\n")
+    rc, line, _ = _replay_cli(f, write_config(tmp_path))  # time column "timestamp", or "ts" (the file's)
+    assert rc == 0, line
+    assert line.startswith(f"twin replay: {f}: done: 10 rows read, 10 stored, 0 not stored"), line
+    s = SQLiteStore(tmp_path / "store.sqlite")
+    try:
+        codes = sorted(r["reason_code"] for r in s.dead_letters())
+        assert codes == ["bad_text", "bad_timestamp", "bad_timestamp", "bad_timestamp", "malformed_payload",
+                         "malformed_payload", "wrong_type"]
+        assert "7 dead letters" in line
+        assert [x.value for x in s.raw("calendering.gap_actual", 0, 2**62)] == pytest.approx([66.0, 67.1])
+    finally:
+        s.close()

@@ -3,6 +3,9 @@
 Contract (tests/test_store_contract.py runs it against every registered backend):
 - ``write`` is durable when it returns: a sample it acknowledged survives ``kill -9`` of the daemon.
 - Idempotent on (line, tag, source timestamp): writing the same sample again stores nothing new.
+- A row the backend cannot take raises from ``write`` and the whole call is rolled back (nothing of
+  it stored): the pipeline splits the batch to find the row (``classify_store_error`` below tells a
+  permanent error of the data from a transient one of the store).
 - ``latest`` returns the newest sample per (line, tag); ``series`` returns a range downsampled to at
   most N buckets with min / mean / max / count per bucket; ``apply_retention`` deletes old data.
 Methods are synchronous and thread-safe; the pipeline calls ``write`` from one worker thread and the
@@ -12,11 +15,58 @@ API calls the queries from its threads.
 from __future__ import annotations
 
 import abc
+import enum
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twin.samples import DeadLetter, RollEvent, Sample
+
+
+class StoreErrorKind(str, enum.Enum):
+    """What a failed ``write`` means for the data in it (the pipeline acts on it: twin.pipeline)."""
+
+    PERMANENT = "permanent"  # the same rows will fail again: split the batch, the offending rows -> dead letters
+    TRANSIENT = "transient"  # the store is unavailable (locked, disk, network): retry with back-off
+
+
+class StoreError(RuntimeError):
+    """A backend's own error with its kind stated (``kind``); others are classified by type."""
+
+    def __init__(self, message: str, kind: StoreErrorKind = StoreErrorKind.TRANSIENT) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# errors a row's content causes: binding a value SQLite cannot hold (an int beyond int64: OverflowError;
+# an unsupported type: InterfaceError / ProgrammingError "Error binding parameter"), a NOT NULL
+# constraint (a NaN value is stored as NULL: IntegrityError), text that UTF-8 cannot encode (lone
+# surrogates: UnicodeEncodeError, a ValueError), line protocol a row cannot render
+_PERMANENT_TYPES = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, OverflowError,
+                    ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
+
+
+def classify_store_error(err: BaseException) -> StoreErrorKind:
+    """Permanent (the same data will fail again) or transient (the store is unavailable; retry).
+
+    Permanent: sqlite3.IntegrityError / DataError / InterfaceError, OverflowError, ValueError
+    (UnicodeEncodeError included), TypeError, ... and a :class:`StoreError` that says so (an HTTP 400
+    from a server). Transient: sqlite3.OperationalError (database locked, disk I/O error, disk full),
+    OSError and connection errors, a closed store, and anything not known to depend on the data (an
+    unknown error is retried with back-off and shown as a failing store rather than turning
+    healthy rows into dead letters)."""
+    kind = getattr(err, "kind", None)
+    if isinstance(kind, StoreErrorKind):
+        return kind
+    if isinstance(err, sqlite3.ProgrammingError):
+        # "Error binding parameter ..." is the data; "Cannot operate on a closed database" is not
+        return StoreErrorKind.TRANSIENT if "closed" in str(err) else StoreErrorKind.PERMANENT
+    if isinstance(err, (sqlite3.OperationalError, OSError, ConnectionError, TimeoutError, MemoryError)):
+        return StoreErrorKind.TRANSIENT
+    if isinstance(err, _PERMANENT_TYPES):
+        return StoreErrorKind.PERMANENT
+    return StoreErrorKind.TRANSIENT
 
 
 @dataclass(frozen=True, slots=True)

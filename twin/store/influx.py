@@ -47,7 +47,7 @@ from urllib.parse import urlencode
 import urllib3
 
 from connectors.base import Backoff
-from twin.samples import DeadLetter, RollEvent, Sample
+from twin.samples import TS_MAX_NS, TS_MIN_NS, DeadLetter, RollEvent, Sample
 from twin.store.base import Bucket, Store, StoredSample, WriteResult
 from twin.store.outbox import Outbox
 
@@ -157,9 +157,20 @@ class LineProtocol:
         return p
 
     def sample(self, s: Sample) -> bytes:
-        fields = f"value={float(s.value)!r},quality={int(s.quality)}i,received_ns={s.received_ts_ns}i"
+        """Raises ValueError for a point InfluxDB would refuse (HTTP 400 for the whole request): a value
+        or web position that is not finite, a timestamp outside int64 ns. At ``write()`` time, inside
+        the outbox transaction, so the call stores nothing and the pipeline can find the row."""
+        value = float(s.value)
+        ts = s.source_ts_ns
+        if value - value != 0.0 or not TS_MIN_NS <= ts <= TS_MAX_NS:
+            raise ValueError(f"sample {s.tag_id!r}: value {value!r} at {ts} ns cannot be written to InfluxDB "
+                             "(not finite, or a time outside int64 nanoseconds)")
+        fields = f"value={value!r},quality={int(s.quality)}i,received_ns={s.received_ts_ns}i"
         if s.web_pos_m is not None:
-            fields += f",web_pos_m={float(s.web_pos_m)!r}"
+            web = float(s.web_pos_m)
+            if web - web != 0.0:
+                raise ValueError(f"sample {s.tag_id!r}: web position {web!r} is not finite")
+            fields += f",web_pos_m={web!r}"
         if s.roll_id and not self.roll_as_tag:
             fields += ",roll=" + _str_field(s.roll_id)
         return f"{self._series(s.line_id, s.tag_id, s.unit, s.roll_id)} {fields} {s.source_ts_ns // self.div}".encode()

@@ -56,6 +56,17 @@ CREATE INDEX IF NOT EXISTS audit_ref ON audit(ref);
 """
 
 
+def _check_samples(samples: Sequence[Sample]) -> None:
+    """Refuse what SQLite would take but not keep faithfully: a NaN value would be stored as NULL (and
+    fail NOT NULL), an infinity as a REAL no JSON can carry; likewise the web position. A ValueError
+    is a permanent error (twin.store.base.classify_store_error): the pipeline finds the row."""
+    for s in samples:
+        v, w = s.value, s.web_pos_m
+        if v - v != 0.0 or (w is not None and w - w != 0.0):
+            raise ValueError(f"sample {s.tag_id!r} at {s.source_ts_ns}: value {v!r} / web position {w!r} "
+                             "is not a finite number")
+
+
 class SQLiteStore(Store):
     backend = "embedded"
 
@@ -108,6 +119,7 @@ class SQLiteStore(Store):
               rolls: Sequence[RollEvent] = ()) -> WriteResult:
         if not samples and not dead_letters and not rolls:
             return WriteResult(0, 0, 0)
+        _check_samples(samples)
         with self._write_lock:
             w = self._w
             w.execute("BEGIN IMMEDIATE")
