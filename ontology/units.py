@@ -15,8 +15,8 @@ conversion. :func:`parse_unit` and :func:`affine` therefore check the string bef
   and the few non-ASCII signs units are written with: ``µ μ ° ℃ ² ³ ⁻ ¹ · Ω Å``);
 - balanced parentheses nested at most :data:`MAX_DEPTH` deep;
 - every exponent (``**``, ``^``, superscripts) a plain number of magnitude at most
-  :data:`MAX_EXPONENT`, not itself raised to a power; and in the parsed unit every exponent of
-  magnitude at most :data:`MAX_EXPONENT` too.
+  :data:`MAX_EXPONENT`, not itself raised to a power, and exponents of nested groups multiplying
+  to at most that; and in the parsed unit every exponent of magnitude at most :data:`MAX_EXPONENT`.
 
 Whatever pint raises on what passes (ZeroDivisionError, TokenError, RecursionError, OverflowError,
 ...) becomes :class:`UnitError` with code ``unknown_unit``. So both functions raise only UnitError,
@@ -127,18 +127,41 @@ def _check_syntax(u: str) -> str | None:
                 return "unbalanced parentheses"
     if depth:
         return "unbalanced parentheses"
-    # exponents as pint will read them: superscript runs become **n, ^ becomes **
+    # exponents as pint will read them: superscript runs become **n, ^ becomes **. An exponent on a
+    # parenthesised group multiplies the exponents inside it: their product is bounded too, or
+    # "(((99999999999999999999**12)**12)**12)**12" makes pint compute a number of 400,000 digits.
     e = _SUPER_RUN.sub(lambda m: "**" + m.group(0).translate(_SUPERSCRIPTS), u).replace("^", "**")
-    pos = e.find("**")
-    while pos >= 0:
-        m = _EXPONENT_PAREN.match(e, pos + 2) or _EXPONENT.match(e, pos + 2)
-        if m is None:
-            return "an exponent must be a plain number"
-        if float(m.group(1)) > MAX_EXPONENT:
-            return f"exponent {m.group(1)} is larger than {MAX_EXPONENT}"
-        if e.startswith("**", m.end()):
-            return "an exponent cannot be raised to a power"
-        pos = e.find("**", m.end())
+    if "**" not in e:
+        return None
+    stack = [1.0]  # per open group: the largest magnitude of an exponent product inside it
+    closed: float | None = None  # the group that just closed, while only white space follows it
+    i, n = 0, len(e)
+    while i < n:
+        if e.startswith("**", i):
+            m = _EXPONENT_PAREN.match(e, i + 2) or _EXPONENT.match(e, i + 2)
+            if m is None:
+                return "an exponent must be a plain number"
+            x = float(m.group(1))
+            if x > MAX_EXPONENT:
+                return f"exponent {m.group(1)} is larger than {MAX_EXPONENT}"
+            if e.startswith("**", m.end()):
+                return "an exponent cannot be raised to a power"
+            stack[-1] = max(stack[-1], x * closed if closed is not None else x)
+            closed = None
+            i = m.end()
+            continue
+        ch = e[i]
+        if ch == "(":
+            stack.append(1.0)
+            closed = None
+        elif ch == ")":
+            closed = stack.pop()
+            stack[-1] = max(stack[-1], closed)
+        elif ch != " ":
+            closed = None
+        i += 1
+    if stack[0] > MAX_EXPONENT:
+        return f"nested exponents multiply to more than {MAX_EXPONENT}"
     return None
 
 
