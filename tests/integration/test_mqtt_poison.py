@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from pathlib import Path
 
@@ -228,3 +229,58 @@ async def test_a_raising_network_loop_reconnects_and_loses_nothing(tmp_path: Pat
         assert await wait_count(d, len(expected) + 1, 20) == len(expected) + 1
     finally:
         await _stop(d, task, pub)
+
+
+# ---- property-based: the payload parser never raises and lets nothing unstorable through ----------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from connectors.mqtt.payload import MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, MAX_ROLL, MAX_UNIT, parse_payload  # noqa: E402
+from twin.samples import RawReading as _RawReading  # noqa: E402
+
+_any_text = st.text(st.characters(blacklist_categories=()), max_size=40)  # surrogates and NUL included
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**400, 10**400), st.floats(), _any_text,
+                     st.sampled_from([1e308, -1e308, 10**30, "9999-12-31T23:59:59Z", "0001-01-01T00:00:00+14:00",
+                                      "2026-11-22T10:00:00Z", T0, T0 + 0.5, "1/0", "m**99999999", "um"]))
+_json = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                       st.dictionaries(_any_text, inner, max_size=4)), max_leaves=20)
+_field_keys = st.sampled_from(["ts", "value", "unit", "roll", "web_pos_m", "quality", "topic"])
+_reading_obj = st.dictionaries(_field_keys, _json, max_size=7)
+_batch_obj = st.fixed_dictionaries({"readings": st.lists(st.one_of(_reading_obj, _json), max_size=6)})
+
+
+def _storable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in s
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=60), _any_text.map(lambda t: t.encode("utf-8", "surrogatepass")),
+                 st.sampled_from([b"pilot/pilot-1/calendering/gap_actual", b"pilot/pilot-1/batch",
+                                  b"pilot/\xff/batch", b"x" * 600])),
+       st.one_of(_reading_obj.map(lambda o: json.dumps(o).encode()), _batch_obj.map(lambda o: json.dumps(o).encode()),
+                 _json.map(lambda o: json.dumps(o).encode()), st.binary(max_size=80)))
+def test_fuzz_parse_payload_never_raises_and_bounds_everything(topic: bytes, payload: bytes) -> None:
+    readings, dead = parse_payload(topic, payload, 1, connector="fuzz")
+    try:  # what the message holds: the items of a well-formed batch, else one reading or dead letter
+        items = json.loads(payload)["readings"] if topic.decode("utf-8").endswith("/batch") and len(topic) <= 512 \
+            else None
+    except Exception:  # noqa: BLE001
+        items = None
+    assert len(readings) + len(dead) == (len(items) if isinstance(items, list) else 1)
+    for r in readings:
+        assert type(r) is _RawReading
+        assert _storable(r.address) and len(r.address) <= MAX_ADDRESS
+        assert r.roll_id is None or (_storable(r.roll_id) and len(r.roll_id) <= MAX_ROLL)
+        assert r.unit is None or (isinstance(r.unit, str) and _storable(r.unit) and len(r.unit) <= MAX_UNIT)
+        assert r.source_ts_ns is None or -(2**63) <= r.source_ts_ns < 2**63
+        assert r.web_pos_m is None or math.isfinite(r.web_pos_m)
+        assert not isinstance(r.value, (list, dict))
+        assert not isinstance(r.value, str) or _storable(r.value)
+    for d in dead:
+        assert d.reason_code in ("malformed_payload", "bad_timestamp", "bad_text", "wrong_type"), d.reason_code
+        assert _storable(d.address) and _storable(d.payload) and _storable(d.reason)
+        assert len(d.address) <= MAX_ADDRESS and len(d.payload) <= MAX_PAYLOAD_TEXT and len(d.reason) <= MAX_REASON
