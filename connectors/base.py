@@ -64,6 +64,16 @@ def storable_text(value: object, limit: int) -> str:
     return text
 
 
+def error_text(err: BaseException, limit: int = 500) -> str:
+    """``"Type: message"`` of an exception, storable and bounded; never raises (str() of an
+    exception can: a huge int in its arguments, a broken __str__)."""
+    try:
+        text = f"{type(err).__name__}: {err}"
+    except Exception:  # noqa: BLE001
+        text = type(err).__name__
+    return storable_text(text, limit)
+
+
 class RateLimitedLog:
     """Logs a traceback at most once per ``interval_s`` per key (e.g. stage and exception type);
     what it held back is counted and named in the next report. Thread-safe enough for paho's thread
@@ -90,7 +100,10 @@ class RateLimitedLog:
         held = self._held.pop(key, 0)
         if held:
             msg += f" ({held} more like it in the last {self.interval_s:.0f} s were not logged)"
-        self.logger.error(msg, *args, exc_info=exc)
+        try:
+            self.logger.error(msg, *args, exc_info=exc)
+        except Exception:  # noqa: BLE001 - a report must not raise where it is made (paho's thread)
+            pass
         return True
 
 
@@ -251,7 +264,7 @@ class Connector(abc.ABC):
                         backoff.reset()
                     delay = backoff.next_delay()
                     self.counters.extra["task_restarts"] = self.counters.extra.get("task_restarts", 0) + 1
-                    self.counters.last_error = storable_text(f"{type(err).__name__}: {err}", 500)
+                    self.counters.last_error = error_text(err)
                     self.counters.connected = False
                     self.errors_log.error(
                         f"task:{type(err).__name__}", "%s connector %s: its task failed (%s); restart %d in %.1f s",

@@ -39,7 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from connectors.base import Backoff, Connector, storable_text
+from connectors.base import Backoff, Connector, error_text, storable_text
 from connectors.mqtt.config import MqttConnectorConfig, MqttProtocol, TimestampPolicy, TlsVerify
 from connectors.mqtt.payload import MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, parse_payload
 from twin.samples import DeadLetter, RawBatch, SourceKind, now_ns
@@ -160,9 +160,9 @@ class MqttConnector(Connector):
 
     def _count_internal(self, stage: str, err: BaseException, what: str) -> None:
         self.counters.extra["internal_errors"] = self.counters.extra.get("internal_errors", 0) + 1
-        self.counters.last_error = storable_text(f"{stage}: {type(err).__name__}: {err}", 500)
-        self.errors_log.error(f"{stage}:{type(err).__name__}", "mqtt %s: unexpected %s (%s); %s", self.name,
-                              type(err).__name__, storable_text(str(err), 200), what, exc=err)
+        self.counters.last_error = f"{stage}: {error_text(err)}"
+        self.errors_log.error(f"{stage}:{type(err).__name__}", "mqtt %s: unexpected %s; %s", self.name,
+                              error_text(err, 200), what, exc=err)
 
     def _internal_error(self, msg: mqtt.MQTTMessage, recv: int, err: BaseException) -> DeadLetter:
         """The dead letter for a message whose handling raised (never raises itself)."""
@@ -173,8 +173,8 @@ class MqttConnector(Connector):
         except Exception:  # noqa: BLE001
             topic, payload = "?", ""
         return DeadLetter(SourceKind.MQTT, storable_text(topic, MAX_ADDRESS), storable_text(payload, MAX_PAYLOAD_TEXT),
-                          storable_text(f"internal error while handling this message: {type(err).__name__}: {err}",
-                                        MAX_REASON), "internal_error", recv, self.name)
+                          "internal error while handling this message: " + error_text(err, MAX_REASON - 60),
+                          "internal_error", recv, self.name)
 
     # -- the connection loop (asyncio) -------------------------------------------------------
     def _connect_blocking(self, first: bool) -> None:
@@ -212,7 +212,7 @@ class MqttConnector(Connector):
                 with self._gen_lock:
                     self._generation += 1  # acks of this connection's deliveries must not go out on the next
                 self.counters.extra["loop_errors"] += 1
-                self.last_error = storable_text(f"network loop failed: {type(err).__name__}: {err}", 500)
+                self.last_error = f"network loop failed: {error_text(err)}"
                 self.counters.last_error = self.last_error
                 self.errors_log.error(f"mqtt_loop:{type(err).__name__}",
                                       "mqtt %s: paho's network loop raised %s; reconnecting", self.name,

@@ -61,7 +61,7 @@ from urllib.parse import urlparse
 from asyncua import Client, ua
 from asyncua.crypto import security_policies
 
-from connectors.base import Backoff, Connector, storable_text
+from connectors.base import Backoff, Connector, error_text, storable_text
 from connectors.opcua import security as pki
 from connectors.opcua.browse import parse_node_id, read_engineering_units, walk
 from connectors.opcua.config import (
@@ -666,9 +666,9 @@ class OpcUaConnector(Connector):
     # -- notifications -------------------------------------------------------------------------------
     def _count_internal(self, stage: str, err: BaseException, what: str) -> None:
         self.counters.extra["internal_errors"] = self.counters.extra.get("internal_errors", 0) + 1
-        self.counters.last_error = storable_text(f"{stage}: {type(err).__name__}: {err}", 500)
-        self.errors_log.error(f"{stage}:{type(err).__name__}", "opcua %s: unexpected %s (%s); %s", self.name,
-                              type(err).__name__, storable_text(str(err), 200), what, exc=err)
+        self.counters.last_error = f"{stage}: {error_text(err)}"
+        self.errors_log.error(f"{stage}:{type(err).__name__}", "opcua %s: unexpected %s; %s", self.name,
+                              error_text(err, 200), what, exc=err)
 
     def _safe_reading(self, it: _Item, dv: ua.DataValue | None, recv: int) -> RawReading | DeadLetter:
         """:meth:`_reading`, or an ``internal_error`` dead letter if it raises (never raises)."""
@@ -678,8 +678,8 @@ class OpcUaConnector(Connector):
             self._count_internal("opcua_callback", err, f"the value of {it.address} is kept as an internal_error "
                                                         "dead letter")
             return DeadLetter(_SOURCE, storable_text(it.address, 512), storable_text(dv, 4096),
-                              storable_text(f"internal error while converting this value: {type(err).__name__}: "
-                                            f"{err}", 512), "internal_error", recv, self.name, self.line_id)
+                              "internal error while converting this value: " + error_text(err, 450),
+                              "internal_error", recv, self.name, self.line_id)
 
     def _reading(self, it: _Item, dv: ua.DataValue | None, recv: int) -> RawReading | DeadLetter:
         st = dv.StatusCode if dv is not None else None
@@ -723,8 +723,7 @@ class OpcUaConnector(Connector):
             except Exception as err:  # noqa: BLE001 - a malformed notification: a dead letter, the rest goes on
                 self._count_internal("opcua_callback", err, "the notification is kept as an internal_error dead letter")
                 dead.append(DeadLetter(_SOURCE, f"subscription {sub.id}", storable_text(notif, 4096),
-                                       storable_text(f"internal error while converting a notification: "
-                                                     f"{type(err).__name__}: {err}", 512),
+                                       "internal error while converting a notification: " + error_text(err, 450),
                                        "internal_error", recv, self.name, self.line_id))
         return readings, dead, status
 
