@@ -115,7 +115,10 @@ def test_memory_stays_bounded_under_distinct_units(monkeypatch: pytest.MonkeyPat
     assert len(valid) == 15_840
     bad = [f"m**{13 + i}" if i % 2 else f"zz{i}" for i in range(1000)]
     for u in valid[:units.CACHE_SIZE + 100]:  # fill the caches to their bound first
-        affine(u, "um")
+        try:
+            affine(u, "um")
+        except UnitError:  # a few underflow: e.g. nangstrom**12/Gm**11 is 1e-327
+            pass
     resets = units.pint_cache_resets
     tracemalloc.start()
     try:
