@@ -152,7 +152,7 @@ class MqttConnector(Connector):
             except Exception as err:  # noqa: BLE001 - the pipeline must not fail on a lost connection
                 self.counters.extra["ack_errors"] += 1
                 self.errors_log.error(f"mqtt_ack:{type(err).__name__}", "mqtt %s: acknowledging message %s failed: %s",
-                                      self.name, mid, err, exc=None)
+                                      self.name, mid, error_text(err, 200), exc=None)
                 return
             self.counters.extra["acked"] += 1
 
