@@ -11,6 +11,17 @@ Inside, each connector owns a :class:`BoundedBatchQueue` with a named :class:`Ov
 :class:`ConnectorCounters` (received, rejected, dropped). Reconnects use :class:`Backoff` (jittered
 exponential). Library objects (asyncua, paho) never leave the connector's folder.
 
+Supervision: the connector's task runs ``_run`` under :meth:`Connector._runner`. If ``_run`` raises
+unexpectedly, the traceback is logged (rate-limited), the restart is counted in
+``counters.extra["task_restarts"]`` with the error in ``counters.last_error``, and ``_run`` starts
+again after a jittered exponential delay (:attr:`Connector.RESTART_INITIAL_S` ..
+:attr:`Connector.RESTART_MAX_S`). A ``_run`` that returns (a finite source such as replay that
+delivered everything, or a connector that is closing) is not restarted.
+
+Unexpected exceptions while handling one delivery (a paho callback, an OPC-UA publish) are counted
+in ``counters.extra["internal_errors"]`` by the connector; the delivery becomes an
+``internal_error`` dead letter (text made storable by :func:`storable_text`).
+
 Adding a source kind = adding one folder with a connector, its pydantic config (with a literal
 ``kind`` field) and a ``register()`` call in ``connectors/registry.py``.
 """
@@ -20,12 +31,80 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import logging
 import random
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from twin.samples import RawBatch
+
+log = logging.getLogger("twin.connectors")
+
+TRUNCATED = "...[truncated]"
+
+
+def storable_text(value: object, limit: int) -> str:
+    """Text that every store accepts: valid UTF-8 (lone surrogates and NUL escaped), at most
+    ``limit`` characters (cut with a marker). Never raises. (The connectors' own equivalent of
+    ``twin.samples.safe_text``, which is added beside the store's validation.)"""
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except Exception:  # noqa: BLE001 - repr of a hostile object (deep nesting, huge int)
+        text = f"<unprintable {type(value).__name__}>"
+    if len(text) > limit:
+        text = text[:max(0, limit - len(TRUNCATED))] + TRUNCATED
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if len(text) > limit:  # the escapes made it longer
+        text = text[:max(0, limit - len(TRUNCATED))] + TRUNCATED
+    return text
+
+
+def error_text(err: BaseException, limit: int = 500) -> str:
+    """``"Type: message"`` of an exception, storable and bounded; never raises (str() of an
+    exception can: a huge int in its arguments, a broken __str__)."""
+    try:
+        text = f"{type(err).__name__}: {err}"
+    except Exception:  # noqa: BLE001
+        text = type(err).__name__
+    return storable_text(text, limit)
+
+
+class RateLimitedLog:
+    """Logs a traceback at most once per ``interval_s`` per key (e.g. stage and exception type);
+    what it held back is counted and named in the next report. Thread-safe enough for paho's thread
+    (dict operations under the GIL). Keys are bounded: past 256 the table starts afresh."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def error(self, key: str, msg: str, *args: object, exc: BaseException | None = None) -> bool:
+        """Log ``msg`` with the traceback of ``exc`` unless one was logged for ``key`` lately;
+        returns whether it logged."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        if len(self._last) >= 256:
+            self._last.clear()
+            self._held.clear()
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            msg += f" ({held} more like it in the last {self.interval_s:.0f} s were not logged)"
+        try:
+            self.logger.error(msg, *args, exc_info=exc)
+        except Exception:  # noqa: BLE001 - a report must not raise where it is made (paho's thread)
+            pass
+        return True
 
 
 class OverflowPolicy(str, enum.Enum):
@@ -51,6 +130,7 @@ class ConnectorCounters:
     reconnects: int = 0
     connected: bool = False
     extra: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None  # the last unexpected exception (task or delivery), one line
 
 
 class BoundedBatchQueue:
@@ -121,7 +201,10 @@ class BoundedBatchQueue:
 
 
 class Backoff:
-    """Jittered exponential backoff ("full jitter", as in the AWS architecture blog and aiomqtt)."""
+    """Jittered exponential backoff, "equal jitter" (AWS architecture blog, "Exponential Backoff
+    And Jitter"): the n-th delay is uniform in [cap/2, cap] with cap = min(maximum_s,
+    initial_s * factor**n). Half of each delay is kept, so a peer that refuses at once is never
+    retried in a tight loop; the other half spreads many clients apart."""
 
     def __init__(self, initial_s: float = 0.5, maximum_s: float = 30.0, factor: float = 2.0,
                  rng: random.Random | None = None) -> None:
@@ -132,7 +215,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        cap = min(self.maximum_s, self.initial_s * (self.factor ** self.attempt))
+        cap = min(self.maximum_s, self.initial_s * (self.factor ** min(self.attempt, 64)))
         self.attempt += 1
         return self._rng.uniform(cap / 2, cap)
 
@@ -144,14 +227,19 @@ class Connector(abc.ABC):
     """Base class: subclasses implement ``_run`` (connect, read, reconnect) and put batches."""
 
     kind: str = ""
+    RESTART_INITIAL_S = 0.5  # first delay before a failed _run is started again
+    RESTART_MAX_S = 30.0  # longest delay between restarts
+    RESTART_STABLE_S = 60.0  # a _run that ran this long before failing restarts from the first delay
 
     def __init__(self, name: str, max_batches: int = 1000,
                  overflow: OverflowPolicy = OverflowPolicy.BLOCK) -> None:
         self.name = name
         self.counters = ConnectorCounters()
+        self.counters.extra.update({"task_restarts": 0, "internal_errors": 0})
         self.queue = BoundedBatchQueue(max_batches, overflow, self.counters)
         self._task: asyncio.Task[None] | None = None
         self.finished = False  # True when a finite source (replay) has delivered everything
+        self.errors_log = RateLimitedLog(logging.getLogger(f"twin.connectors.{self.kind or 'connector'}"))
 
     async def __aenter__(self) -> "Connector":
         self.queue.bind_loop()
@@ -162,8 +250,27 @@ class Connector(abc.ABC):
         await self.aclose()
 
     async def _runner(self) -> None:
+        """Run ``_run``; restart it with backoff when it raises (it is not restarted when it returns)."""
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(self.RESTART_INITIAL_S, self.RESTART_MAX_S)
         try:
-            await self._run()
+            while True:
+                started = loop.time()
+                try:
+                    await self._run()
+                    return
+                except Exception as err:  # noqa: BLE001 - supervision: every failure restarts the task
+                    if loop.time() - started >= self.RESTART_STABLE_S:
+                        backoff.reset()
+                    delay = backoff.next_delay()
+                    self.counters.extra["task_restarts"] = self.counters.extra.get("task_restarts", 0) + 1
+                    self.counters.last_error = error_text(err)
+                    self.counters.connected = False
+                    self.errors_log.error(
+                        f"task:{type(err).__name__}", "%s connector %s: its task failed (%s); restart %d in %.1f s",
+                        self.kind, self.name, self.counters.last_error, self.counters.extra["task_restarts"], delay,
+                        exc=err)
+                    await asyncio.sleep(delay)
         finally:
             self.queue.close()
 
@@ -186,7 +293,8 @@ class Connector(abc.ABC):
         c = self.counters
         return {"name": self.name, "kind": self.kind, "connected": c.connected, "received": c.received,
                 "rejected": c.rejected, "dropped": c.dropped, "reconnects": c.reconnects,
-                "queue_batches": self.queue.qsize(), "finished": self.finished, **c.extra}
+                "queue_batches": self.queue.qsize(), "finished": self.finished, "last_error": c.last_error,
+                **c.extra}
 
     async def batches(self) -> AsyncIterator[RawBatch]:
         while True:

@@ -384,15 +384,35 @@ class Tagger:
         self._fast_chars += len(address)
         return e
 
+    UNITS_PER_ENTRY = 16  # units a reading states that one compiled entry keeps beyond its own
+    UNITS_KEPT = 4096  # such units kept over all entries; then all are dropped and learnt again
+
     def _unit_miss(self, entry: _Entry, unit: str) -> tuple[float, float] | None | bool:
-        """(a, c) for a unit the reading states that this entry has not seen; False: refused."""
+        """(a, c) for a unit the reading states that this entry has not seen; False: refused.
+
+        Bounded under a hostile sender: a refused unit is never kept (the reading goes through
+        :meth:`tag`, which makes its dead letter; ontology.units caches the refusal, bounded); a
+        unit is kept only in its normal form (no surrounding white space, so the variants of one
+        unit take at most one slot plus its fixed aliases), at most UNITS_PER_ENTRY per entry and
+        UNITS_KEPT in all; past that, all kept ones are dropped and learnt again as readings come."""
         try:
             ac = affine(unit, entry[2])
-        except (UnitError, TypeError):
+        except UnitError:  # affine raises nothing else, for any input
             return False
+        if unit.strip() != unit:
+            return ac  # converted through the normalised cache of ontology.units every time
         units = entry[7]
-        if len(units) < 64:
-            units[unit] = ac
+        if len(units) >= 3 + self.UNITS_PER_ENTRY:  # 3: the entry's own unit, source unit and None
+            return ac
+        kept: list[tuple[dict[str | None, tuple[float, float] | None], str]] = \
+            self.__dict__.setdefault("_units_kept", [])
+        if len(kept) >= self.UNITS_KEPT:
+            for d, u in kept:
+                d.pop(u, None)
+            kept.clear()
+            self.unit_cache_resets = getattr(self, "unit_cache_resets", 0) + 1
+        units[unit] = ac
+        kept.append((units, unit))
         return ac
 
     def _tag_other(self, r: RawReading, e: _Entry) -> Sample | RollEvent | DeadLetter | None:

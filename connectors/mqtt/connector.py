@@ -12,14 +12,26 @@ broker redelivers it instead.
 
 Reconnects use jittered exponential backoff (connectors.base.Backoff); subscriptions are renewed on
 every connect. paho objects never leave this module.
+
+No message stops the connector. The payload parser never raises (connectors.mqtt.payload); as a
+last line of defence the whole paho callback is guarded: an unexpected exception while handling a
+message makes that message an ``internal_error`` dead letter (payload bounded and made storable),
+logs the traceback (rate-limited), counts it in ``counters.extra["internal_errors"]``, and the
+message is acknowledged once the dead letter is stored, like any delivery. If paho's network loop
+raises all the same (a bug in a callback outside that guard, or in paho), ``_run`` counts it in
+``counters.extra["loop_errors"]``, drops that connection (its acknowledgements are not sent on the
+next one: the broker redelivers) and reconnects with backoff; it never stays "connected" without
+reading.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -27,10 +39,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from connectors.base import Backoff, Connector
+from connectors.base import Backoff, Connector, error_text, storable_text
 from connectors.mqtt.config import MqttConnectorConfig, MqttProtocol, TimestampPolicy, TlsVerify
-from connectors.mqtt.payload import parse_payload
-from twin.samples import RawBatch, now_ns
+from connectors.mqtt.payload import MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, parse_payload
+from twin.samples import DeadLetter, RawBatch, SourceKind, now_ns
 
 log = logging.getLogger("twin.connectors.mqtt")
 
@@ -50,7 +62,8 @@ class MqttConnector(Connector):
         self._connected_evt: asyncio.Event | None = None
         self._closing = False
         self.last_error: str | None = None
-        self.counters.extra.update({"messages": 0, "acked": 0, "stale_acks_skipped": 0})
+        self.counters.extra.update({"messages": 0, "acked": 0, "stale_acks_skipped": 0, "loop_errors": 0,
+                                    "ack_errors": 0})
         self._client = self._make_client()
 
     # -- client set-up -----------------------------------------------------------------------
@@ -100,17 +113,30 @@ class MqttConnector(Connector):
             self._generation += 1  # acks of earlier deliveries must not go out on a new connection
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Never raises (paho would end its network loop)."""
         if not self._intake_open:
             return  # not acknowledged: the broker keeps it for the next session
         recv = now_ns()
-        readings, dead = parse_payload(
-            msg.topic, msg.payload, recv, connector=self.name,
-            batch_suffix=self.config.batch_topic_suffix,
-            fill_receive_time=self.config.missing_timestamp is TimestampPolicy.RECEIVE_TIME,
-            max_bytes=self.config.max_payload_bytes)
-        self.counters.extra["messages"] += 1
-        self.counters.received += len(readings) + len(dead)
-        self.counters.rejected += len(dead)
+        try:
+            readings, dead = parse_payload(
+                msg._topic, msg.payload, recv, connector=self.name,  # raw bytes: msg.topic raises on bad UTF-8
+                batch_suffix=self.config.batch_topic_suffix,
+                fill_receive_time=self.config.missing_timestamp is TimestampPolicy.RECEIVE_TIME,
+                max_bytes=self.config.max_payload_bytes)
+        except Exception as err:  # noqa: BLE001 - last line of defence: the message becomes a dead letter
+            readings, dead = [], [self._internal_error(msg, recv, err)]
+        try:
+            self.counters.extra["messages"] += 1
+            self.counters.received += len(readings) + len(dead)
+            self.counters.rejected += len(dead)
+            batch = RawBatch(tuple(readings), tuple(dead), self._make_ack(client, msg))
+            self.queue.put_threadsafe(batch)
+        except (RuntimeError, concurrent.futures.CancelledError):
+            pass  # event loop gone (shutdown): left unacknowledged, the broker keeps it
+        except Exception as err:  # noqa: BLE001 - unacknowledged: the broker redelivers it after a reconnect
+            self._count_internal("mqtt_callback", err, "could not queue a message; it stays unacknowledged")
+
+    def _make_ack(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> Callable[[], None]:
         gen, mid, qos = self._generation, msg.mid, msg.qos
 
         def ack() -> None:
@@ -121,14 +147,34 @@ class MqttConnector(Connector):
             if gen != current:
                 self.counters.extra["stale_acks_skipped"] += 1
                 return
-            client.ack(mid, qos)
+            try:
+                client.ack(mid, qos)
+            except Exception as err:  # noqa: BLE001 - the pipeline must not fail on a lost connection
+                self.counters.extra["ack_errors"] += 1
+                self.errors_log.error(f"mqtt_ack:{type(err).__name__}", "mqtt %s: acknowledging message %s failed: %s",
+                                      self.name, mid, error_text(err, 200), exc=None)
+                return
             self.counters.extra["acked"] += 1
 
-        batch = RawBatch(tuple(readings), tuple(dead), ack)
+        return ack
+
+    def _count_internal(self, stage: str, err: BaseException, what: str) -> None:
+        self.counters.extra["internal_errors"] = self.counters.extra.get("internal_errors", 0) + 1
+        self.counters.last_error = f"{stage}: {error_text(err)}"
+        self.errors_log.error(f"{stage}:{type(err).__name__}", "mqtt %s: unexpected %s; %s", self.name,
+                              error_text(err, 200), what, exc=err)
+
+    def _internal_error(self, msg: mqtt.MQTTMessage, recv: int, err: BaseException) -> DeadLetter:
+        """The dead letter for a message whose handling raised (never raises itself)."""
+        self._count_internal("mqtt_callback", err, "the message is kept as an internal_error dead letter")
         try:
-            self.queue.put_threadsafe(batch)
-        except RuntimeError:  # event loop gone (shutdown): leave unacknowledged
-            pass
+            topic = bytes(msg._topic[:MAX_ADDRESS]).decode("utf-8", "backslashreplace")
+            payload = bytes(msg.payload[:MAX_PAYLOAD_TEXT]).decode("utf-8", "backslashreplace")
+        except Exception:  # noqa: BLE001
+            topic, payload = "?", ""
+        return DeadLetter(SourceKind.MQTT, storable_text(topic, MAX_ADDRESS), storable_text(payload, MAX_PAYLOAD_TEXT),
+                          "internal error while handling this message: " + error_text(err, MAX_REASON - 60),
+                          "internal_error", recv, self.name)
 
     # -- the connection loop (asyncio) -------------------------------------------------------
     def _connect_blocking(self, first: bool) -> None:
@@ -158,18 +204,35 @@ class MqttConnector(Connector):
                 log.warning("mqtt %s: %s; retry in %.1f s", self.name, self.last_error, delay)
                 await asyncio.sleep(delay)
                 continue
-            await asyncio.to_thread(self._client.loop_forever)  # returns when the connection drops
+            try:
+                await asyncio.to_thread(self._client.loop_forever)  # returns when the connection drops
+                loop_failed = False
+            except Exception as err:  # noqa: BLE001 - paho's loop raised: drop this connection, reconnect
+                loop_failed = True
+                with self._gen_lock:
+                    self._generation += 1  # acks of this connection's deliveries must not go out on the next
+                self.counters.extra["loop_errors"] += 1
+                self.last_error = f"network loop failed: {error_text(err)}"
+                self.counters.last_error = self.last_error
+                self.errors_log.error(f"mqtt_loop:{type(err).__name__}",
+                                      "mqtt %s: paho's network loop raised %s; reconnecting", self.name,
+                                      type(err).__name__, exc=err)
             self.counters.connected = False
             if self._closing:
                 break
-            if self._connected_evt.is_set():  # that connection had been accepted: start afresh
+            if self._connected_evt.is_set() and not loop_failed:  # that connection had been accepted
                 backoff.reset()
-                self._connected_evt.clear()
+            self._connected_evt.clear()
             self.counters.reconnects += 1
             delay = backoff.next_delay()
             log.warning("mqtt %s: connection lost (%s); reconnect in %.1f s", self.name,
                         self.last_error or "dropped", delay)
             await asyncio.sleep(delay)
+
+    def describe(self) -> dict[str, object]:
+        d = super().describe()
+        d["last_error"] = self.last_error or self.counters.last_error
+        return d
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         for _ in range(int(timeout / 0.02)):

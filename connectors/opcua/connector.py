@@ -32,6 +32,14 @@ Writes
     DataType (and EURange when the server declares one), written, read back and verified, and
     logged (one INFO line and a :class:`WriteResult` in ``write_log`` per write).
 
+Faults
+    An exception while converting one monitored item's value makes that value an ``internal_error``
+    dead letter; the rest of the publish is converted and delivered, the sequence number still
+    advances, the subscription lives on. Each such exception is counted in
+    ``counters.extra["internal_errors"]`` (``counters.last_error``) and its traceback logged,
+    rate-limited. An unexpected exception in the connection's supervision or polling loop ends that
+    session like a lost connection (closed, reconnected with backoff, the time flagged as a gap).
+
 asyncua objects never leave this folder.
 """
 
@@ -53,7 +61,7 @@ from urllib.parse import urlparse
 from asyncua import Client, ua
 from asyncua.crypto import security_policies
 
-from connectors.base import Backoff, Connector
+from connectors.base import Backoff, Connector, error_text, storable_text
 from connectors.opcua import security as pki
 from connectors.opcua.browse import parse_node_id, read_engineering_units, walk
 from connectors.opcua.config import (
@@ -445,7 +453,8 @@ class OpcUaConnector(Connector):
 
     def describe(self) -> dict[str, object]:
         d = super().describe()
-        d.update({"url": self.config.url, "last_error": self.last_error, "nodes": len(self._items_by_address)})
+        d.update({"url": self.config.url, "last_error": self.last_error or self.counters.last_error,
+                  "nodes": len(self._items_by_address)})
         return d
 
     # -- the connection loop ---------------------------------------------------------------------
@@ -499,6 +508,9 @@ class OpcUaConnector(Connector):
                 await close_client(client)
                 self._client = None
                 raise
+            except Exception as err:  # noqa: BLE001 - a fault in our own loop: end this session, reconnect
+                self._count_internal("opcua_loop", err, "the session is closed and opened again")
+                reason = f"internal error: {type(err).__name__}"
             self._ready.clear()
             self.counters.connected = False
             self._client = None
@@ -652,6 +664,23 @@ class OpcUaConnector(Connector):
             raise ConnectionFailed(f"{self.config.url}: none of the {len(items)} nodes could be monitored")
 
     # -- notifications -------------------------------------------------------------------------------
+    def _count_internal(self, stage: str, err: BaseException, what: str) -> None:
+        self.counters.extra["internal_errors"] = self.counters.extra.get("internal_errors", 0) + 1
+        self.counters.last_error = f"{stage}: {error_text(err)}"
+        self.errors_log.error(f"{stage}:{type(err).__name__}", "opcua %s: unexpected %s; %s", self.name,
+                              error_text(err, 200), what, exc=err)
+
+    def _safe_reading(self, it: _Item, dv: ua.DataValue | None, recv: int) -> RawReading | DeadLetter:
+        """:meth:`_reading`, or an ``internal_error`` dead letter if it raises (never raises)."""
+        try:
+            return self._reading(it, dv, recv)
+        except Exception as err:  # noqa: BLE001 - one value must not cost the publish or the subscription
+            self._count_internal("opcua_callback", err, f"the value of {it.address} is kept as an internal_error "
+                                                        "dead letter")
+            return DeadLetter(_SOURCE, storable_text(it.address, 512), storable_text(dv, 4096),
+                              "internal error while converting this value: " + error_text(err, 450),
+                              "internal_error", recv, self.name, self.line_id)
+
     def _reading(self, it: _Item, dv: ua.DataValue | None, recv: int) -> RawReading | DeadLetter:
         st = dv.StatusCode if dv is not None else None
         code = st.value if st is not None else 0
@@ -679,20 +708,36 @@ class OpcUaConnector(Connector):
         status = ""
         items = sub.items
         for notif in data:
-            if isinstance(notif, ua.DataChangeNotification):
-                for mi in notif.MonitoredItems:
-                    it = items.get(mi.ClientHandle)
-                    if it is None:
-                        continue
-                    r = self._reading(it, mi.Value, recv)
-                    (readings if type(r) is RawReading else dead).append(r)  # type: ignore[arg-type]
-            elif isinstance(notif, ua.StatusChangeNotification):
-                st = notif.Status
-                if st is not None and not st.is_good():
-                    status = _status_name(st.value)
+            try:
+                if isinstance(notif, ua.DataChangeNotification):
+                    for mi in notif.MonitoredItems:
+                        it = items.get(mi.ClientHandle)
+                        if it is None:
+                            continue
+                        r = self._safe_reading(it, mi.Value, recv)
+                        (readings if type(r) is RawReading else dead).append(r)  # type: ignore[arg-type]
+                elif isinstance(notif, ua.StatusChangeNotification):
+                    st = notif.Status
+                    if st is not None and not st.is_good():
+                        status = _status_name(st.value)
+            except Exception as err:  # noqa: BLE001 - a malformed notification: a dead letter, the rest goes on
+                self._count_internal("opcua_callback", err, "the notification is kept as an internal_error dead letter")
+                dead.append(DeadLetter(_SOURCE, f"subscription {sub.id}", storable_text(notif, 4096),
+                                       "internal error while converting a notification: " + error_text(err, 450),
+                                       "internal_error", recv, self.name, self.line_id))
         return readings, dead, status
 
     async def _on_publish(self, sub: _Sub, result: ua.PublishResult) -> None:
+        """asyncua's publish callback. Never raises: what cannot be converted becomes a dead letter,
+        the rest is delivered (asyncua would log the exception and the publish would be lost)."""
+        try:
+            await self._on_publish_inner(sub, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - last line of defence
+            self._count_internal("opcua_callback", err, "a publish response could not be handled")
+
+    async def _on_publish_inner(self, sub: _Sub, result: ua.PublishResult) -> None:
         recv = now_ns()
         msg = result.NotificationMessage
         data = msg.NotificationData
@@ -700,7 +745,7 @@ class OpcUaConnector(Connector):
             self._last_alive_ns = recv
             self.counters.extra["keepalives"] += 1
             return
-        readings, dead, status = self._convert(sub, data, recv)
+        readings, dead, status = self._convert(sub, data, recv)  # never raises
         if status:
             # BadTimeout: the server dropped the subscription; BadShutdown: asyncua saw the link die
             self._lost_reason = self._lost_reason or f"subscription {sub.id} status {status}"
@@ -709,11 +754,16 @@ class OpcUaConnector(Connector):
                 return
         self._last_alive_ns = recv
         self.counters.extra["publishes"] += 1
-        seq = int(msg.SequenceNumber)
-        if sub.last_seq is not None and seq > sub.last_seq + 1:
-            await self._republish(sub, sub.last_seq + 1, seq)
-        if sub.last_seq is None or seq > sub.last_seq:
-            sub.last_seq = seq
+        try:
+            seq = int(msg.SequenceNumber)
+            if sub.last_seq is not None and seq > sub.last_seq + 1:
+                await self._republish(sub, sub.last_seq + 1, seq)
+            if sub.last_seq is None or seq > sub.last_seq:
+                sub.last_seq = seq
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the values of this publish are still delivered
+            self._count_internal("opcua_callback", err, "sequence bookkeeping failed; the values are delivered")
         await self._deliver(readings, dead)
 
     async def _deliver(self, readings: list[RawReading], dead: list[DeadLetter]) -> None:
@@ -778,7 +828,7 @@ class OpcUaConnector(Connector):
                     dvs = await client.uaclient.read(params)
                     recv = now_ns()
                     for it, dv in zip(items[start:start + cfg.max_nodes_per_read], dvs):
-                        r = self._reading(it, dv, recv)
+                        r = self._safe_reading(it, dv, recv)
                         if type(r) is RawReading and cfg.emit is PollEmit.CHANGES:
                             key = (r.value, int(r.quality), r.source_ts_ns)
                             if prev.get(it.address) == key:

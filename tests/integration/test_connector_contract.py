@@ -17,13 +17,13 @@ import paho.mqtt.publish as mqtt_publish
 import pytest
 
 from connectors import registry
-from connectors.base import Connector
+from connectors.base import Backoff, Connector
 from connectors.mqtt.config import MqttConnectorConfig
 from connectors.mqtt.connector import MqttConnector
 from connectors.replay.config import ReplayConnectorConfig
 from connectors.replay.connector import ReplayConnector
 from tests.conftest import Mosquitto
-from twin.samples import DeadLetter, RawBatch, RawReading
+from twin.samples import DeadLetter, RawBatch, RawReading, SourceKind
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +121,75 @@ async def test_connector_contract(kind: str, tmp_path: Path, request: pytest.Fix
 async def collect_rest(c: Connector) -> None:
     async for _ in c.batches():
         pass
+
+
+# ---- supervision of the connector task (connectors/base.py) -------------------------------------
+class _Flaky(Connector):
+    """A source whose task fails ``fails`` times before it delivers its readings and finishes."""
+
+    kind = "flaky"
+    RESTART_INITIAL_S = 0.05
+    RESTART_MAX_S = 0.2
+
+    def __init__(self, fails: int, finite: bool = True) -> None:
+        super().__init__("flaky")
+        self.fails = fails
+        self.finite = finite
+        self.runs = 0
+
+    async def _run(self) -> None:
+        self.runs += 1
+        if self.runs <= self.fails:
+            await self.queue.put(RawBatch((RawReading(SourceKind.REPLAY, f"run{self.runs}", 1.0, 1, 1),)))
+            raise ZeroDivisionError(f"failure {self.runs}")
+        await self.queue.put(RawBatch((RawReading(SourceKind.REPLAY, "last", 2.0, 2, 2),)))
+        self.finished = self.finite
+        if not self.finite:
+            await asyncio.Event().wait()
+
+
+async def test_a_failing_task_is_restarted_with_backoff_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    c = _Flaky(fails=3)
+    async with c:
+        got = [r.address async for b in c.batches() for r in b.readings]
+    # every run's readings arrive; the task ran 4 times and stopped once _run returned normally
+    assert got == ["run1", "run2", "run3", "last"]
+    assert c.runs == 4 and c.finished
+    info = c.describe()
+    assert info["task_restarts"] == 3
+    assert info["last_error"] == "ZeroDivisionError: failure 3"
+    # the traceback is logged, rate-limited: once per exception type and minute
+    tracebacks = [r for r in caplog.records if r.exc_info and "its task failed" in r.getMessage()]
+    assert len(tracebacks) == 1 and tracebacks[0].exc_info[0] is ZeroDivisionError
+
+
+async def test_a_finished_finite_source_is_not_restarted() -> None:
+    c = _Flaky(fails=0)
+    async with c:
+        got = [r.address async for b in c.batches() for r in b.readings]
+        await asyncio.sleep(0.3)
+    assert got == ["last"] and c.runs == 1 and c.describe()["task_restarts"] == 0
+
+
+async def test_stop_ends_a_task_waiting_to_restart() -> None:
+    c = _Flaky(fails=10**6)
+    c.RESTART_INITIAL_S = c.RESTART_MAX_S = 30.0  # type: ignore[misc]
+    async with c:
+        while c.counters.extra["task_restarts"] < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(c.stop(), 2)
+    assert c.runs == 1
+
+
+def test_backoff_is_equal_jitter_as_documented() -> None:
+    import random
+
+    b = Backoff(0.5, 4.0, rng=random.Random(7))
+    delays = [b.next_delay() for _ in range(200)]
+    caps = [min(4.0, 0.5 * 2**i) for i in range(200)]
+    assert all(cap / 2 <= d <= cap for d, cap in zip(delays, caps))
+    assert max(delays[-100:]) > 3.5 and min(delays[-100:]) < 2.5  # spread over [cap/2, cap]
+    b.reset()
+    assert 0.25 <= b.next_delay() <= 0.5
+    for _ in range(10_000):  # a long outage: no OverflowError from factor ** attempt
+        b.next_delay()
