@@ -616,8 +616,9 @@ class FeedbackService:
             if lo is None or hi is None:
                 raise ValueError(f"feedback: {m.name!r} needs limits: set min/max or a range on {m.setpoint_tag!r}")
             if rng and (lo < rng[0] or hi > rng[1]):
-                raise ValueError(f"feedback: limits [{lo}, {hi}] {spec.unit} of {m.name!r} exceed the tag's range "
-                                 f"{list(rng)} {spec.unit}")
+                given = f" (given as [{m.min}, {m.max}] {unit})" if unit != spec.unit else ""
+                raise ValueError(f"feedback: limits [{lo:g}, {hi:g}] {spec.unit}{given} of {m.name!r} exceed the tag's "
+                                 f"range {list(rng)} {spec.unit}")
             if not lo < hi:
                 raise ValueError(f"{what}: min {lo:g} must be below max {hi:g} ({spec.unit})")
             if not 0 < step <= hi - lo:
