@@ -26,6 +26,11 @@ What it does every ``interval_s`` (docs/feedback.md):
    token; auto-apply only for manipulables configured so, bounded by limits and a rate limit. Every
    transition is appended to the store's audit trail with the model version, input snapshot and
    predictions.
+6. **Units and persistence.** Targets and tolerances are converted by pint to the output's canonical unit
+   (porosity: a fraction) and refused outside the physical range, the measuring gauge's range and the model
+   card's output ranges; manipulable limits are converted to the setpoint tag's unit and checked against
+   its range. Targets, gains and the newest proposals are restored from the audit trail at start-up
+   (``feedback.state`` records); proposals that expired meanwhile become ``expired``.
 """
 
 from __future__ import annotations
@@ -95,6 +100,12 @@ OUTPUTS: dict[str, OutputPhysics] = {
 }
 
 
+def unit_suffix(output: str) -> str:
+    """How reasons state an output's unit: porosity (a fraction) also in percent, others with their unit."""
+    u = OUTPUTS[output].unit if output in OUTPUTS else "1"
+    return " (fraction)" if output == "porosity" else ("" if u == "1" else f" {u}")
+
+
 def _clean(x: float) -> float:
     """A converted value without the float noise of the conversion (0.3 percent -> 0.003, not 0.0030000000000000005)."""
     return float(f"{x:.12g}")
@@ -139,7 +150,8 @@ class TargetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target: float = Field(..., allow_inf_nan=False, description="target value in ``unit``")
     tolerance: float = Field(..., gt=0, allow_inf_nan=False, description="+/- tolerance around the target, in ``unit``")
-    weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="weight in the optimizer's cost (0: monitored only)")
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False,
+                          description="weight in the optimizer's cost (0: monitored only)")
     unit: str | None = Field(None, min_length=1, max_length=64, description=(
         "unit of target and tolerance, any unit pint converts to the output's canonical one (porosity: "
         "\"1\" = fraction or \"percent\"; thickness: \"um\"); omitted: the canonical unit. Stored and returned "
@@ -977,7 +989,8 @@ class FeedbackService:
                      for o, t in self.cfg.targets.items() if t.weight > 0 and o in errors)
         if within:
             reasons.append("within tolerance: " + ", ".join(
-                f"{o} {measured[o]:.4g} (target {self.cfg.targets[o].target:g} +/- {self.cfg.targets[o].tolerance:g})"
+                f"{o} {measured[o]:.4g} (target {self.cfg.targets[o].target:g} +/- {self.cfg.targets[o].tolerance:g}"
+                f"{unit_suffix(o)})"
                 for o in errors))
             return done()
         cr = self.correction(line, measured, se)
@@ -1009,7 +1022,7 @@ class FeedbackService:
         clipped = any(res.clipped)
         if not fits and not clipped:
             reasons.append("the predicted band does not fit the tolerance: " + ", ".join(
-                f"{o} {v['mean']:.4g} +/- {2 * v['std']:.2g}" for o, v in res.corrected.items()))
+                f"{o} {v['mean']:.4g} +/- {2 * v['std']:.2g}{unit_suffix(o)}" for o, v in res.corrected.items()))
             return done()
         settings = []
         for j, m in enumerate(self.cfg.manipulables):
@@ -1025,7 +1038,7 @@ class FeedbackService:
             t = self.cfg.targets[o]
             if t.weight > 0:
                 words.append(f"{o} measured {measured[o]:.4g} is {e:+.3g} off target {t.target:g} "
-                             f"(tolerance {t.tolerance:g}, {counts[o]} settled readings)")
+                             f"(tolerance {t.tolerance:g}{unit_suffix(o)}, {counts[o]} settled readings)")
         for s in settings:
             if abs(s.proposed - s.current) > 1e-9:
                 words.append(f"{s.parameter} {s.current:.4g} -> {s.proposed:.4g} {s.unit}")
@@ -1033,7 +1046,7 @@ class FeedbackService:
                 words.append(f"{s.parameter}: {s.limit_note}")
         for o, v in res.corrected.items():
             if self.cfg.targets[o].weight > 0:
-                words.append(f"predicted {o} {v['mean']:.4g} +/- {2 * v['std']:.2g} (2 sigma; now "
+                words.append(f"predicted {o} {v['mean']:.4g} +/- {2 * v['std']:.2g}{unit_suffix(o)} (2 sigma; now "
                              f"{res.corrected_now[o]['mean']:.4g}), model gain x{gain.get(o, 1.0):.3g} from the line")
         words.append(f"predicted cost {res.cost_now:.3g} -> {res.cost_best:.3g}")
         if not fits:

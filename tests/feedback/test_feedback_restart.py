@@ -143,9 +143,10 @@ async def test_targets_gains_and_open_proposals_survive_a_restart(tmp_path: Path
                 await a.ready(http)
                 base = a.base
                 # targets through the API, porosity in percent: stored as a fraction
-                r = await http.put(f"{base}/feedback/targets", headers=AUTH, json={"recipe": "restart test", "targets": {
-                    "porosity": {"target": 33.5, "tolerance": 1.0, "weight": 1.0, "unit": "percent"},
-                    "thickness_after_um": {"target": 0.075, "tolerance": 0.004, "weight": 0.0, "unit": "mm"}}})
+                r = await http.put(f"{base}/feedback/targets", headers=AUTH, json={
+                    "recipe": "restart test", "targets": {
+                        "porosity": {"target": 33.5, "tolerance": 1.0, "weight": 1.0, "unit": "percent"},
+                        "thickness_after_um": {"target": 0.075, "tolerance": 0.004, "weight": 0.0, "unit": "mm"}}})
                 assert r.status_code == 200, r.text
                 assert r.json()["targets"]["porosity"] == {"target": 0.335, "tolerance": 0.01, "weight": 1.0,
                                                            "unit": "1"}
