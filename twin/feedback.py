@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 import uuid
 from collections import deque
@@ -111,10 +112,31 @@ def _clean(x: float) -> float:
     return float(f"{x:.12g}")
 
 
+_UNIT_CHARS = re.compile(r"[A-Za-z0-9 µμ°%/*^().,_+²³·-]*")
+_EXPONENT = re.compile(r"(\*\*|\^)")
+_SMALL_POWER = re.compile(r"\s*[-+]?\d{1,2}(\.\d{1,3})?")
+
+
+def _guard_unit(unit: str, what: str) -> None:
+    """Refuse unit strings whose parsing could take unbounded time or memory (chained or parenthesised
+    exponents such as 10**10**10, long numbers) before they reach pint: units come from API requests."""
+    if len(unit) > 64 or _UNIT_CHARS.fullmatch(unit) is None:
+        raise ValueError(f"{what}: unit {unit[:64]!r} is not a unit (at most 64 letters, digits, spaces and "
+                         "* / ^ ( ) . % characters)")
+    if re.search(r"\d{5,}", unit) or unit.count("(") > 4:
+        raise ValueError(f"{what}: unit {unit!r} is too complex")
+    for m in _EXPONENT.finditer(unit):
+        rest = unit[m.end():]
+        p = _SMALL_POWER.match(rest)
+        if p is None or _EXPONENT.match(rest[p.end():].lstrip()):
+            raise ValueError(f"{what}: unit {unit!r} is too complex (exponents must be plain numbers below 100)")
+
+
 def _affine(source: str, target: str, what: str) -> tuple[float, float]:
     """pint's affine map source -> target, or a ValueError that says what was wrong and what is expected."""
     from ontology.units import UnitError, affine
 
+    _guard_unit(source, what)
     try:
         return affine(source, target)
     except UnitError as err:

@@ -133,7 +133,7 @@ async def test_targets_gains_and_open_proposals_survive_a_restart(tmp_path: Path
     await srv.start()
     port = free_port()
     fb: dict[str, Any] = {"manipulables": [{"name": "gap", "setpoint_tag": "calendering.gap_setpoint", "min": 40.0,
-                                            "max": 200.0, "max_step": 2.0, "settle_s": 15.0}]}
+                                            "max": 200.0, "max_step": 5.0, "settle_s": 15.0}]}
     cfg = write_config(tmp_path, srv.url, "twin.toml", fb, port)
     log = tmp_path / "twin.log"
     try:
