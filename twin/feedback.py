@@ -738,20 +738,20 @@ class FeedbackService:
         model = getattr(pred, "model", None)
         return None if model is None else str(model.version)
 
-    def _state_body(self) -> dict[str, Any]:
+    def _state_body(self, cfg: FeedbackConfig | None = None) -> dict[str, Any]:
         """What a restart restores: targets (and the configuration they replaced), gains with their observation
         counts, the rate-limit clocks and the ids of the newest proposals (their bodies are their own newest
         audit records)."""
         ids = [pid for pid in self.order if pid in self.proposals][-self.PERSIST_PROPOSALS:]
-        return {"version": 1, **self._targets_body(self.cfg), "config_targets": self._config_targets,
+        return {"version": 1, **self._targets_body(cfg or self.cfg), "config_targets": self._config_targets,
                 "model_version": self._model_version(),
                 "gain": {k: dict(v) for k, v in self.gain.items()},
                 "gain_n": {k: dict(v) for k, v in self.gain_n.items()},
                 "last_apply_ns": dict(self.last_apply_ns), "last_change_ns": dict(self.last_change_ns),
                 "proposals": ids}
 
-    async def _persist(self) -> None:
-        body = self._state_body()  # built on the loop: a consistent snapshot
+    async def _persist(self, cfg: FeedbackConfig | None = None) -> None:
+        body = self._state_body(cfg)  # built on the loop: a consistent snapshot
         await asyncio.to_thread(self.daemon.store.append_audit, self.STATE_KIND, self.STATE_REF, body)
 
     def _record_sync(self, p: Proposal, kind: str) -> None:
@@ -1222,6 +1222,7 @@ class FeedbackService:
         range, gauge range, model); a refused set raises ValueError and changes nothing."""
         from pydantic import ValidationError
 
+        _check_storable([recipe or "", *targets])
         async with self._lock:
             conv = {k: canonical_target(k, t) for k, t in targets.items()}
             self.check_targets(conv)
@@ -1231,11 +1232,12 @@ class FeedbackService:
             except ValidationError as err:
                 raise ValueError("; ".join(str(e.get("msg", "")).removeprefix("Value error, ")
                                            for e in err.errors())) from None
-            self.cfg = cfg
-            body = self.targets_json()
-            await asyncio.to_thread(self.daemon.store.append_audit, "targets.set", f"recipe:{self.cfg.recipe}", body,
+            body = self._targets_body(cfg)
+            # stored first: a store that refuses leaves the service on the old targets (the client sees the error)
+            await asyncio.to_thread(self.daemon.store.append_audit, "targets.set", f"recipe:{cfg.recipe}", body,
                                     actor=actor)
-            await self._persist()
+            await self._persist(cfg)
+            self.cfg = cfg
         self.daemon.state.broadcast({"type": "targets", **body})
         return body
 
@@ -1245,6 +1247,18 @@ class TargetsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     recipe: str | None = Field(None, min_length=1, max_length=200)
     targets: dict[str, TargetSpec] = Field(..., max_length=len(OUTPUTS))
+
+
+def _check_storable(texts: Sequence[str]) -> None:
+    """Recipe and output names go to the store and the page: valid Unicode without control characters. (Checked
+    in the route, not in TargetsBody: the API's 422 handler echoes the input, which a lone surrogate breaks.)"""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("recipe and output names must be valid Unicode (no lone surrogates)") from None
+        if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text):
+            raise ValueError("recipe and output names must not contain control characters")
 
 
 class CommentBody(BaseModel):
