@@ -102,7 +102,7 @@ OUTPUTS: dict[str, OutputPhysics] = {
 
 
 def unit_suffix(output: str) -> str:
-    """How reasons state an output's unit: porosity (a fraction) also in percent, others with their unit."""
+    """How reasons state an output's unit: porosity "(fraction)", others their canonical unit (none for "1")."""
     u = OUTPUTS[output].unit if output in OUTPUTS else "1"
     return " (fraction)" if output == "porosity" else ("" if u == "1" else f" {u}")
 
@@ -709,7 +709,7 @@ class FeedbackService:
                         a, b = _affine(cu, OUTPUTS[k].unit, "")
                     except ValueError:  # a ratio name such as "D_eff/D0": no pint unit to compare
                         a, b = 1.0, 0.0
-                    if (a, b) != (1.0, 0.0):
+                    if not (math.isclose(a, 1.0, rel_tol=1e-9) and abs(b) < 1e-12):
                         raise ValueError(f"the model card states {k} in {cu!r}; the feedback service works in "
                                          f"{OUTPUTS[k].unit!r} (a model in other units needs a new card)")
                 if k in ranges:
