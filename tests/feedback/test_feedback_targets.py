@@ -134,3 +134,43 @@ async def test_percent_and_fraction_targets_give_the_same_proposal_and_refused_t
             assert (await http.get(f"{base}/proposals", params={"limit": 100})).json() == before_props
             assert daemon.store.audit(None, None, 1000) == before_audit
             assert before_targets["targets"]["porosity"]["target"] == 0.3
+
+
+def _daemon(tmp_path: Path, feedback: dict[str, Any]) -> Any:
+    from ontology.tagmap import TagMap
+    from tests.feedback.conftest import twin_config
+    from twin.daemon import Daemon
+
+    cfg = twin_config(tmp_path, "opc.tcp://127.0.0.1:1/never-run", feedback=feedback)
+    return Daemon(cfg, tagmap=TagMap.load(cfg.tagmap))
+
+
+async def test_targets_outside_the_gauge_range_or_the_cards_output_range_are_refused(tmp_path: Path) -> None:
+    d = _daemon(tmp_path, {})
+    try:
+        svc = d.extensions["feedback"]
+        before = svc.targets_json()
+        thick = {"thickness_after_um": TargetSpec(target=400, tolerance=3, weight=0.0, unit="um")}
+        with pytest.raises(ValueError, match=r"range of its gauge 'calendering.thickness_after': 10 \.\. 300 um"):
+            await svc.set_targets(None, {"porosity": TargetSpec(target=0.31, tolerance=0.01), **thick}, "test")
+        # a card that states the output ranges of its training data bounds the targets too
+        svc.predictor.model.card["output_ranges"] = {"porosity": [0.305, 0.45]}
+        with pytest.raises(ValueError, match=r"outside the model's domain: the training data cover porosity "
+                                             r"0\.305 \.\. 0\.45"):
+            await svc.set_targets(None, {"porosity": TargetSpec(target=30, tolerance=1, unit="percent")}, "test")
+        assert svc.targets_json() == before and d.store.audit(None, None, 10) == []
+        body = await svc.set_targets(None, {"porosity": TargetSpec(target=31, tolerance=1, unit="percent")}, "test")
+        assert body["targets"] == {"porosity": {"target": 0.31, "tolerance": 0.01, "weight": 1.0, "unit": "1"}}
+        assert [r["kind"] for r in d.store.audit(None, None, 10)] == ["feedback.state", "targets.set"]
+    finally:
+        d.store.close()
+
+
+def test_a_measured_factor_that_disagrees_with_the_tags_unit_refuses_the_start(tmp_path: Path) -> None:
+    # calendering.porosity_online is stored in percent: a factor of 1 would read 31 % as a porosity of 31
+    with pytest.raises(ValueError, match=r"measured\.porosity\.factor = 1, .*'percent'.*the factor is 0\.01"):
+        _daemon(tmp_path, {"measured": {"porosity": {"tag": "calendering.porosity_online", "factor": 1.0}}})
+    d = _daemon(tmp_path, {"measured": {"porosity": {"tag": "calendering.porosity_online"}},
+                           "targets": {"porosity": {"target": 0.31, "tolerance": 0.01}}})
+    assert d.extensions["feedback"].factors == {"porosity": 0.01}
+    d.store.close()
