@@ -47,7 +47,7 @@ async function targetsCase(page) {
   const puts = [];
   page.on("request", r => { if (r.method() === "PUT") puts.push({url: r.url(), body: r.postData()}); });
   await page.goto(opts.url);
-  await page.waitForSelector('#targets tr[data-target="porosity"]');
+  await page.waitForSelector('#targets tr[data-target="porosity"]', {timeout: 60000});
   const table = () => page.$$eval("#targets tr[data-target]", rows => Object.fromEntries(rows.map(r =>
     [r.dataset.target, {unit_shown: r.querySelector("td.unit").textContent, unit_sent: r.dataset.unit,
                         target: r.querySelector("input[name=target]").value,
@@ -57,9 +57,9 @@ async function targetsCase(page) {
   const row = '#targets tr[data-target="porosity"]';
   await page.fill(`${row} input[name=target]`, String(opts.porosity_percent));
   await page.fill(`${row} input[name=tolerance]`, String(opts.tolerance_percent));
-  let resp = page.waitForResponse(r => r.request().method() === "PUT" && r.status() !== 401, {timeout: 15000});
+  let resp = page.waitForResponse(r => r.request().method() === "PUT" && r.status() !== 401, {timeout: 45000});
   await page.click("#targets-save");
-  await page.waitForSelector("#token-dialog[open]", {timeout: 5000});
+  await page.waitForSelector("#token-dialog[open]", {timeout: 20000});
   t.dialog_reason = await page.textContent("#token-reason");
   await page.fill("#token-input", opts.token);
   await page.click("#token-ok");
@@ -67,15 +67,15 @@ async function targetsCase(page) {
   await page.waitForFunction(v => {
     const i = document.querySelector('#targets tr[data-target="porosity"] input[name=target]');
     return i && i.value === String(v);
-  }, opts.porosity_percent, {timeout: 10000}).catch(() => {});
+  }, opts.porosity_percent, {timeout: 30000}).catch(() => {});
   t.after = await table();
   t.puts = puts.map(p => p.body);
   // refused: porosity 300 % is outside (0, 1)
   await page.fill(`${row} input[name=target]`, "300");
-  resp = page.waitForResponse(r => r.request().method() === "PUT", {timeout: 15000});
+  resp = page.waitForResponse(r => r.request().method() === "PUT", {timeout: 45000});
   await page.click("#targets-save");
   t.refused_status = (await resp).status();
-  await page.waitForSelector("#write-error:not([hidden])", {timeout: 5000});
+  await page.waitForSelector("#write-error:not([hidden])", {timeout: 20000});
   t.refused_error = await page.textContent("#write-error");
 }
 

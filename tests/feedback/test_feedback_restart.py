@@ -83,7 +83,7 @@ class TwinProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "run", "--config", str(config)],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 
-    async def ready(self, http: httpx.AsyncClient, timeout: float = 40.0) -> None:
+    async def ready(self, http: httpx.AsyncClient, timeout: float = 120.0) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while True:
@@ -98,7 +98,7 @@ class TwinProcess:
 
     async def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        rc = await asyncio.to_thread(self.proc.wait, 40)
+        rc = await asyncio.to_thread(self.proc.wait, 60)
         self.log.close()
         return rc
 
@@ -137,7 +137,7 @@ async def test_targets_gains_and_open_proposals_survive_a_restart(tmp_path: Path
     cfg = write_config(tmp_path, srv.url, "twin.toml", fb, port)
     log = tmp_path / "twin.log"
     try:
-        async with httpx.AsyncClient(timeout=15) as http:
+        async with httpx.AsyncClient(timeout=30) as http:
             a = TwinProcess(cfg, port, log)
             try:
                 await a.ready(http)
@@ -154,7 +154,7 @@ async def test_targets_gains_and_open_proposals_survive_a_restart(tmp_path: Path
                 async def current() -> Any:
                     return (await http.get(f"{base}/proposals/current")).json()
 
-                p1 = await poll(current, 40)
+                p1 = await poll(current, 120)
                 assert p1, (await http.get(f"{base}/feedback/status")).json()["decisions"]
                 r = await http.post(f"{base}/proposals/{p1['id']}/approve", headers=AUTH, json={})
                 assert r.status_code == 200 and r.json()["state"] == "applied", r.text
@@ -163,8 +163,8 @@ async def test_targets_gains_and_open_proposals_survive_a_restart(tmp_path: Path
                     st = (await http.get(f"{base}/feedback/status")).json()
                     return st["gain_observations"].get("pilot-1", {}).get("porosity", 0) >= 1
 
-                assert await poll(learnt, 60), (await http.get(f"{base}/proposals/{p1['id']}")).json()
-                p2 = await poll(current, 40)  # the next step towards the target, open
+                assert await poll(learnt, 180), (await http.get(f"{base}/proposals/{p1['id']}")).json()
+                p2 = await poll(current, 120)  # the next step towards the target, open
                 assert p2 and p2["id"] != p1["id"], (await http.get(f"{base}/feedback/status")).json()["decisions"]
                 before = await snapshot(http, base)
             finally:
