@@ -26,6 +26,11 @@ What it does every ``interval_s`` (docs/feedback.md):
    token; auto-apply only for manipulables configured so, bounded by limits and a rate limit. Every
    transition is appended to the store's audit trail with the model version, input snapshot and
    predictions.
+6. **Units and persistence.** Targets and tolerances are converted by pint to the output's canonical unit
+   (porosity: a fraction) and refused outside the physical range, the measuring gauge's range and the model
+   card's output ranges; manipulable limits are converted to the setpoint tag's unit and checked against
+   its range. Targets, gains and the newest proposals are restored from the audit trail at start-up
+   (``feedback.state`` records); proposals that expired meanwhile become ``expired``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 import uuid
 from collections import deque
@@ -49,18 +55,137 @@ log = logging.getLogger("twin.feedback")
 
 
 # -- configuration ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OutputPhysics:
+    """The service's canonical unit of a model output and its physical range (None: unbounded; open: the
+    bound itself is excluded)."""
+
+    unit: str
+    lo: float | None
+    lo_open: bool
+    hi: float | None
+    hi_open: bool
+    what: str
+
+    def contains(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
+            return False
+        return True
+
+    def range_text(self) -> str:
+        u = "" if self.unit == "1" else f" {self.unit}"
+        if self.lo is not None and self.hi is not None:
+            return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}{u}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}{u}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}{u}"
+        return "finite"
+
+
+# model output -> canonical unit and physical range. Targets and tolerances given in any unit pint converts
+# to the canonical one are converted on the way in; the service, its API and its audit records state them in
+# the canonical unit (porosity: a fraction, unit "1"; docs/feedback.md).
+OUTPUTS: dict[str, OutputPhysics] = {
+    "porosity": OutputPhysics("1", 0.0, True, 1.0, True, "pore volume fraction"),
+    "thickness_after_um": OutputPhysics("um", 0.0, True, None, False, "coating thickness after the calender"),
+    "tortuosity_factor": OutputPhysics("1", 1.0, False, None, False, "tortuosity factor of the pore phase"),
+    "d_eff": OutputPhysics("1", 0.0, True, 1.0, False, "effective diffusivity ratio D_eff/D0"),
+    "conductivity_eff": OutputPhysics("1", 0.0, True, 1.0, False, "effective conductivity ratio sigma_eff/sigma"),
+    "springback_pct": OutputPhysics("percent", None, False, None, False, "spring-back after the nip"),
+    "sa_pore_am_per_um": OutputPhysics("1/um", 0.0, False, None, False, "pore/active-material contact area density"),
+    "sa_pore_cbd_per_um": OutputPhysics("1/um", 0.0, False, None, False, "pore/binder contact area density"),
+    "sa_am_cbd_per_um": OutputPhysics("1/um", 0.0, False, None, False, "active-material/binder contact area density"),
+}
+
+
+def unit_suffix(output: str) -> str:
+    """How reasons state an output's unit: porosity "(fraction)", others their canonical unit (none for "1")."""
+    u = OUTPUTS[output].unit if output in OUTPUTS else "1"
+    return " (fraction)" if output == "porosity" else ("" if u == "1" else f" {u}")
+
+
+def _clean(x: float) -> float:
+    """A converted value without the float noise of the conversion (0.3 percent -> 0.003, not 0.0030000000000000005)."""
+    return float(f"{x:.12g}")
+
+
+_UNIT_CHARS = re.compile(r"[A-Za-z0-9 µμ°%/*^().,_+²³·-]*")
+_EXPONENT = re.compile(r"(\*\*|\^)")
+_SMALL_POWER = re.compile(r"\s*[-+]?\d{1,2}(\.\d{1,3})?")
+
+
+def _guard_unit(unit: str, what: str) -> None:
+    """Refuse unit strings whose parsing could take unbounded time or memory (chained or parenthesised
+    exponents such as 10**10**10, long numbers) before they reach pint: units come from API requests."""
+    if len(unit) > 64 or _UNIT_CHARS.fullmatch(unit) is None:
+        raise ValueError(f"{what}: unit {unit[:64]!r} is not a unit (at most 64 letters, digits, spaces and "
+                         "* / ^ ( ) . % characters)")
+    if re.search(r"\d{5,}", unit) or unit.count("(") > 4:
+        raise ValueError(f"{what}: unit {unit!r} is too complex")
+    for m in _EXPONENT.finditer(unit):
+        rest = unit[m.end():]
+        p = _SMALL_POWER.match(rest)
+        if p is None or _EXPONENT.match(rest[p.end():].lstrip()):
+            raise ValueError(f"{what}: unit {unit!r} is too complex (exponents must be plain numbers below 100)")
+
+
+def _affine(source: str, target: str, what: str) -> tuple[float, float]:
+    """pint's affine map source -> target, or a ValueError that says what was wrong and what is expected."""
+    from ontology.units import UnitError, affine
+
+    _guard_unit(source, what)
+    try:
+        return affine(source, target)
+    except UnitError as err:
+        raise ValueError(f"{what}: unit {source!r} cannot be used: {err} (expected a unit convertible to "
+                         f"{target!r})") from err
+    except Exception as err:  # noqa: BLE001 - pint raises many kinds on odd strings; all are a refused unit
+        raise ValueError(f"{what}: unit {source!r} cannot be read ({type(err).__name__}); expected a unit "
+                         f"convertible to {target!r}") from err
+
+
+def canonical_target(output: str, spec: "TargetSpec") -> "TargetSpec":
+    """The target converted to the output's canonical unit and checked against its physical range. Raises
+    ValueError naming the output, the value, the unit and the range."""
+    phys = OUTPUTS.get(output)
+    if phys is None:
+        raise ValueError(f"target {output!r}: unknown output; targets can be set for {sorted(OUTPUTS)}")
+    unit = spec.unit if spec.unit is not None else phys.unit
+    a, b = _affine(unit, phys.unit, f"target {output!r}")
+    target, tol = _clean(a * spec.target + b), _clean(abs(a) * spec.tolerance)
+    given = f"{spec.target:g} (unit {unit!r}" + (f", = {target:g} {phys.unit!r})" if unit != phys.unit else ")")
+    if not math.isfinite(target) or not phys.contains(target):
+        hint = ""
+        if output == "porosity" and 1.0 <= target <= 100.0 and a == 1.0:
+            hint = f'; a porosity in percent needs unit = "percent" ({spec.target:g} percent = {target / 100:g})'
+        raise ValueError(f"target {output!r} {given} is outside the physical range of the {phys.what}: "
+                         f"{phys.range_text()}{hint}")
+    if not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"target {output!r}: tolerance {spec.tolerance:g} {unit} must be positive and finite")
+    return spec.model_copy(update={"target": target, "tolerance": tol, "unit": phys.unit})
+
+
 class TargetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target: float = Field(..., description="target value in the output's unit")
-    tolerance: float = Field(..., gt=0, description="+/- tolerance around the target")
-    weight: float = Field(1.0, ge=0, description="weight in the optimizer's cost (0: monitored only)")
-    unit: str = Field("1", description="unit of target and tolerance (porosity: 1 = fraction; thickness: um)")
+    target: float = Field(..., allow_inf_nan=False, description="target value in ``unit``")
+    tolerance: float = Field(..., gt=0, allow_inf_nan=False, description="+/- tolerance around the target, in ``unit``")
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False,
+                          description="weight in the optimizer's cost (0: monitored only)")
+    unit: str | None = Field(None, min_length=1, max_length=64, description=(
+        "unit of target and tolerance, any unit pint converts to the output's canonical one (porosity: "
+        "\"1\" = fraction or \"percent\"; thickness: \"um\"); omitted: the canonical unit. Stored and returned "
+        "in the canonical unit"))
 
 
 class MeasuredSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tag: str = Field(..., description="online structure-parameter tag measured after the calender")
-    factor: float = Field(1.0, description="multiplies the stored value into the output's unit (percent -> 0.01)")
+    factor: float | None = Field(None, allow_inf_nan=False, description=(
+        "multiplies the stored value into the output's unit (percent -> 0.01); omitted: derived by pint from "
+        "the tag's canonical unit, and a given factor must agree with it"))
 
 
 Manipulable = Literal["gap", "roll_temperature", "line_load", "roll_speed"]
@@ -70,12 +195,16 @@ class ManipulableSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Manipulable = Field(..., description="gap or roll_temperature (the surrogate's inputs)")
     setpoint_tag: str = Field(..., description="tag of the setpoint written to the line")
-    min: float | None = Field(None, description="lower limit (default: the setpoint tag's range)")
-    max: float | None = Field(None, description="upper limit (default: the setpoint tag's range)")
-    max_step: float = Field(..., gt=0, description="largest change per proposal")
-    change_cost: float = Field(0.05, ge=0, description="cost of a change of max_step (in squared tolerances)")
+    unit: str | None = Field(None, min_length=1, max_length=64, description=(
+        "unit of min, max and max_step (omitted: the setpoint tag's canonical unit); converted by pint"))
+    min: float | None = Field(None, allow_inf_nan=False, description="lower limit (default: the setpoint tag's range)")
+    max: float | None = Field(None, allow_inf_nan=False, description="upper limit (default: the setpoint tag's range)")
+    max_step: float = Field(..., gt=0, allow_inf_nan=False, description="largest change per proposal")
+    change_cost: float = Field(0.05, ge=0, allow_inf_nan=False,
+                               description="cost of a change of max_step (in squared tolerances)")
     auto_apply: bool = Field(False, description="apply without approval (still limited and rate-limited)")
-    settle_s: float = Field(15.0, ge=0, description="time the line needs to settle after a change (actuator)")
+    settle_s: float = Field(15.0, ge=0, allow_inf_nan=False,
+                            description="time the line needs to settle after a change (actuator)")
     grid: int = Field(41, ge=3, le=401, description="grid points over the step window (coarse pass)")
 
 
@@ -141,6 +270,9 @@ class FeedbackConfig(BaseModel):
         names = [m.name for m in self.manipulables]
         if len(set(names)) != len(names):
             raise ValueError(f"manipulables: each parameter once (got {names})")
+        # targets in the output's canonical unit, within its physical range (the model's domain and the gauge's
+        # range are checked where the model and the tag map are known: FeedbackService.check_targets)
+        self.targets = {k: canonical_target(k, t) for k, t in self.targets.items()}
         missing = [k for k, t in self.targets.items() if t.weight > 0 and k not in self.measured]
         if missing:
             raise ValueError(f"targets {missing} have weight but no measured tag in [feedback.measured]")
@@ -198,6 +330,28 @@ class Proposal:
                 "error": self.error, "realised": self.realised, "inputs": self.inputs, "gain": self.gain,
                 "measured_before": self.measured_before, "writes": self.writes, "auto": self.auto,
                 "applied": ns_to_iso(self.applied_ns) if self.applied_ns else None}
+
+    def record_json(self) -> dict[str, Any]:
+        """The audit body: the API's view plus what a restart needs to restore the proposal exactly."""
+        return {**self.as_json(), "created_ns": self.created_ns, "updated_ns": self.updated_ns,
+                "applied_ns": self.applied_ns, "raw_now": self.raw_now, "raw_new": self.raw_new}
+
+    @classmethod
+    def from_record(cls, b: dict[str, Any]) -> "Proposal":
+        """A proposal from its newest audit body (``record_json``). Raises KeyError/TypeError/ValueError."""
+        settings = [Setting(s["parameter"], s["tag"], float(s["current"]), float(s["proposed"]), s["unit"],
+                            bool(s.get("clipped")), s.get("limit_note")) for s in b["settings"]]
+        state = str(b["state"])
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        return cls(id=str(b["id"]), line_id=str(b["line_id"]), created_ns=int(b["created_ns"]),
+                   model_version=str(b["model_version"]), settings=settings, predicted=dict(b["predicted"]),
+                   predicted_now=dict(b["predicted_now"]), reasons=list(b["reasons"]), inputs=dict(b["inputs"]),
+                   gain=dict(b["gain"]), raw_now=dict(b["raw_now"]), raw_new=dict(b["raw_new"]),
+                   measured_before=dict(b["measured_before"]), state=state, updated_ns=int(b.get("updated_ns") or 0),
+                   approved_by=b.get("approved_by"), error=b.get("error"),
+                   applied_ns=int(b["applied_ns"]) if b.get("applied_ns") is not None else None,
+                   realised=b.get("realised"), writes=list(b.get("writes") or []), auto=bool(b.get("auto")))
 
 
 class ProposalError(RuntimeError):
@@ -438,6 +592,10 @@ class History:
 class FeedbackService:
     """Lives in the daemon: ``daemon.extensions['feedback']``."""
 
+    STATE_KIND = "feedback.state"
+    STATE_REF = "feedback:state"
+    PERSIST_PROPOSALS = 100  # the newest proposals restored after a restart (the page shows 20, the API 50)
+
     def __init__(self, config: FeedbackConfig, daemon: Any) -> None:
         self.cfg = config
         self.daemon = daemon
@@ -454,30 +612,233 @@ class FeedbackService:
         tags = {m.setpoint_tag for m in config.manipulables} | {s.tag for s in config.measured.values()}
         tags |= {config.gap_actual_tag, config.web_speed_tag}
         self.history = History(tags)
+        # fail fast: limits in the setpoint tags' units, measured factors from the tags' units, targets within
+        # what the gauges measure and the model covers
         self.limits = self._limits()
+        self.factors = self._factors()
+        self.check_targets(self.cfg.targets)
+        self._config_targets = self._targets_body(self.cfg)
         from prometheus_client import Counter, Gauge
 
         reg = daemon.metrics.registry
         self.m_transitions = Counter("twin_feedback_proposals", "Proposal state transitions", ["state"], registry=reg)
         self.m_gain = Gauge("twin_feedback_model_gain", "Model-correction gain estimated from the line",
                             ["line", "output"], registry=reg)
+        self.restored = self._restore()
 
     # -- set-up -------------------------------------------------------------------------------------
     def _limits(self) -> list[tuple[float, float]]:
-        out = []
+        """Machine limits per manipulable in the setpoint tag's canonical unit. min, max and max_step are
+        converted from the manipulable's ``unit`` (pint) and must lie within the tag's range; the converted
+        values replace the configured ones (``self.cfg.manipulables`` then states the tag's unit)."""
+        out, converted = [], []
         for m in self.cfg.manipulables:
             spec = self.daemon.tagmap.tags.get(m.setpoint_tag)
             if spec is None:
                 raise ValueError(f"feedback: setpoint tag {m.setpoint_tag!r} of {m.name!r} is not in the tag map")
+            what = f"feedback: manipulable {m.name!r}"
+            unit = m.unit if m.unit is not None else spec.unit
+            a, b = _affine(unit, spec.unit, what)
+            lo_c = None if m.min is None else _clean(a * m.min + b)
+            hi_c = None if m.max is None else _clean(a * m.max + b)
+            if a < 0:
+                lo_c, hi_c = hi_c, lo_c
+            step = _clean(abs(a) * m.max_step)
             rng = (spec.lo, spec.hi) if math.isfinite(spec.lo) and math.isfinite(spec.hi) else None
-            lo = m.min if m.min is not None else (rng[0] if rng else None)
-            hi = m.max if m.max is not None else (rng[1] if rng else None)
+            lo = lo_c if lo_c is not None else (rng[0] if rng else None)
+            hi = hi_c if hi_c is not None else (rng[1] if rng else None)
             if lo is None or hi is None:
                 raise ValueError(f"feedback: {m.name!r} needs limits: set min/max or a range on {m.setpoint_tag!r}")
             if rng and (lo < rng[0] or hi > rng[1]):
-                raise ValueError(f"feedback: limits [{lo}, {hi}] of {m.name!r} exceed the tag's range {list(rng)}")
+                given = f" (given as [{m.min}, {m.max}] {unit})" if unit != spec.unit else ""
+                raise ValueError(f"feedback: limits [{lo:g}, {hi:g}] {spec.unit}{given} of {m.name!r} exceed the tag's "
+                                 f"range {list(rng)} {spec.unit}")
+            if not lo < hi:
+                raise ValueError(f"{what}: min {lo:g} must be below max {hi:g} ({spec.unit})")
+            if not 0 < step <= hi - lo:
+                raise ValueError(f"{what}: max_step {step:g} {spec.unit} must be positive and at most the span of "
+                                 f"the limits ({hi - lo:g} {spec.unit})")
             out.append((float(lo), float(hi)))
+            converted.append(m.model_copy(update={"unit": spec.unit, "min": float(lo), "max": float(hi),
+                                                  "max_step": step}))
+        self.cfg = self.cfg.model_copy(update={"manipulables": converted})
         return out
+
+    def _factors(self) -> dict[str, float]:
+        """Per measured output: the factor from the tag's stored (canonical) unit to the output's unit, by pint.
+        A configured factor must agree with it (a percent tag read as a fraction moves the line the wrong way)."""
+        out = {}
+        for o, m in self.cfg.measured.items():
+            spec = self.daemon.tagmap.tags.get(m.tag)
+            phys = OUTPUTS.get(o)
+            if phys is None:
+                raise ValueError(f"feedback: measured output {o!r} is unknown; known: {sorted(OUTPUTS)}")
+            if spec is None:
+                if m.factor is None:
+                    raise ValueError(f"feedback: measured tag {m.tag!r} of {o!r} is not in the tag map (its unit, "
+                                     "and so the factor, is unknown)")
+                out[o] = float(m.factor)
+                continue
+            a, b = _affine(spec.unit, phys.unit, f"feedback: measured tag {m.tag!r} of {o!r}")
+            if b != 0.0:
+                raise ValueError(f"feedback: measured tag {m.tag!r} ({spec.unit}) of {o!r}: offset units cannot be "
+                                 "averaged into a factor")
+            if m.factor is not None and not math.isclose(m.factor, a, rel_tol=1e-9):
+                raise ValueError(f"feedback: measured.{o}.factor = {m.factor:g}, but {m.tag!r} is stored in "
+                                 f"{spec.unit!r} and {o} is in {phys.unit!r}: the factor is {a:g} (or omit it)")
+            out[o] = a
+        return out
+
+    def check_targets(self, targets: dict[str, TargetSpec]) -> None:
+        """Targets (canonical units, physical range already checked) against what the model predicts, its card's
+        units and output ranges (where the card states them), and the range of the gauge that measures them.
+        Raises ValueError naming the output and the range."""
+        model = getattr(self.predictor, "model", None)
+        if model is not None:
+            names = list(model.output_names)
+            unknown = [k for k in targets if k not in names]
+            if unknown:
+                raise ValueError(f"unknown outputs {unknown}; the model predicts {sorted(names)}")
+            card = getattr(model, "card", {}) or {}
+            units = card.get("units", {})
+            ranges = card.get("output_ranges", {}) or {}
+            for k, t in targets.items():
+                cu = units.get(k)
+                if cu:
+                    try:
+                        a, b = _affine(cu, OUTPUTS[k].unit, "")
+                    except ValueError:  # a ratio name such as "D_eff/D0": no pint unit to compare
+                        a, b = 1.0, 0.0
+                    if not (math.isclose(a, 1.0, rel_tol=1e-9) and abs(b) < 1e-12):
+                        raise ValueError(f"the model card states {k} in {cu!r}; the feedback service works in "
+                                         f"{OUTPUTS[k].unit!r} (a model in other units needs a new card)")
+                if k in ranges:
+                    lo, hi = (float(x) for x in ranges[k])
+                    if not lo <= t.target <= hi:
+                        raise ValueError(f"target {k!r} {t.target:g} {t.unit} is outside the model's domain: the "
+                                         f"training data cover {k} {lo:g} .. {hi:g} {t.unit}")
+        for k, t in targets.items():
+            m = self.cfg.measured.get(k)
+            spec = self.daemon.tagmap.tags.get(m.tag) if m is not None else None
+            if spec is None or not (math.isfinite(spec.lo) and math.isfinite(spec.hi)):
+                continue
+            f = self.factors.get(k, 1.0)
+            lo, hi = sorted((spec.lo * f, spec.hi * f))
+            if not lo <= t.target <= hi:
+                raise ValueError(f"target {k!r} {t.target:g} {t.unit} is outside the range of its gauge "
+                                 f"{m.tag!r}: {_clean(lo):g} .. {_clean(hi):g} {t.unit}")
+
+    # -- persistence (the store's audit trail) ------------------------------------------------------------
+    @staticmethod
+    def _targets_body(cfg: FeedbackConfig) -> dict[str, Any]:
+        return {"recipe": cfg.recipe, "targets": {k: v.model_dump() for k, v in cfg.targets.items()}}
+
+    def _model_version(self) -> str | None:
+        pred = self.daemon.extensions.get("predictor")
+        model = getattr(pred, "model", None)
+        return None if model is None else str(model.version)
+
+    def _state_body(self, cfg: FeedbackConfig | None = None) -> dict[str, Any]:
+        """What a restart restores: targets (and the configuration they replaced), gains with their observation
+        counts, the rate-limit clocks and the ids of the newest proposals (their bodies are their own newest
+        audit records)."""
+        ids = [pid for pid in self.order if pid in self.proposals][-self.PERSIST_PROPOSALS:]
+        return {"version": 1, **self._targets_body(cfg or self.cfg), "config_targets": self._config_targets,
+                "model_version": self._model_version(),
+                "gain": {k: dict(v) for k, v in self.gain.items()},
+                "gain_n": {k: dict(v) for k, v in self.gain_n.items()},
+                "last_apply_ns": dict(self.last_apply_ns), "last_change_ns": dict(self.last_change_ns),
+                "proposals": ids}
+
+    async def _persist(self, cfg: FeedbackConfig | None = None) -> None:
+        body = self._state_body(cfg)  # built on the loop: a consistent snapshot
+        await asyncio.to_thread(self.daemon.store.append_audit, self.STATE_KIND, self.STATE_REF, body)
+
+    def _record_sync(self, p: Proposal, kind: str) -> None:
+        p.updated_ns = now_ns()
+        self.m_transitions.labels(kind).inc()
+        self.daemon.store.append_audit(f"proposal.{kind}", p.id, p.record_json(), line_id=p.line_id,
+                                       ts_ns=p.updated_ns)
+        log.info("proposal %s %s (at start-up)", p.id, kind)
+
+    def _restore(self) -> dict[str, Any]:
+        """Targets, gains and proposals from the newest ``feedback.state`` record (start-up, before the API
+        answers). Targets set through the API are kept unless the configuration's targets changed since they
+        were set; gains are kept unless the model changed; an open proposal that expired while the twin was
+        down becomes ``expired``, one that was being applied becomes ``failed`` (no write is ever retried);
+        both transitions are audited."""
+        info: dict[str, Any] = {"targets": False, "gains": False, "proposals": 0, "expired": [], "interrupted": []}
+        store = self.daemon.store
+        try:
+            recs = store.audit(self.STATE_REF, None, 1)
+        except Exception:  # noqa: BLE001 - a store that cannot answer: start from the configuration
+            log.exception("feedback: the saved state could not be read; starting from the configuration")
+            return info
+        if not recs or not isinstance(recs[0].get("body"), dict):
+            return info
+        st = recs[0]["body"]
+        if st.get("config_targets") == self._config_targets:
+            try:
+                targets = {str(k): canonical_target(str(k), TargetSpec.model_validate(v))
+                           for k, v in dict(st["targets"]).items()}
+                self.check_targets(targets)
+                self.cfg = FeedbackConfig.model_validate(self.cfg.model_copy(update={
+                    "targets": targets, "recipe": str(st.get("recipe") or self.cfg.recipe)}).model_dump())
+                info["targets"] = True
+            except (KeyError, TypeError, ValueError) as err:
+                log.warning("feedback: the saved targets are refused now (%s); using the configuration's", err)
+        else:
+            log.info("feedback: the configuration's targets changed since the last run; they replace the saved ones")
+        try:
+            if st.get("model_version") == self._model_version():
+                lo, hi = self.cfg.gain_bounds
+                for line, d in dict(st.get("gain") or {}).items():
+                    g = {str(o): float(v) for o, v in dict(d).items()}
+                    self.gain[str(line)] = {o: v for o, v in g.items() if math.isfinite(v) and lo <= v <= hi}
+                    for o, v in self.gain[str(line)].items():
+                        self.m_gain.labels(str(line), o).set(v)
+                for line, d in dict(st.get("gain_n") or {}).items():
+                    self.gain_n[str(line)] = {str(o): max(0, int(n)) for o, n in dict(d).items()}
+                info["gains"] = bool(self.gain)
+            else:
+                log.info("feedback: the model changed since the last run (%s -> %s); gains start from gain_init",
+                         st.get("model_version"), self._model_version())
+            self.last_apply_ns = {str(k): int(v) for k, v in dict(st.get("last_apply_ns") or {}).items()}
+            self.last_change_ns = {str(k): int(v) for k, v in dict(st.get("last_change_ns") or {}).items()}
+        except (TypeError, ValueError) as err:
+            log.warning("feedback: saved gains unreadable (%s); starting from gain_init", err)
+        ids = list(st.get("proposals") or [])[-self.PERSIST_PROPOSALS:]
+        for pid in ids:
+            try:
+                r = store.audit(str(pid), None, 1)
+                if not r or not str(r[0].get("kind", "")).startswith("proposal."):
+                    continue
+                p = Proposal.from_record(r[0]["body"])
+            except Exception as err:  # noqa: BLE001 - one unreadable record must not stop the start-up
+                log.warning("feedback: proposal %s not restored: %s", pid, err)
+                continue
+            self.proposals[p.id] = p
+            self.order.append(p.id)
+        info["proposals"] = len(self.proposals)
+        now = now_ns()
+        for p in self.proposals.values():
+            if p.state == "proposed" and now - p.created_ns > self.cfg.proposal_ttl_s * 1e9:
+                p.state = "expired"
+                p.reasons.append("expired while the twin was not running")
+                self._record_sync(p, "expired")
+                info["expired"].append(p.id)
+            elif p.state == "approved":  # stopped between approval and the end of its writes
+                p.state = "failed"
+                p.error = ("the twin stopped while applying this proposal; 'writes' lists what was written "
+                           "(check the line: writes are never retried)")
+                self._record_sync(p, "failed")
+                info["interrupted"].append(p.id)
+        if info["expired"] or info["interrupted"]:
+            self.daemon.store.append_audit(self.STATE_KIND, self.STATE_REF, self._state_body())
+        log.info("feedback: restored %s targets, gains for %d line(s), %d proposal(s) (%d expired, %d interrupted)",
+                 "saved" if info["targets"] else "configured", len(self.gain), info["proposals"],
+                 len(info["expired"]), len(info["interrupted"]))
+        return info
 
     @property
     def predictor(self) -> Any:
@@ -512,8 +873,9 @@ class FeedbackService:
         for o, g in self.gain.get(p.line_id, {}).items():
             self.m_gain.labels(p.line_id, o).set(g)
         body = p.as_json()
-        await asyncio.to_thread(self.daemon.store.append_audit, f"proposal.{kind}", p.id, body,
+        await asyncio.to_thread(self.daemon.store.append_audit, f"proposal.{kind}", p.id, p.record_json(),
                                 line_id=p.line_id, actor=actor, ts_ns=p.updated_ns)
+        await self._persist()
         self.daemon.state.broadcast({"type": "proposal", "proposal": body})
         log.info("proposal %s %s: %s", p.id, kind, "; ".join(f"{s.parameter} {s.current:g} -> {s.proposed:g}"
                                                                 for s in p.settings))
@@ -550,8 +912,9 @@ class FeedbackService:
             xs = [v for ts, v, q in self.history.since(line, m.tag, since_ns) if q == Quality.GOOD]
             counts[out] = len(xs)
             if xs:
-                vals[out] = float(np.mean(xs)) * m.factor
-                se[out] = float(np.std(xs, ddof=1) / math.sqrt(len(xs))) * abs(m.factor) if len(xs) > 1 else 0.0
+                f = self.factors.get(out, 1.0)
+                vals[out] = float(np.mean(xs)) * f
+                se[out] = float(np.std(xs, ddof=1) / math.sqrt(len(xs))) * abs(f) if len(xs) > 1 else 0.0
         return vals, counts, se
 
     def correction(self, line: str, measured: dict[str, float], se: dict[str, float]) -> Correction:
@@ -648,7 +1011,8 @@ class FeedbackService:
                      for o, t in self.cfg.targets.items() if t.weight > 0 and o in errors)
         if within:
             reasons.append("within tolerance: " + ", ".join(
-                f"{o} {measured[o]:.4g} (target {self.cfg.targets[o].target:g} +/- {self.cfg.targets[o].tolerance:g})"
+                f"{o} {measured[o]:.4g} (target {self.cfg.targets[o].target:g} +/- {self.cfg.targets[o].tolerance:g}"
+                f"{unit_suffix(o)})"
                 for o in errors))
             return done()
         cr = self.correction(line, measured, se)
@@ -680,7 +1044,7 @@ class FeedbackService:
         clipped = any(res.clipped)
         if not fits and not clipped:
             reasons.append("the predicted band does not fit the tolerance: " + ", ".join(
-                f"{o} {v['mean']:.4g} +/- {2 * v['std']:.2g}" for o, v in res.corrected.items()))
+                f"{o} {v['mean']:.4g} +/- {2 * v['std']:.2g}{unit_suffix(o)}" for o, v in res.corrected.items()))
             return done()
         settings = []
         for j, m in enumerate(self.cfg.manipulables):
@@ -696,7 +1060,7 @@ class FeedbackService:
             t = self.cfg.targets[o]
             if t.weight > 0:
                 words.append(f"{o} measured {measured[o]:.4g} is {e:+.3g} off target {t.target:g} "
-                             f"(tolerance {t.tolerance:g}, {counts[o]} settled readings)")
+                             f"(tolerance {t.tolerance:g}{unit_suffix(o)}, {counts[o]} settled readings)")
         for s in settings:
             if abs(s.proposed - s.current) > 1e-9:
                 words.append(f"{s.parameter} {s.current:.4g} -> {s.proposed:.4g} {s.unit}")
@@ -704,7 +1068,7 @@ class FeedbackService:
                 words.append(f"{s.parameter}: {s.limit_note}")
         for o, v in res.corrected.items():
             if self.cfg.targets[o].weight > 0:
-                words.append(f"predicted {o} {v['mean']:.4g} +/- {2 * v['std']:.2g} (2 sigma; now "
+                words.append(f"predicted {o} {v['mean']:.4g} +/- {2 * v['std']:.2g}{unit_suffix(o)} (2 sigma; now "
                              f"{res.corrected_now[o]['mean']:.4g}), model gain x{gain.get(o, 1.0):.3g} from the line")
         words.append(f"predicted cost {res.cost_now:.3g} -> {res.cost_best:.3g}")
         if not fits:
@@ -850,19 +1214,30 @@ class FeedbackService:
 
     # -- targets ------------------------------------------------------------------------------------
     def targets_json(self) -> dict[str, Any]:
-        return {"recipe": self.cfg.recipe, "targets": {k: v.model_dump() for k, v in self.cfg.targets.items()}}
+        """Targets of the current recipe, each in its output's canonical unit (stated in ``unit``)."""
+        return self._targets_body(self.cfg)
 
     async def set_targets(self, recipe: str | None, targets: dict[str, TargetSpec], actor: str) -> dict[str, Any]:
-        names = set(self.predictor.model.output_names) if self.predictor.model is not None else set()
-        unknown = [k for k in targets if names and k not in names]
-        if unknown:
-            raise ValueError(f"unknown outputs {unknown}; the model predicts {sorted(names)}")
-        cfg = self.cfg.model_copy(update={"targets": targets, "recipe": recipe or self.cfg.recipe})
-        FeedbackConfig.model_validate(cfg.model_dump())  # the same checks as at start-up
-        self.cfg = cfg
-        body = self.targets_json()
-        await asyncio.to_thread(self.daemon.store.append_audit, "targets.set", f"recipe:{self.cfg.recipe}", body,
-                                actor=actor)
+        """Replace the targets. Each is converted to its output's canonical unit and checked (unit, physical
+        range, gauge range, model); a refused set raises ValueError and changes nothing."""
+        from pydantic import ValidationError
+
+        _check_storable([recipe or "", *targets])
+        async with self._lock:
+            conv = {k: canonical_target(k, t) for k, t in targets.items()}
+            self.check_targets(conv)
+            try:  # the same checks as at start-up
+                cfg = FeedbackConfig.model_validate(self.cfg.model_copy(update={
+                    "targets": conv, "recipe": recipe or self.cfg.recipe}).model_dump())
+            except ValidationError as err:
+                raise ValueError("; ".join(str(e.get("msg", "")).removeprefix("Value error, ")
+                                           for e in err.errors())) from None
+            body = self._targets_body(cfg)
+            # stored first: a store that refuses leaves the service on the old targets (the client sees the error)
+            await asyncio.to_thread(self.daemon.store.append_audit, "targets.set", f"recipe:{cfg.recipe}", body,
+                                    actor=actor)
+            await self._persist(cfg)
+            self.cfg = cfg
         self.daemon.state.broadcast({"type": "targets", **body})
         return body
 
@@ -870,8 +1245,20 @@ class FeedbackService:
 # -- API --------------------------------------------------------------------------------------------
 class TargetsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    recipe: str | None = None
-    targets: dict[str, TargetSpec]
+    recipe: str | None = Field(None, min_length=1, max_length=200)
+    targets: dict[str, TargetSpec] = Field(..., max_length=len(OUTPUTS))
+
+
+def _check_storable(texts: Sequence[str]) -> None:
+    """Recipe and output names go to the store and the page: valid Unicode without control characters. (Checked
+    in the route, not in TargetsBody: the API's 422 handler echoes the input, which a lone surrogate breaks.)"""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("recipe and output names must be valid Unicode (no lone surrogates)") from None
+        if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text):
+            raise ValueError("recipe and output names must not contain control characters")
 
 
 class CommentBody(BaseModel):
@@ -959,6 +1346,7 @@ def install_routes(app: Any, daemon: Any, auth: Any) -> None:
         s = svc()
         lat = sorted(s.latency_ms)
         return {"decisions": {k: v.as_json() for k, v in s.last_decision.items()}, "gain": s.gain,
+                "gain_observations": s.gain_n,
                 "latency_ms_p50": lat[len(lat) // 2] if lat else None,
                 "manipulables": [m.model_dump() for m in s.cfg.manipulables],
                 "limits": {m.name: list(lim) for m, lim in zip(s.cfg.manipulables, s.limits)}}

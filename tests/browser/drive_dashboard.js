@@ -39,9 +39,60 @@ async function plotData(page) {
                                          finite_y: Array.from(t.y).filter(v => Number.isFinite(v)).length}))])));
 }
 
+// mode "targets": read the targets table (units shown), save a porosity target in % through the form (401 ->
+// token dialog -> token), then try a refused one (outside the physical range) and report what the page showed
+async function targetsCase(page) {
+  const t = {};
+  result.targets = t;
+  const puts = [];
+  page.on("request", r => { if (r.method() === "PUT") puts.push({url: r.url(), body: r.postData()}); });
+  await page.goto(opts.url);
+  await page.waitForSelector('#targets tr[data-target="porosity"]', {timeout: 60000});
+  const table = () => page.$$eval("#targets tr[data-target]", rows => Object.fromEntries(rows.map(r =>
+    [r.dataset.target, {unit_shown: r.querySelector("td.unit").textContent, unit_sent: r.dataset.unit,
+                        target: r.querySelector("input[name=target]").value,
+                        tolerance: r.querySelector("input[name=tolerance]").value}])));
+  t.header = await page.$$eval("#targets thead th", ths => ths.map(h => h.textContent));
+  t.before = await table();
+  const row = '#targets tr[data-target="porosity"]';
+  await page.fill(`${row} input[name=target]`, String(opts.porosity_percent));
+  await page.fill(`${row} input[name=tolerance]`, String(opts.tolerance_percent));
+  let resp = page.waitForResponse(r => r.request().method() === "PUT" && r.status() !== 401, {timeout: 45000});
+  await page.click("#targets-save");
+  await page.waitForSelector("#token-dialog[open]", {timeout: 20000});
+  t.dialog_reason = await page.textContent("#token-reason");
+  await page.fill("#token-input", opts.token);
+  await page.click("#token-ok");
+  t.put_status = (await resp).status();
+  await page.waitForFunction(v => {
+    const i = document.querySelector('#targets tr[data-target="porosity"] input[name=target]');
+    return i && i.value === String(v);
+  }, opts.porosity_percent, {timeout: 30000}).catch(() => {});
+  t.after = await table();
+  t.puts = puts.map(p => p.body);
+  // refused: porosity 300 % is outside (0, 1)
+  await page.fill(`${row} input[name=target]`, "300");
+  resp = page.waitForResponse(r => r.request().method() === "PUT", {timeout: 45000});
+  await page.click("#targets-save");
+  t.refused_status = (await resp).status();
+  await page.waitForSelector("#write-error:not([hidden])", {timeout: 20000});
+  t.refused_error = await page.textContent("#write-error");
+}
+
 async function main() {
   const browser = await chromium.launch({executablePath: opts.chromium || "/usr/bin/chromium",
                                          args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]});
+  if (opts.mode === "targets") {
+    try {
+      const page = await browser.newPage({viewport: {width: 1400, height: 1000}});
+      page.setDefaultTimeout(20000);
+      page.on("pageerror", e => result.page_errors.push(String(e)));
+      await targetsCase(page);
+    } finally {
+      await browser.close();
+    }
+    return;
+  }
   try {
     const page = await browser.newPage({viewport: {width: 1400, height: 1000}});
     page.setDefaultTimeout(20000);

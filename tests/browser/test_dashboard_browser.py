@@ -153,3 +153,65 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, record_property: Any) ->
             log.close()
         print(f"demo stopped in {time.monotonic() - t_stop:.1f} s")
     assert demo.returncode == 0, log_path.read_text()[-3000:]
+
+
+def test_targets_table_shows_units_and_saves_a_porosity_target_in_percent(tmp_path: Path) -> None:
+    """The targets table states every unit (porosity in %); a porosity target saved in % through the page is
+    stored as the fraction (GET /api/v1/feedback/targets); a refused one (300 %) shows the API's reason and
+    changes nothing."""
+    node = _need_tools()
+    port = free_port()
+    token = secrets.token_urlsafe(24)
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "demo.log"
+    log = open(log_path, "w")
+    demo = subprocess.Popen([sys.executable, "-m", "twin.cli", "demo", "--port", str(port), "--state-dir",
+                             str(tmp_path / "state"), "--time-scale", "30", "--write-token", token],
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert demo.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/api/v1/feedback/targets", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the demo did not answer within 60 s"
+            time.sleep(0.2)
+        before = httpx.get(f"{base}/api/v1/feedback/targets").json()
+        assert before["targets"]["porosity"]["unit"] == "1"
+        args = {"url": base + "/", "token": token, "chromium": CHROMIUM, "mode": "targets",
+                "porosity_percent": 30.5, "tolerance_percent": 1.5}
+        run = subprocess.run([node, str(DRIVER), json.dumps(args)], capture_output=True, text=True, timeout=180)
+        try:
+            res = json.loads(run.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            pytest.fail(f"driver output unreadable (rc {run.returncode}):\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
+        print(json.dumps(res, indent=1)[:4000])
+        assert "fatal" not in res, res.get("fatal")
+        assert not res["page_errors"], res["page_errors"]
+        t = res["targets"]
+        assert "unit" in t["header"], t
+        # every row states its unit; porosity is shown in % (the demo's 0.32 as 32)
+        assert all(r["unit_shown"].strip() for r in t["before"].values()), t["before"]
+        assert t["before"]["porosity"]["unit_shown"] == "%" and t["before"]["porosity"]["unit_sent"] == "percent"
+        assert float(t["before"]["porosity"]["target"]) == pytest.approx(before["targets"]["porosity"]["target"] * 100)
+        assert t["before"]["thickness_after_um"]["unit_shown"] == "µm"
+        # saved in % through the page (after the token dialog): the API stores the fraction
+        assert t["dialog_reason"].startswith("401") and t["put_status"] == 200, t
+        sent = json.loads(t["puts"][-1])
+        assert (sent["targets"]["porosity"]["target"], sent["targets"]["porosity"]["unit"]) == (30.5, "percent")
+        stored = httpx.get(f"{base}/api/v1/feedback/targets").json()["targets"]["porosity"]
+        assert stored["unit"] == "1" and stored["target"] == 0.305 and stored["tolerance"] == 0.015, stored
+        assert float(t["after"]["porosity"]["target"]) == 30.5 and t["after"]["porosity"]["unit_shown"] == "%"
+        # refused through the page: 422, the reason is shown, the stored target is unchanged
+        assert t["refused_status"] == 422 and "(0, 1)" in t["refused_error"], t
+        assert httpx.get(f"{base}/api/v1/feedback/targets").json()["targets"]["porosity"] == stored
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        try:
+            demo.wait(timeout=30)
+        finally:
+            log.close()
+    assert demo.returncode == 0, log_path.read_text()[-3000:]

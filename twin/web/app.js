@@ -67,6 +67,26 @@ function unitLabel(u) {
   return String(u).replace(/\*\*2/g, "²").replace(/\*\*3/g, "³").replace(/\bum\b/g, "µm").replace(/degC/g, "°C");
 }
 
+// Targets: the API states each in its output's canonical unit (porosity: a fraction, unit "1") and accepts
+// any unit pint converts. The page shows porosity in % (like its plots) and sends the unit it shows.
+const TARGET_DISPLAY = {porosity: {unit: "percent", factor: 100}};
+
+function displayOf(output, unit) {
+  // {unit, factor} of the page's display of a canonical value; unknown: the canonical unit itself
+  const d = TARGET_DISPLAY[output];
+  if (d && (unit === "1" || unit === "dimensionless")) return d;
+  return {unit: unit == null ? "1" : unit, factor: 1};
+}
+
+function shown(v, factor) {  // a canonical value in display units, without float noise (0.31 -> 31)
+  return typeof v === "number" && isFinite(v) ? Number((v * factor).toPrecision(12)) : v;
+}
+
+function targetUnitLabel(u) {  // the targets table always states the unit
+  const l = unitLabel(u);
+  return l !== "" ? l : "1 (dimensionless)";
+}
+
 function fmt(v) {
   if (typeof v !== "number" || !isFinite(v)) return esc(v ?? "–");
   const a = Math.abs(v);
@@ -441,8 +461,12 @@ function renderProposal() {
   const outs = [...new Set([...Object.keys(p.predicted || {}), ...Object.keys(p.predicted_now || {})])];
   const pred = outs.map(k => {
     const a = (p.predicted_now || {})[k], b = (p.predicted || {})[k], t = b || a || {};
-    const target = t.target !== undefined && t.target !== null ? `${fmt(t.target)} ± ${fmt(t.tolerance)}` : "–";
-    return `<tr><td>${esc(k)}</td><td class="num">${meanStd(a)}</td><td class="num">${meanStd(b)}</td><td class="num">${target}</td></tr>`;
+    const d = displayOf(k, t.unit);
+    const scale = o => o && typeof o === "object" ? {...o, mean: shown(o.mean, d.factor), std: shown(o.std, d.factor)} : o;
+    const target = t.target !== undefined && t.target !== null
+      ? `${fmt(shown(t.target, d.factor))} ± ${fmt(shown(t.tolerance, d.factor))}` : "–";
+    return `<tr data-output="${esc(k)}"><td>${esc(k)}</td><td class="num">${meanStd(scale(a))}</td>` +
+      `<td class="num">${meanStd(scale(b))}</td><td class="num">${target}</td><td>${esc(targetUnitLabel(d.unit))}</td></tr>`;
   }).join("");
   const reasons = (p.reasons || []).map(r => `<li>${esc(r)}</li>`).join("");
   el.innerHTML =
@@ -451,7 +475,7 @@ function renderProposal() {
     `<table><thead><tr><th>setting</th><th class="num">current</th><th class="num">proposed</th><th>unit</th><th></th></tr></thead>` +
     `<tbody>${settings}</tbody></table>` +
     (pred ? `<table><thead><tr><th>predicted</th><th class="num">now (±2σ)</th><th class="num">proposed (±2σ)</th>` +
-            `<th class="num">target</th></tr></thead><tbody>${pred}</tbody></table>` : "") +
+            `<th class="num">target</th><th>unit</th></tr></thead><tbody>${pred}</tbody></table>` : "") +
     (reasons ? `<div>reasons:</div><ul class="reasons">${reasons}</ul>` : "") +
     (p.approved_by ? `<div>decided by <b>${esc(p.approved_by)}</b> · ${hhmmss(p.updated)}</div>` : "") +
     (p.error ? `<div class="error">error: ${esc(p.error)}</div>` : "") +
@@ -524,11 +548,14 @@ function renderTargets() {
   }
   form.className = "card";
   document.getElementById("targets-recipe").textContent = targets.recipe ? `(recipe ${targets.recipe})` : "";
-  const rows = Object.entries(targets.targets || {}).map(([k, t]) =>
-    `<tr data-target="${esc(k)}"><td>${esc(k)}</td>` +
-    `<td><input name="target" type="number" step="any" value="${esc(t.target)}"></td>` +
-    `<td><input name="tolerance" type="number" step="any" min="0" value="${esc(t.tolerance)}"></td>` +
-    `<td><input name="weight" type="number" step="any" min="0" value="${esc(t.weight)}"></td><td>${esc(unitLabel(t.unit))}</td></tr>`).join("");
+  const rows = Object.entries(targets.targets || {}).map(([k, t]) => {
+    const d = displayOf(k, t.unit);
+    return `<tr data-target="${esc(k)}" data-unit="${esc(d.unit)}"><td>${esc(k)}</td>` +
+      `<td><input name="target" type="number" step="any" value="${esc(shown(t.target, d.factor))}"></td>` +
+      `<td><input name="tolerance" type="number" step="any" min="0" value="${esc(shown(t.tolerance, d.factor))}"></td>` +
+      `<td><input name="weight" type="number" step="any" min="0" value="${esc(t.weight)}"></td>` +
+      `<td class="unit">${esc(targetUnitLabel(d.unit))}</td></tr>`;
+  }).join("");
   form.innerHTML = `<table><thead><tr><th>output</th><th>target</th><th>tolerance</th><th>weight</th><th>unit</th></tr></thead>` +
     `<tbody>${rows}</tbody></table><button type="submit" id="targets-save">save targets</button>`;
 }
@@ -545,7 +572,9 @@ async function saveTargets(ev) {
   for (const tr of document.querySelectorAll("#targets tr[data-target]")) {
     const k = tr.dataset.target, old = targets.targets[k];
     const num = n => parseFloat(tr.querySelector(`input[name=${n}]`).value);
-    body.targets[k] = {...old, target: num("target"), tolerance: num("tolerance"), weight: num("weight")};
+    // the values as shown, with the unit they are shown in: the API converts (percent -> fraction)
+    body.targets[k] = {...old, target: num("target"), tolerance: num("tolerance"), weight: num("weight"),
+                       unit: tr.dataset.unit};
   }
   showWriteError(null);
   try { targets = await writeJSON("PUT", "/api/v1/feedback/targets", body); renderTargets(); }
