@@ -300,7 +300,8 @@ class HealthSampler:
                 self.samples.append((t - self._t0, code, str(body.get("status"))))
             except OSError as err:
                 self.samples.append((t - self._t0, None, f"no answer: {err}"))
-            hwm = proc_status_kb(self.twin.pid, "VmHWM") if self.twin.alive() else None
+            proc = self.twin.proc  # read once: stop() may set it to None meanwhile
+            hwm = proc_status_kb(proc.pid, "VmHWM") if proc is not None and proc.poll() is None else None
             if hwm:
                 self.peak_rss_kb = max(self.peak_rss_kb, hwm)
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - t)))
