@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -35,9 +34,8 @@ import pytest
 
 from tests.conftest import Mosquitto
 from tests.faults.fuzz_payloads import Ledger
-from tests.faults.harness import (Http, HealthSampler, StoreReader, TwinProcess, daemon_config, mark_passed,
-                                  write_results)
-from tests.integration.test_mqtt import Publisher
+from tests.faults.harness import (HealthSampler, Http, MqttPublisher, StoreReader, TwinProcess, daemon_config,
+                                  mark_passed, write_results)
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +51,7 @@ class Abused:
     store: StoreReader
     health: HealthSampler
     ledger: Ledger
-    pub: Publisher
+    pub: MqttPublisher
     stop_ingest: threading.Event
     ingest: threading.Thread
     statuses: Counter[str] = field(default_factory=Counter)  # area:status -> requests
@@ -91,11 +89,11 @@ class Abused:
                 "audit_rows": self.store._q("SELECT COUNT(*) FROM audit")[0][0]}
 
 
-def _publish_loop(pub: Publisher, ledger: Ledger, stop: threading.Event, lock: threading.Lock) -> None:
+def _publish_loop(pub: MqttPublisher, ledger: Ledger, stop: threading.Event, lock: threading.Lock) -> None:
     while not stop.is_set():
         with lock:
             topic, payload = ledger.valid_reading()
-        pub.publish(topic, payload, [])
+        pub.publish(topic, payload)
         stop.wait(0.05)
 
 
@@ -109,11 +107,11 @@ def abused(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Abused]:
                         tokens={WRITE_TOKEN: ("read", "write"), READ_TOKEN: ("read",)},
                         extra="[predictor]\nenabled = true\n[feedback]\nenabled = true\n")
     twin = TwinProcess(cfg)
-    pub: Publisher | None = None
+    pub: MqttPublisher | None = None
     try:
         twin.start(90)
         twin.wait_ok(30)
-        pub = Publisher(broker.port, "abuse-publisher")
+        pub = MqttPublisher(broker.port, "abuse-publisher")
         ledger = Ledger()
         stop = threading.Event()
         ingest = threading.Thread(target=_publish_loop, args=(pub, ledger, stop, threading.Lock()), daemon=True)

@@ -35,9 +35,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import Mosquitto
 from tests.faults.fuzz_payloads import CATEGORIES, Ledger, messages
-from tests.faults.harness import (HealthSampler, StoreReader, TwinProcess, daemon_config, mark_passed,
-                                  metric_sum, write_results)
-from tests.integration.test_mqtt import Publisher
+from tests.faults.harness import (HealthSampler, MqttPublisher, StoreReader, TwinProcess, daemon_config,
+                                  mark_passed, metric_sum, write_results)
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +100,7 @@ def feasible(required: list[frozenset[str]], observed: Counter[str]) -> tuple[bo
                    f"{ {'|'.join(sorted(s)): k for s, k in sets.items()} }")
 
 
-def publish_fuzz(pub: Publisher, ledger: Ledger, n: int) -> None:
+def publish_fuzz(pub: MqttPublisher, ledger: Ledger, n: int) -> None:
     """Draw ``n`` hostile messages with hypothesis (fixed derandomized seed) and publish each,
     followed by one plain valid reading."""
     examples = -(-n // PER_EXAMPLE)
@@ -112,9 +111,9 @@ def publish_fuzz(pub: Publisher, ledger: Ledger, n: int) -> None:
     def send(plans: list[Any]) -> None:
         for plan in plans:
             topic, payload = ledger.render(plan)
-            pub.publish(topic, payload, [])
+            pub.publish(topic, payload)
             topic, payload = ledger.valid_reading()
-            pub.publish(topic, payload, [])
+            pub.publish(topic, payload)
 
     send()
 
@@ -146,7 +145,7 @@ def run_fuzz(tmp_path: Path, mosquitto: Mosquitto, twin_process: Callable[..., T
     twin.wait_ok(30)
     store = StoreReader(work / "store.sqlite")
     ledger = Ledger()
-    pub = Publisher(mosquitto.port, "fuzz-publisher")
+    pub = MqttPublisher(mosquitto.port, "fuzz-publisher")
     problems: list[str] = []
     counts: dict[str, Any] = {}
     try:
@@ -248,7 +247,7 @@ def run_fuzz(tmp_path: Path, mosquitto: Mosquitto, twin_process: Callable[..., T
             problems.append(f"the restart changed the store: samples {n_stored} -> {n2}, dead letters {n_dead} -> {d2}")
         for _ in range(FRESH_AFTER_RESTART):
             topic, payload = ledger.valid_reading()
-            pub.publish(topic, payload, [])
+            pub.publish(topic, payload)
         fresh = {k: v for k, v in list(ledger.expected.valid.items())[-FRESH_AFTER_RESTART:]}
         pub.wait_all_acked(30)
         n3, d3, t_fresh = wait_drained(store, n2 + d2 + FRESH_AFTER_RESTART, timeout=30, stall_s=15)
