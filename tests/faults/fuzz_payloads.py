@@ -337,7 +337,6 @@ class Expected:
 
     valid: dict[tuple[str, int], float] = field(default_factory=dict)  # key -> value (canonical unit)
     either: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict)  # key -> codes if refused
-    either_unkeyed: list[frozenset[str]] = field(default_factory=list)  # unknown-address "either" readings
     invalid_keys: set[tuple[str, int]] = field(default_factory=set)  # keys that must never be stored
     invalid_codes: list[frozenset[str]] = field(default_factory=list)  # one per dead letter required
     categories: Counter[str] = field(default_factory=Counter)  # messages per category
@@ -423,10 +422,9 @@ class Ledger:
             assert key is not None and expected_value is not None, it
             e.valid[key] = expected_value
         elif it.outcome is Outcome.EITHER:
-            if key is not None:
-                e.either[key] = it.codes
-            else:
-                e.either_unkeyed.append(it.codes)
+            # without a key the test could not tell "stored" from "lost": every EITHER has one
+            assert key is not None, f"an EITHER reading needs a tag and a timestamp: {it}"
+            e.either[key] = it.codes
         else:
             e.invalid_codes.append(it.codes)
             if key is not None:
