@@ -32,6 +32,10 @@ from twin.supervise import Supervisor, TaskHealth
 
 log = logging.getLogger("twin.daemon")
 
+# connector counters (counters.extra) that are faults -> stage of twin_internal_errors_total
+_CONNECTOR_STAGES = {"internal_errors": "{kind}_callback", "task_restarts": "connector_task",
+                     "loop_errors": "{kind}_loop"}
+
 
 class Daemon:
     def __init__(self, config: TwinConfig, *, tagmap: TagMap | None = None,
@@ -61,6 +65,7 @@ class Daemon:
         self.supervisor = Supervisor(on_failure=self._task_failed)
         self.last_delivery_ns: dict[str, int] = {}  # connector -> receive time of its newest delivery
         self._stopping = False
+        self._exported: dict[tuple[str, str], int] = {}  # connector fault counts already in /metrics
         self.job_health: dict[str, dict[str, Any]] = {}  # scheduler job -> last run, last error
         if config.predictor.enabled:
             from twin.predictor import Predictor, predicted_tag_specs
@@ -98,6 +103,12 @@ class Daemon:
             for k, v in c.counters.extra.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     m.connector_events.labels(c.name, k).set(v)
+                    stage = _CONNECTOR_STAGES.get(k)
+                    if stage is not None:  # fold the connector's own fault counts into twin_internal_errors_total
+                        seen = self._exported.get((c.name, k), 0)
+                        if v > seen:
+                            m.internal_errors.labels(stage.format(kind=c.kind)).inc(v - seen)
+                            self._exported[(c.name, k)] = int(v)
             last = self.last_delivery_ns.get(c.name)
             if last is not None:
                 m.source_age.labels(c.name).set((now - last) / 1e9)
@@ -145,10 +156,9 @@ class Daemon:
         if not store.get("ok"):
             out.append(f"store {store.get('backend', '')} unhealthy: {store.get('error') or store.get('last_error') or ''}".rstrip(": "))
         st = self.pipeline.stats
-        failing_since = getattr(st, "store_failing_since_ns", 0) or 0
-        if failing_since:
-            out.append(f"store commits failing for {(now_ns() - failing_since) / 1e9:.0f} s: "
-                       f"{getattr(st, 'last_commit_error', '') or ''}".rstrip(": "))
+        if not self.pipeline.store_ok:
+            out.append(f"store commits failing for {(now_ns() - st.store_failing_since_ns) / 1e9:.0f} s "
+                       f"({st.store_consecutive_failures} attempts): {st.store_last_error or ''}".rstrip(": "))
         for c in self.connectors:
             state = self.source_state(c)
             if state in ("disconnected", "failed"):

@@ -42,7 +42,7 @@ from paho.mqtt.properties import Properties
 from connectors.base import Backoff, Connector, error_text, storable_text
 from connectors.mqtt.config import MqttConnectorConfig, MqttProtocol, TimestampPolicy, TlsVerify
 from connectors.mqtt.payload import MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, parse_payload
-from twin.samples import DeadLetter, RawBatch, SourceKind, now_ns
+from twin.samples import DeadLetter, RawBatch, Redelivery, SourceKind, now_ns
 
 log = logging.getLogger("twin.connectors.mqtt")
 
@@ -129,7 +129,8 @@ class MqttConnector(Connector):
             self.counters.extra["messages"] += 1
             self.counters.received += len(readings) + len(dead)
             self.counters.rejected += len(dead)
-            batch = RawBatch(tuple(readings), tuple(dead), self._make_ack(client, msg))
+            batch = RawBatch(tuple(readings), tuple(dead), self._make_ack(client, msg),
+                             Redelivery.SOURCE if msg.qos else Redelivery.NONE)
             self.queue.put_threadsafe(batch)
         except (RuntimeError, concurrent.futures.CancelledError):
             pass  # event loop gone (shutdown): left unacknowledged, the broker keeps it
