@@ -456,11 +456,11 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05)
 
 
 class HealthProbe:
-    """Polls /healthz in a thread and records (seconds since start, status, answer time)."""
+    """Polls /healthz in a thread and records (seconds since start, status, answer time, body)."""
 
     def __init__(self, daemon: DaemonProcess, interval: float = 0.25, timeout: float = 5.0) -> None:
         self.daemon, self.interval, self.timeout = daemon, interval, timeout
-        self.samples: list[tuple[float, int, float]] = []
+        self.samples: list[tuple[float, int, float, dict[str, Any]]] = []
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -476,16 +476,22 @@ class HealthProbe:
     def _run(self) -> None:
         while not self._stop.is_set():
             t = time.monotonic()
-            code, _ = self.daemon.healthz(self.timeout)
-            self.samples.append((t - self._t0, code, time.monotonic() - t))
+            code, body = self.daemon.healthz(self.timeout)
+            self.samples.append((t - self._t0, code, time.monotonic() - t, body))
             self._stop.wait(self.interval)
 
     def between(self, t_from: float, t_to: float) -> list[int]:
         """Statuses of probes that started between two monotonic times."""
-        return [c for (t, c, _) in self.samples if t_from - self._t0 <= t <= t_to - self._t0]
+        return [c for (t, c, _, _) in self.samples if t_from - self._t0 <= t <= t_to - self._t0]
+
+    def statuses(self) -> list[int]:
+        return [c for (_, c, _, _) in self.samples]
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [b for (_, _, _, b) in self.samples if b]
 
     def max_answer_s(self) -> float:
-        return max((d for (_, _, d) in self.samples), default=0.0)
+        return max((d for (_, _, d, _) in self.samples), default=0.0)
 
 
 # -- results ---------------------------------------------------------------------------------
