@@ -9,6 +9,7 @@ is mocked. The broker is tests.conftest.Mosquitto, influxd is tests.influx.serve
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -22,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -553,9 +554,31 @@ def write_result(case: str, result: dict[str, Any]) -> Path | None:
     doc = {"case": case, "commit": git_commit(),
            "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "versions": versions(), "machine": {"cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]},
-           **result}
+           **result, "passed": None}
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def outcome(path: Path | None) -> Iterator[None]:
+    """Around a case's assertions: records ``passed`` (true / false) and, when a check fails, its
+    message in ``failed_check`` of the results file, then lets the failure through."""
+    try:
+        yield
+    except AssertionError as err:
+        _mark(path, False, str(err).splitlines()[0][:500] if str(err) else "assertion failed")
+        raise
+    _mark(path, True, None)
+
+
+def _mark(path: Path | None, passed: bool, message: str | None) -> None:
+    if path is None:
+        return
+    doc = json.loads(path.read_text())
+    doc["passed"] = passed
+    if message is not None:
+        doc["failed_check"] = message
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def stream_messages(n: int, t0_us: int, step_us: int = 1000, batch: int = 20,

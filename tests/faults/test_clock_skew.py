@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import Mosquitto
 from tests.faults.procs import (BASE, LINE, TAGS, DaemonProcess, LedgerPublisher, Key, daemon_config,
                                 dead_letter_codes, metric_sum, mqtt_connector, stored_count, stored_rows,
-                                wait_until, write_result)
+                                outcome, wait_until, write_result)
 
 pytestmark = pytest.mark.integration
 
@@ -117,15 +117,18 @@ def run_clock_skew(tmp_path: Path, broker: Mosquitto, *, rounds: int, case: str)
             "dead_letters_metric": {c: metric_sum({k: v for k, v in m.items() if f'reason="{c}"' in k},
                                                   "twin_dead_letters") for c in expected_dead},
             "dropped": 0, "dropped_policy": "block (default)",
-            "settled_s": None if settled is None else round(settled, 3), "healthz_after": h_code, "daemon_exit_code": rc,
+            "settled_s": None if settled is None else round(settled, 3), "healthz_after": h_code,
+            "daemon_exit_code": rc,
         }
-        write_result(case, res)
-        assert not missing, f"{len(missing)} valid readings not stored (ingestion blocked?), e.g. {sorted(missing)[:3]}"
-        assert not extra, f"{len(extra)} readings with a skewed timestamp were stored, e.g. {sorted(extra)[:3]}"
-        assert len(rows) == len(got) == len(valid)
-        assert dict(codes) == dict(expected_dead), (dict(codes), dict(expected_dead))
-        assert res["dead_letters_metric"] == {c: float(v) for c, v in expected_dead.items()}
-        assert rc == 0
+        path = write_result(case, res)
+        with outcome(path):
+            assert not missing, (f"{len(missing)} valid readings not stored (ingestion blocked?), "
+                                 f"e.g. {sorted(missing)[:3]}")
+            assert not extra, f"{len(extra)} readings with a skewed timestamp were stored, e.g. {sorted(extra)[:3]}"
+            assert len(rows) == len(got) == len(valid)
+            assert dict(codes) == dict(expected_dead), (dict(codes), dict(expected_dead))
+            assert res["dead_letters_metric"] == {c: float(v) for c, v in expected_dead.items()}
+            assert rc == 0
     finally:
         if pub is not None:
             pub.close()

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Mosquitto
 from tests.faults.procs import (DaemonProcess, LedgerPublisher, base_us, daemon_config, metric_sum, mqtt_connector,
-                                produce, stored_count, stored_rows, stream_messages, wait_until, write_result)
+                                produce, stored_count, stored_rows, stream_messages, outcome, wait_until, write_result)
 
 pytestmark = pytest.mark.integration
 
@@ -80,15 +80,16 @@ def run_daemon_kill(tmp_path: Path, broker: Mosquitto, *, n: int, rate_msgs: flo
             "all_stored_after_last_ack_s": None if drained_s is None else round(drained_s, 3),
             "peak_rss_mb": round(d.peak_rss_kb / 1024, 1), "wall_s": round(load_s, 3), "daemon_exit_code": rc,
         }
-        write_result(case, res)
-        assert len(acked) == len(sent) == n
-        assert 0 < stored_at_kill < n, "the kill came mid-ingest"
-        assert not missing, f"{len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:3]}"
-        assert not extra and wrong == 0 and res["duplicate_rows"] == 0
-        assert len(got) == n
-        assert res["dead_lettered"] == 0 and conn.get("dropped") == 0
-        assert recovery_s is not None, "no new data within 60 s of the restart"
-        assert rc == 0
+        path = write_result(case, res)
+        with outcome(path):
+            assert len(acked) == len(sent) == n
+            assert 0 < stored_at_kill < n, "the kill came mid-ingest"
+            assert not missing, f"{len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:3]}"
+            assert not extra and wrong == 0 and res["duplicate_rows"] == 0
+            assert len(got) == n
+            assert res["dead_lettered"] == 0 and conn.get("dropped") == 0
+            assert recovery_s is not None, "no new data within 60 s of the restart"
+            assert rc == 0
     finally:
         stop.set()
         if pub is not None:

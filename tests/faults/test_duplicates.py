@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mosquitto
-from tests.faults.procs import (LINE, DaemonProcess, LedgerPublisher, Key, base_us, daemon_config, metric_sum,
-                                mqtt_connector, reading, stored_count, stored_rows, wait_until, write_result)
+from tests.faults.procs import (LINE, DaemonProcess, LedgerPublisher, base_us, daemon_config, metric_sum,
+                                mqtt_connector, reading, stored_count, stored_rows, outcome, wait_until, write_result)
 
 from twin.samples import parse_time_ns
 
@@ -68,8 +68,8 @@ def run_duplicates(tmp_path: Path, broker: Mosquitto, *, n: int, case: str) -> N
         second = publish_shuffled(pub, items, rng, 50)  # every reading again, another order
         third_items = rng.sample(items, n // 10)
         conflicting = third_items[: len(third_items) // 2]
-        third_items = third_items[len(third_items) // 2:] + [dict(it, value=float(it["value"]) + 1.0)  # type: ignore[arg-type]
-                                                              for it in conflicting]
+        changed = [dict(it, value=float(it["value"]) + 1.0) for it in conflicting]  # type: ignore[arg-type]
+        third_items = third_items[len(third_items) // 2:] + changed
         third = publish_shuffled(pub, third_items, rng, 20)
         pub.wait_all_acked(60)
         repeats = n + len(third_items)
@@ -98,15 +98,17 @@ def run_duplicates(tmp_path: Path, broker: Mosquitto, *, n: int, case: str) -> N
             "conflicting_resends": len(conflicting),
             "duplicates_counted": metric_sum(m, "twin_samples_duplicate"), "duplicates_expected": repeats,
             "dead_lettered": metric_sum(m, "twin_dead_letters"), "dropped": 0, "dropped_policy": "block (default)",
-            "latest_is_newest_by_source_time": latest_ok, "settled_s": None if settled is None else round(settled, 3), "daemon_exit_code": rc,
+            "latest_is_newest_by_source_time": latest_ok,
+            "settled_s": None if settled is None else round(settled, 3), "daemon_exit_code": rc,
         }
-        write_result(case, res)
-        assert set(got) == set(expected) and len(rows) == n, "each distinct reading stored exactly once"
-        assert wrong == 0, f"{wrong} stored values are not the first one sent"
-        assert res["duplicates_counted"] == repeats, "every repeat counted exactly"
-        assert res["dead_lettered"] == 0
-        assert latest_ok, (latest, newest)
-        assert rc == 0
+        path = write_result(case, res)
+        with outcome(path):
+            assert set(got) == set(expected) and len(rows) == n, "each distinct reading stored exactly once"
+            assert wrong == 0, f"{wrong} stored values are not the first one sent"
+            assert res["duplicates_counted"] == repeats, "every repeat counted exactly"
+            assert res["dead_lettered"] == 0
+            assert latest_ok, (latest, newest)
+            assert rc == 0
     finally:
         if pub is not None:
             pub.close()

@@ -121,20 +121,21 @@ def run_opcua_kill(tmp_path: Path, *, before_s: float, down_s: float, after_s: f
                         "max_answer_s": round(probe.max_answer_s(), 3)},
             "daemon_exit_code": rc,
         }
-        write_result(case, res)
-        assert conn_down.get("connected") is False
-        assert back is not None and back < 10.0, "data not back within 10 s of the server listening again"
-        assert conn.get("gaps") == 1 and len(gaps) == 1, "one outage, one gap, stored once"
-        gap_start, gap_s = gaps[0]
-        assert gap_start <= kill_ns + 300_000_000, "the gap starts at the last data before the kill"
-        assert down_s <= gap_s <= down_s + (listening - t_restart) + back + 3.0
-        assert inside == 0, "nothing is stored inside the gap (never interpolated)"
-        assert conn.get("reconnects", 0) >= 1 and conn.get("dropped") == 0
-        assert dead == {}, dead
-        assert rc == 0
-        # honest health: a disconnected source is degraded (503); ok (200) once data flows again
-        assert during and set(during) == {503}, res["healthz"]
-        assert after and set(after) == {200}, res["healthz"]
+        path = write_result(case, res)
+        with outcome(path):
+            assert conn_down.get("connected") is False
+            assert back is not None and back < 10.0, "data not back within 10 s of the server listening again"
+            assert conn.get("gaps") == 1 and len(gaps) == 1, "one outage, one gap, stored once"
+            gap_start, gap_s = gaps[0]
+            assert gap_start <= kill_ns + 300_000_000, "the gap starts at the last data before the kill"
+            assert down_s <= gap_s <= down_s + (listening - t_restart) + back + 3.0
+            assert inside == 0, "nothing is stored inside the gap (never interpolated)"
+            assert conn.get("reconnects", 0) >= 1 and conn.get("dropped") == 0
+            assert dead == {}, dead
+            assert rc == 0
+            # honest health: a disconnected source is degraded (503); ok (200) once data flows again
+            assert during and set(during) == {503}, res["healthz"]
+            assert after and set(after) == {200}, res["healthz"]
     finally:
         if d.alive():
             d.kill()

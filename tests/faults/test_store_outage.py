@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import Mosquitto
 from tests.faults.procs import (DaemonProcess, HealthProbe, LedgerPublisher, StoreLock, base_us, daemon_config,
                                 metric_sum, mqtt_connector, produce, stored_count, stored_rows, stream_messages,
-                                wait_until, write_result)
+                                outcome, wait_until, write_result)
 from tests.influx.servers import InfluxD
 
 pytestmark = pytest.mark.integration
@@ -132,18 +132,19 @@ def run_influx_outage(tmp_path: Path, broker: Mosquitto, server: InfluxD, *, out
                                    "every reading in InfluxDB",
             "healthz": health, "daemon_exit_code": rc,
         }
-        write_result(case, res)
-        assert len(acked) == len(sent) == n
-        assert (outbox_down.get("pending") or 0) > 0, "the outbox held the backlog during the outage"
-        assert not missing, f"{len(missing)} acknowledged readings not in InfluxDB, e.g. {sorted(missing)[:3]}"
-        assert not extra and wrong == 0 and res["duplicate_rows"] == 0 and len(got) == n
-        assert outbox.get("dropped") == 0 and outbox.get("rejected") == 0 and outbox.get("pending") == 0
-        assert res["dead_lettered"] == 0 and conn.get("dropped") == 0
-        assert recovered is not None, "backlog not drained within 180 s of influxd's restart"
-        assert rc == 0
-        # honest health: degraded (503) while InfluxDB is down, ok (200) once it is back
-        assert health["during_outage_probes"] and health["during_outage"] == [503], health
-        assert health["after_recovery_probes"] and health["after_recovery"] == [200], health
+        path = write_result(case, res)
+        with outcome(path):
+            assert len(acked) == len(sent) == n
+            assert (outbox_down.get("pending") or 0) > 0, "the outbox held the backlog during the outage"
+            assert not missing, f"{len(missing)} acknowledged readings not in InfluxDB, e.g. {sorted(missing)[:3]}"
+            assert not extra and wrong == 0 and res["duplicate_rows"] == 0 and len(got) == n
+            assert outbox.get("dropped") == 0 and outbox.get("rejected") == 0 and outbox.get("pending") == 0
+            assert res["dead_lettered"] == 0 and conn.get("dropped") == 0
+            assert recovered is not None, "backlog not drained within 180 s of influxd's restart"
+            assert rc == 0
+            # honest health: degraded (503) while InfluxDB is down, ok (200) once it is back
+            assert health["during_outage_probes"] and health["during_outage"] == [503], health
+            assert health["after_recovery_probes"] and health["after_recovery"] == [200], health
     finally:
         stop.set()
         if pub is not None:
@@ -231,19 +232,20 @@ def run_sqlite_lock(tmp_path: Path, broker: Mosquitto, *, lock_s: float, total_s
             "recovery_definition": "lock released -> first new sample stored / every reading stored",
             "healthz": health, "daemon_exit_code": rc,
         }
-        write_result(case, res)
-        assert len(acked) == len(sent) == n
-        assert res["stored_during_lock"] == 0, "nothing can commit while the lock is held"
-        assert not missing, f"{len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:3]}"
-        assert not extra and wrong == 0 and res["duplicate_rows"] == 0 and len(got) == n
-        assert res["dead_lettered"] == 0 and conn.get("dropped") == 0
-        assert first is not None and recovered is not None
-        if lock_s > 35:  # beyond the busy timeout the commit fails, is counted and retried
-            assert res["commit_errors"] >= 1
-        assert rc == 0
-        # honest health: the store cannot commit -> degraded (503); ok (200) once commits resume
-        assert health["during_outage_probes"] and health["during_outage"] == [503], health
-        assert health["after_recovery_probes"] and health["after_recovery"] == [200], health
+        path = write_result(case, res)
+        with outcome(path):
+            assert len(acked) == len(sent) == n
+            assert res["stored_during_lock"] == 0, "nothing can commit while the lock is held"
+            assert not missing, f"{len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:3]}"
+            assert not extra and wrong == 0 and res["duplicate_rows"] == 0 and len(got) == n
+            assert res["dead_lettered"] == 0 and conn.get("dropped") == 0
+            assert first is not None and recovered is not None
+            if lock_s > 35:  # beyond the busy timeout the commit fails, is counted and retried
+                assert res["commit_errors"] >= 1
+            assert rc == 0
+            # honest health: the store cannot commit -> degraded (503); ok (200) once commits resume
+            assert health["during_outage_probes"] and health["during_outage"] == [503], health
+            assert health["after_recovery_probes"] and health["after_recovery"] == [200], health
     finally:
         stop.set()
         lock.kill()
