@@ -94,7 +94,7 @@ def run_clock_skew(tmp_path: Path, broker: Mosquitto, *, rounds: int, case: str)
         pub.wait_all_acked(60)
         n_dead = sum(expected_dead.values())
         settled = wait_until(lambda: stored_count(store) >= len(valid)
-                             and sum(dead_letter_codes(store).values()) >= n_dead, 30, 0.1)
+                             and sum(dead_letter_codes(store).values()) >= n_dead, 20, 0.1)
         time.sleep(0.5)  # anything more (a wrong extra row) would show now
         m = d.metrics()
         h_code = d.healthz()[0]
