@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.faults.procs import (DaemonProcess, HealthProbe, SimLineProcess, daemon_config, metric_sum,
-                                write_result)
+                                outcome, write_result)
 
 pytestmark = pytest.mark.integration
 
