@@ -134,8 +134,8 @@ def run_opcua_kill(tmp_path: Path, *, before_s: float, down_s: float, after_s: f
             assert dead == {}, dead
             assert rc == 0
             # honest health: a disconnected source is degraded (503); ok (200) once data flows again
-            assert during and set(during) == {503}, res["healthz"]
-            assert after and set(after) == {200}, res["healthz"]
+            assert during and set(during) == {503}, f"/healthz while the source is disconnected: {res['healthz']}"
+            assert after and set(after) == {200}, f"/healthz after recovery: {res['healthz']}"
     finally:
         if d.alive():
             d.kill()

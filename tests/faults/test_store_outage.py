@@ -143,8 +143,10 @@ def run_influx_outage(tmp_path: Path, broker: Mosquitto, server: InfluxD, *, out
             assert recovered is not None, "backlog not drained within 180 s of influxd's restart"
             assert rc == 0
             # honest health: degraded (503) while InfluxDB is down, ok (200) once it is back
-            assert health["during_outage_probes"] and health["during_outage"] == [503], health
-            assert health["after_recovery_probes"] and health["after_recovery"] == [200], health
+            assert health["during_outage_probes"] and health["during_outage"] == [503], \
+                f"/healthz during the outage: {health}"
+            assert health["after_recovery_probes"] and health["after_recovery"] == [200], \
+                f"/healthz after recovery: {health}"
     finally:
         stop.set()
         if pub is not None:
@@ -244,8 +246,10 @@ def run_sqlite_lock(tmp_path: Path, broker: Mosquitto, *, lock_s: float, total_s
                 assert res["commit_errors"] >= 1
             assert rc == 0
             # honest health: the store cannot commit -> degraded (503); ok (200) once commits resume
-            assert health["during_outage_probes"] and health["during_outage"] == [503], health
-            assert health["after_recovery_probes"] and health["after_recovery"] == [200], health
+            assert health["during_outage_probes"] and health["during_outage"] == [503], \
+                f"/healthz during the outage: {health}"
+            assert health["after_recovery_probes"] and health["after_recovery"] == [200], \
+                f"/healthz after recovery: {health}"
     finally:
         stop.set()
         lock.kill()
