@@ -603,3 +603,12 @@ def stream_messages(n: int, t0_us: int, step_us: int = 1000, batch: int = 20,
             i += len(items)
         single = not single
     return out
+
+
+def table_row(fault: str, load: str, sent: int | None, stored: int, dead_lettered: Any, dropped: int | None,
+              policy: str | None, recovery_s: float | None, recovery: str, note: str = "") -> dict[str, Any]:
+    """The case as one row of docs/reliability.md's table: fault, load, sent, stored, dead-lettered,
+    dropped (with the policy that dropped it), recovery time (and what it measures)."""
+    return {"fault": fault, "load": load, "sent": sent, "stored": stored, "dead_lettered": dead_lettered,
+            "dropped": dropped, "dropped_by_policy": policy, "recovery_s": recovery_s, "recovery": recovery,
+            "note": note}

@@ -17,7 +17,8 @@ import pytest
 
 from tests.conftest import Mosquitto
 from tests.faults.procs import (DaemonProcess, LedgerPublisher, base_us, daemon_config, metric_sum, mqtt_connector,
-                                produce, stored_count, stored_rows, stream_messages, outcome, wait_until, write_result)
+                                outcome, produce, stored_count, stored_rows, stream_messages, table_row, wait_until,
+                                write_result)
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +79,11 @@ def run_broker_kill(tmp_path: Path, broker: Mosquitto, *, n: int, rate_msgs: flo
             "all_stored_after_last_ack_s": None if drained_s is None else round(drained_s, 3),
             "wall_s": round(load_s, 3), "daemon_exit_code": rc,
         }
+        res["table_row"] = table_row(
+            "MQTT broker SIGKILL mid-stream, restart", f"{n:,} readings, {rate_msgs * 10.5:,.0f}/s, QoS 1, "
+            f"broker down {down_s:g} s", len(sent), len(got), res["dead_lettered"], conn.get("dropped"),
+            "block (default)", res["recovery_s"], "broker listening again -> first new reading stored",
+            f"{len(acked):,} acknowledged, {len(missing)} lost, {dup_rows} duplicate rows")
         path = write_result(case, res)
         with outcome(path):
             assert len(acked) == len(sent) == n, "the publisher's own retries get every message acknowledged"

@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import Mosquitto
 from tests.faults.procs import (BASE, LINE, TAGS, DaemonProcess, LedgerPublisher, Key, daemon_config,
                                 dead_letter_codes, metric_sum, mqtt_connector, stored_count, stored_rows,
-                                outcome, wait_until, write_result)
+                                outcome, wait_until, table_row, write_result)
 
 pytestmark = pytest.mark.integration
 
@@ -120,6 +120,10 @@ def run_clock_skew(tmp_path: Path, broker: Mosquitto, *, rounds: int, case: str)
             "settled_s": None if settled is None else round(settled, 3), "healthz_after": h_code,
             "daemon_exit_code": rc,
         }
+        res["table_row"] = table_row(
+            "source clock skew", f"{rounds} rounds of {len(VALID_OFFSETS)} valid, {len(SKEW_OFFSETS)} skewed, "
+            f"{len(LITERAL)} unrepresentable timestamps", len(valid) + n_dead, len(got), dict(codes), 0,
+            None, None, "-", f"{len(valid)} valid sent, {len(missing)} of them not stored")
         path = write_result(case, res)
         with outcome(path):
             assert not missing, (f"{len(missing)} valid readings not stored (ingestion blocked?), "

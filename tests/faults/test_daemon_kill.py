@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import Mosquitto
 from tests.faults.procs import (DaemonProcess, LedgerPublisher, base_us, daemon_config, metric_sum, mqtt_connector,
-                                produce, stored_count, stored_rows, stream_messages, outcome, wait_until, write_result)
+                                outcome, produce, stored_count, stored_rows, stream_messages, table_row, wait_until,
+                                write_result)
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +81,11 @@ def run_daemon_kill(tmp_path: Path, broker: Mosquitto, *, n: int, rate_msgs: flo
             "all_stored_after_last_ack_s": None if drained_s is None else round(drained_s, 3),
             "peak_rss_mb": round(d.peak_rss_kb / 1024, 1), "wall_s": round(load_s, 3), "daemon_exit_code": rc,
         }
+        res["table_row"] = table_row(
+            "daemon SIGKILL mid-ingest, restart", f"{n:,} readings, {rate_msgs * 10.5:,.0f}/s, QoS 1, "
+            f"daemon down {down_s:g} s", len(sent), len(got), res["dead_lettered"], conn.get("dropped"),
+            "block (default)", res["recovery_s"], "daemon restarted -> first new reading stored (start-up included)",
+            f"{len(acked):,} acknowledged, {len(missing)} lost, {res['duplicate_rows']} duplicate rows")
         path = write_result(case, res)
         with outcome(path):
             assert len(acked) == len(sent) == n

@@ -19,7 +19,8 @@ import pytest
 
 from tests.conftest import Mosquitto
 from tests.faults.procs import (LINE, DaemonProcess, LedgerPublisher, base_us, daemon_config, metric_sum,
-                                mqtt_connector, reading, stored_count, stored_rows, outcome, wait_until, write_result)
+                                mqtt_connector, outcome, reading, stored_count, stored_rows, table_row, wait_until,
+                                write_result)
 
 from twin.samples import parse_time_ns
 
@@ -101,6 +102,10 @@ def run_duplicates(tmp_path: Path, broker: Mosquitto, *, n: int, case: str) -> N
             "latest_is_newest_by_source_time": latest_ok,
             "settled_s": None if settled is None else round(settled, 3), "daemon_exit_code": rc,
         }
+        res["table_row"] = table_row(
+            "duplicates and reordering", f"{n:,} distinct readings, each sent 2-3 times, shuffled",
+            res["sent"], len(got), res["dead_lettered"], 0, None, None, "-",
+            f"{res['duplicates_counted']:.0f} duplicates counted (expected {repeats})")
         path = write_result(case, res)
         with outcome(path):
             assert set(got) == set(expected) and len(rows) == n, "each distinct reading stored exactly once"

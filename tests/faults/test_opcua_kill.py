@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.faults.procs import (DaemonProcess, HealthProbe, SimLineProcess, daemon_config, metric_sum,
-                                outcome, write_result)
+                                outcome, table_row, write_result)
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +121,11 @@ def run_opcua_kill(tmp_path: Path, *, before_s: float, down_s: float, after_s: f
                         "max_answer_s": round(probe.max_answer_s(), 3)},
             "daemon_exit_code": rc,
         }
+        res["table_row"] = table_row(
+            "OPC-UA server SIGKILL, restart", f"simulated line at 10 Hz, server down {down_s:g} s "
+            f"(+{listening - t_restart:.1f} s start-up)", None, total, sum(dead.values()), conn.get("dropped"),
+            "block (default)", res["recovery_s"], "server listening again -> first new sample stored",
+            f"{len(gaps)} gap flagged ({gaps[0][1] if len(gaps) == 1 else '?'} s), {inside} samples inside it")
         path = write_result(case, res)
         with outcome(path):
             assert conn_down.get("connected") is False

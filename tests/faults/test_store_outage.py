@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import Mosquitto
 from tests.faults.procs import (DaemonProcess, HealthProbe, LedgerPublisher, StoreLock, base_us, daemon_config,
                                 metric_sum, mqtt_connector, produce, stored_count, stored_rows, stream_messages,
-                                outcome, wait_until, write_result)
+                                outcome, table_row, wait_until, write_result)
 from tests.influx.servers import InfluxD
 
 pytestmark = pytest.mark.integration
@@ -132,6 +132,13 @@ def run_influx_outage(tmp_path: Path, broker: Mosquitto, server: InfluxD, *, out
                                    "every reading in InfluxDB",
             "healthz": health, "daemon_exit_code": rc,
         }
+        res["table_row"] = table_row(
+            "InfluxDB SIGKILL during ingest, restart", f"{n:,} readings, {rate_msgs * READINGS_PER_MSG:,.0f}/s, "
+            f"influxd down {outage_s:g} s", len(sent), len(got), res["dead_lettered"],
+            (conn.get("dropped") or 0) + (outbox.get("dropped") or 0), "block; outbox (drop oldest beyond capacity)",
+            res["recovery_backlog_drained_s"], "influxd ready again -> backlog drained",
+            f"first point {res['recovery_first_point_s']} s after restart; /healthz {health['during_outage']} "
+            f"during, {health['after_recovery']} after")
         path = write_result(case, res)
         with outcome(path):
             assert len(acked) == len(sent) == n
@@ -234,6 +241,12 @@ def run_sqlite_lock(tmp_path: Path, broker: Mosquitto, *, lock_s: float, total_s
             "recovery_definition": "lock released -> first new sample stored / every reading stored",
             "healthz": health, "daemon_exit_code": rc,
         }
+        res["table_row"] = table_row(
+            "SQLite store locked by another process", f"{n:,} readings, {rate_msgs * READINGS_PER_MSG:,.0f}/s, "
+            f"lock held {lock_s:g} s", len(sent), len(got), res["dead_lettered"], conn.get("dropped"),
+            "block (default)", res["recovery_first_commit_s"], "lock released -> first commit",
+            f"backlog drained {res['recovery_backlog_drained_s']} s after release; /healthz "
+            f"{health['during_outage']} during, {health['after_recovery']} after")
         path = write_result(case, res)
         with outcome(path):
             assert len(acked) == len(sent) == n
