@@ -67,7 +67,7 @@ def daemon(tmp_path: Path) -> Daemon:
 
 def _line_env(d: Daemon) -> model.DictIdentifiableStore:
     tags = d.tagmap.tags
-    return aas.line_environment(tags, LINE, aas.store_extents(d.store, aas._numeric(tags.values()), LINE), BASE)
+    return aas.line_environment(tags, LINE, aas.store_extents(d.store, aas.numeric_tags(tags.values()), LINE), BASE)
 
 
 def _roll_env(d: Daemon, roll: str) -> model.DictIdentifiableStore:
@@ -182,7 +182,8 @@ def test_time_series_segments_link_to_the_series_api(daemon: Daemon) -> None:
     record = ts.get_referable("Metadata").get_referable("Record")
     assert _sid(record.get_referable("Time")) == aas.TS_UTC_TIME
     assert _sid(record.get_referable("calendering_gap_actual")) == NS + "CalenderGap"
-    assert _sid(record.get_referable("calendering_porosity_predicted")) == point_iri(LINE, "calendering.porosity_predicted")
+    predicted = record.get_referable("calendering_porosity_predicted")
+    assert _sid(predicted) == point_iri(LINE, "calendering.porosity_predicted")
     seg = ts.get_referable("Segments").get_referable("calendering_gap_actual")
     assert _sid(seg) == aas.TS_LINKED_SEGMENT
     count = seg.get_referable("RecordCount").value
@@ -289,4 +290,5 @@ def test_endpoints(daemon: Daemon, tmp_path: Path) -> None:
     assert missing.status_code == 404 and "NO-SUCH-ROLL" in missing.json()["detail"]
     assert client.get("/api/v1/aas/rolls/R-1.aasx", params={"line": "pilot-9"}).status_code == 404
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/api/v1/aas/shells", "/api/v1/aas/submodels/{submodel_id}", "/api/v1/aas/rolls/{roll_id}.aasx"} <= set(paths)
+    assert {"/api/v1/aas/shells", "/api/v1/aas/environment", "/api/v1/aas/submodels/{submodel_id}",
+            "/api/v1/aas/rolls/{roll_id}.aasx"} <= set(paths)

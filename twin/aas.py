@@ -74,7 +74,8 @@ TS_LAST_UPDATE = TS + "Segment/LastUpdate/1/1"
 TS_ENDPOINT = TS + "Endpoint/1/1"
 TS_QUERY = TS + "Query/1/1"
 
-IEC61360 = "https://admin-shell.io/DataSpecificationTemplates/DataSpecificationIEC61360/3/0"
+# the IEC 61360 data specification template, in the version basyx-python-sdk 2.2 (AAS 3.1) uses
+IEC61360 = "https://admin-shell.io/DataSpecificationTemplates/DataSpecificationIEC61360/3/1"
 QUDT_UNIT = "http://qudt.org/schema/qudt/unit"
 
 # --- this project's ids ------------------------------------------------------------------------------------------
@@ -134,7 +135,8 @@ def roll_submodel_id(roll_id: str) -> str:
     return f"{roll_asset(roll_id)}/submodel/RollData"
 
 
-def _numeric(tags: Iterable[Tag]) -> list[Tag]:
+def numeric_tags(tags: Iterable[Tag]) -> list[Tag]:
+    """The tags with numeric values (what a time series, a range or a statistic can describe)."""
     return [t for t in tags if t.value_type is ValueType.NUMBER]
 
 
@@ -311,13 +313,13 @@ def _shell(aas_id: str, asset_id: str, name: str, submodels: Sequence[model.Subm
 def line_environment(tags: dict[str, Tag], line_id: str, extents: dict[str, Extent],
                      base_url: str) -> model.DictIdentifiableStore:
     """Shells, submodels and concept descriptions of the line and its equipment."""
-    points = [t for t in _numeric(tags.values()) if t.role is not Role.PREDICTED]
+    points = [t for t in numeric_tags(tags.values()) if t.role is not Role.PREDICTED]
     base = line_asset(line_id)
     order = {s["local_name"]: s["order"] for s in ontology_index().steps}
     steps = sorted({t.step for t in points}, key=lambda s: (order.get(step_class(s) or "", -1), s))
     td = technical_data(f"{base}/submodel/TechnicalData", f"electrode pilot line {line_id}",
                         [(s, [t for t in points if t.step == s]) for s in steps], line_id)
-    series_tags = _numeric(tags.values())
+    series_tags = numeric_tags(tags.values())
     ts = time_series(f"{base}/submodel/TimeSeries", series_tags, extents, line_id, base_url)
     objects: list[model.Identifiable] = [td, ts, _shell(f"{base}/aas", base, f"line {line_id}", [td, ts])]
     for eq in sorted({t.equipment for t in points if t.equipment}):

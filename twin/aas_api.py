@@ -57,7 +57,7 @@ def make_router(daemon: Any) -> APIRouter:
 
     def line_env(base_url: str, extents: bool = True) -> Any:
         tags = daemon.tagmap.tags
-        ext = aas.store_extents(daemon.store, aas._numeric(tags.values()), line_id) if extents else {}
+        ext = aas.store_extents(daemon.store, aas.numeric_tags(tags.values()), line_id) if extents else {}
         return aas.line_environment(tags, line_id, ext, base_url)
 
     def roll_env(roll_id: str, line: str) -> Any:
@@ -84,7 +84,8 @@ def make_router(daemon: Any) -> APIRouter:
     @router.get("/api/v1/aas/submodels/{submodel_id:path}",
                 summary="One submodel by its identifier (base64url-encoded, or plain)")
     async def submodel(request: Request, submodel_id: str,
-                       line: str | None = Query(None, max_length=200, description="line of a roll's submodel")) -> JSONResponse:
+                       line: str | None = Query(None, max_length=200,
+                                                description="line of a roll's submodel")) -> JSONResponse:
         candidates = _decode_id(submodel_id)
         env = await asyncio.to_thread(line_env, base(request))
         for cid in candidates:
@@ -108,8 +109,9 @@ def make_router(daemon: Any) -> APIRouter:
     @router.get("/api/v1/aas/rolls/{roll_id}.aasx", response_class=Response,
                 responses={200: {"content": {AASX_MEDIA_TYPE: {}}, "description": "an AASX package"}},
                 summary="AASX package of one roll: its shell, RollData submodel and concept descriptions")
-    async def roll_aasx(roll_id: str, line: str | None = Query(None, max_length=200,
-                                                               description="line id (default: the twin's)")) -> Response:
+    async def roll_aasx(roll_id: str,
+                        line: str | None = Query(None, max_length=200,
+                                                 description="line id (default: the twin's)")) -> Response:
         renv = await asyncio.to_thread(roll_env, roll_id, line or line_id)
         if renv is None:
             raise HTTPException(404, detail=f"no stored observations of roll {roll_id!r} on line {line or line_id!r}")
