@@ -169,6 +169,10 @@ def test_technical_data_has_ranges_units_and_ontology_semantic_ids(daemon: Daemo
     cd = env.get_item(NS + "CalenderGap")
     iec = cd.embedded_data_specifications[0].data_specification_content
     assert iec.unit == "um" and iec.unit_id.key[0].value == "http://qudt.org/vocab/unit/MicroM"
+    # and which external terms it matches (ontology/alignment.owl: exact / close matches)
+    porosity = env.get_item(NS + "CalenderedPorosity")
+    emmo_porosity = "https://w3id.org/emmo#EMMO_3a6578ac_aee0_43b9_9bc6_1eb208c8c9a9"
+    assert {r.key[0].value for r in porosity.is_case_of} == {emmo_porosity}
     # the line's Technical Data groups the points per step, steps as ontology classes
     line_td = env.get_item(f"https://w3id.org/pilotline-twin/plant/{LINE}/submodel/TechnicalData")
     steps = line_td.get_referable("TechnicalProperties").value
@@ -292,3 +296,17 @@ def test_endpoints(daemon: Daemon, tmp_path: Path) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/v1/aas/shells", "/api/v1/aas/environment", "/api/v1/aas/submodels/{submodel_id}",
             "/api/v1/aas/rolls/{roll_id}.aasx"} <= set(paths)
+
+
+def test_without_the_sdk_the_twin_serves_no_aas_endpoints(daemon: Daemon, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """basyx-python-sdk missing (an install without it): the API starts, /api/v1/aas is 404, a warning says why."""
+    import twin.aas_api as aas_api
+
+    monkeypatch.setattr(aas_api, "aas", None)
+    monkeypatch.setattr(aas_api, "_MISSING", ImportError("No module named 'basyx'"))
+    with caplog.at_level("WARNING", logger="twin.aas"):
+        client = TestClient(create_app(daemon))
+    assert "AAS export disabled" in caplog.text and "basyx" in caplog.text
+    assert client.get("/api/v1/aas/shells").status_code == 404
+    assert client.get("/api/v1/tags").status_code == 200

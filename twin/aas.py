@@ -21,7 +21,8 @@ What is exported (docs/aas.md):
   ``ProcessParameters`` (MP/PP), ``MeasuredStructure`` (SP measured) and ``PredictedStructure`` (the surrogate's
   predicted tags);
 
-* one **ConceptDescription** (IEC 61360 data specification: preferred name, unit, QUDT unit id) per semantic id.
+* one **ConceptDescription** (IEC 61360 data specification: preferred name, unit, QUDT unit id) per semantic id,
+  ``isCaseOf`` the external terms (EMMO, GPO, BVCO) the alignment calls an exact or close match.
 
 Every element that carries a point's value or range has as semantic id the point's ontology term IRI (``Tag.iri``,
 an ``ExternalReference`` with one ``GlobalReference`` key); a point without a term (the predicted tags) has the
@@ -35,14 +36,16 @@ import io
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from basyx.aas import model
 from basyx.aas.adapter import aasx
 from basyx.aas.adapter.json import json_serialization
+from rdflib import URIRef
 
-from ontology.plant import NS, PLANT, ROLE_IND, ontology_index, point_iri, step_class
+from ontology.plant import NS, PLANT, ROLE_IND, alignment_graph, ontology_index, point_iri, step_class
 from ontology.tagmap import ParameterKind, Role, Tag, ValueType
 from twin.jsonld import DATA, _slug
 
@@ -142,6 +145,20 @@ def numeric_tags(tags: Iterable[Tag]) -> list[Tag]:
 
 # --- concept descriptions ----------------------------------------------------------------------------------------
 
+SKOS = "http://www.w3.org/2004/02/skos/core#"
+
+
+@lru_cache(maxsize=1)
+def _matches() -> dict[str, tuple[str, ...]]:
+    """Term IRI -> the external terms it is an exact or close match of (ontology/alignment.owl)."""
+    out: dict[str, list[str]] = {}
+    g = alignment_graph()
+    for rel in ("exactMatch", "closeMatch"):
+        for s, _, o in g.triples((None, URIRef(SKOS + rel), None)):
+            out.setdefault(str(s), []).append(str(o))
+    return {k: tuple(sorted(set(v))) for k, v in out.items()}
+
+
 def concept_description(tag: Tag, line_id: str) -> model.ConceptDescription:
     """IEC 61360 description of a tag's semantic id: name, definition, unit (UCUM) and unit id (QUDT)."""
     iri = semantic_iri(tag, line_id)
@@ -159,7 +176,7 @@ def concept_description(tag: Tag, line_id: str) -> model.ConceptDescription:
     )
     local = iri.rsplit("#", 1)[-1].rsplit("/", 1)[-1]
     return model.ConceptDescription(
-        id_=iri, id_short=id_short(local),
+        id_=iri, id_short=id_short(local), is_case_of={ref(m) for m in _matches().get(iri, ())},
         embedded_data_specifications=[model.EmbeddedDataSpecification(ref(IEC61360), content)])
 
 
