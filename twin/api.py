@@ -332,7 +332,10 @@ def create_app(daemon: Any) -> FastAPI:
 
     app.include_router(make_router(daemon))
     # --- end ontology ---
-    from twin.aas_api import make_router as aas_router; app.include_router(aas_router(daemon))  # noqa: E702 - AAS
+    # --- Asset Administration Shell export (twin/aas.py) ---
+    from twin.aas_api import make_router as aas_router
+
+    app.include_router(aas_router(daemon))
 
     web = Path(__file__).parent / "web"
     app.mount("/static/vendor", StaticFiles(directory=_plotly_dir()), name="vendor")
