@@ -38,30 +38,20 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from twin.samples import RawBatch
+from twin.samples import RawBatch, safe_text
 
 log = logging.getLogger("twin.connectors")
 
-TRUNCATED = "...[truncated]"
-
 
 def storable_text(value: object, limit: int) -> str:
-    """Text that every store accepts: valid UTF-8 (lone surrogates and NUL escaped), at most
-    ``limit`` characters (cut with a marker). Never raises. (The connectors' own equivalent of
-    ``twin.samples.safe_text``, which is added beside the store's validation.)"""
-    try:
-        text = value if isinstance(value, str) else repr(value)
-    except Exception:  # noqa: BLE001 - repr of a hostile object (deep nesting, huge int)
-        text = f"<unprintable {type(value).__name__}>"
-    if len(text) > limit:
-        text = text[:max(0, limit - len(TRUNCATED))] + TRUNCATED
-    if not text.isascii():
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    if len(text) > limit:  # the escapes made it longer
-        text = text[:max(0, limit - len(TRUNCATED))] + TRUNCATED
-    return text
+    """Text that every store accepts (:func:`twin.samples.safe_text`), with ``repr`` for non-strings
+    (a payload object reads better as its repr). Never raises."""
+    if not isinstance(value, str):
+        try:
+            value = repr(value)
+        except Exception:  # noqa: BLE001 - repr of a hostile object (deep nesting, huge int)
+            value = f"<unprintable {type(value).__name__}>"
+    return safe_text(value, limit)
 
 
 def error_text(err: BaseException, limit: int = 500) -> str:
