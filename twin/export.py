@@ -1,0 +1,308 @@
+"""Exports (an APIRouter included by :func:`twin.api.create_app`; docs/dashboard.md, "Export").
+
+``GET /api/v1/export``: the stored samples of a set of tags over a time range as CSV or Parquet,
+streamed as the store pages through them (:meth:`twin.store.base.Store.iter_samples`: keyset pages of
+``PAGE`` rows), so the server holds one page and, for Parquet, one row group at a time whatever the
+range. Rows are ordered by (line, tag, time). Columns: line_id, tag, ts, value, unit, quality,
+roll_id, web_pos_m; in CSV ``ts`` is ISO 8601 UTC with nanoseconds and floats are written so that they
+read back exactly; in Parquet ``ts`` is ``timestamp[ns, UTC]``.
+
+``GET /api/v1/rolls/{roll_id}/observations.jsonld``: the observations of one roll as JSON-LD
+(twin.jsonld), filtered by tag, line and time, in pages of ``limit`` observations; the next page is
+named by an opaque ``cursor`` in a ``Link: <...>; rel="next"`` header and, inside the graph, by a
+``hydra:PartialCollectionView`` node with ``hydra:next``.
+
+Nothing here runs on the event loop but the request's validation: store pages and their encoding
+run in the thread pool (Starlette iterates a synchronous body iterator there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import enum
+import io
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from twin.jsonld import CONTEXT, roll_document
+from twin.samples import TS_MAX_NS, TS_MIN_NS, now_ns, parse_time_ns
+from twin.store.base import StoredSample
+
+_log = logging.getLogger("twin.export")
+
+MAX_TAGS = 100  # tags per export request
+PAGE = 10_000  # rows per store page
+ROW_GROUP = 100_000  # rows per Parquet row group (at most this many rows are held as Arrow arrays)
+COLUMNS = ("line_id", "tag", "ts", "value", "unit", "quality", "roll_id", "web_pos_m")
+JSONLD_LIMIT_DEFAULT, JSONLD_LIMIT_MAX = 10_000, 100_000
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class ExportFormat(str, enum.Enum):
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+def _bad(name: str, msg: str) -> HTTPException:
+    return HTTPException(422, detail=[{"loc": ["query", name], "msg": msg, "type": "value_error"}])
+
+
+def _time(name: str, value: str | None, default_ns: int) -> int:
+    if value is None:
+        return default_ns
+    try:
+        return parse_time_ns(value)  # refuses no offset, > 64 characters, outside the store's int64 range
+    except (ValueError, OverflowError) as err:
+        raise _bad(name, str(err)) from err
+
+
+def _range(start: str | None, end: str | None, default_span_ns: int | None) -> tuple[int, int]:
+    """(start, end) in ns; end defaults to now, start to end - span (or the store's first instant)."""
+    end_ns = _time("end", end, now_ns() if default_span_ns is not None else TS_MAX_NS)
+    start_ns = _time("start", start, TS_MIN_NS if default_span_ns is None else max(TS_MIN_NS, end_ns - default_span_ns))
+    if start_ns >= end_ns:
+        raise _bad("start", "start must be before end")
+    return start_ns, end_ns
+
+
+def _tag_list(name: str, tags: list[str] | None) -> list[str]:
+    out = list(dict.fromkeys(tags or ()))  # repeated ones once, in the order given
+    if len(out) > MAX_TAGS:
+        raise _bad(name, f"at most {MAX_TAGS} tags per request, got {len(out)}")
+    return out
+
+
+def iso_ns(ns: int) -> str:
+    """ISO 8601 UTC with nanoseconds, e.g. ``2026-11-22T10:00:00.123456789+00:00`` (exact for int64 ns)."""
+    secs, rem = divmod(ns, 1_000_000_000)
+    return f"{_EPOCH + timedelta(seconds=secs):%Y-%m-%dT%H:%M:%S}.{rem:09d}+00:00"
+
+
+# --- encoders: an iterable of store pages in, an iterator of byte chunks out --------------------------
+def csv_chunks(pages: Iterable[list[StoredSample]]) -> Iterator[bytes]:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for rows in pages:
+        # repr() of a float reads back as the same float; None -> empty field
+        w.writerows((s.line_id, s.tag_id, iso_ns(s.source_ts_ns), repr(s.value), s.unit, s.quality,
+                     s.roll_id, None if s.web_pos_m is None else repr(s.web_pos_m)) for s in rows)
+        yield buf.getvalue().encode()
+        buf.seek(0)
+        buf.truncate()
+    tail = buf.getvalue()  # the header of an empty export
+    if tail:
+        yield tail.encode()
+
+
+class _Sink(io.RawIOBase):
+    """A write-only file for pyarrow's ParquetWriter whose written bytes are taken out as they come."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self._parts.append(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+def parquet_schema(pa: Any) -> Any:
+    return pa.schema([("line_id", pa.string()), ("tag", pa.string()), ("ts", pa.timestamp("ns", tz="UTC")),
+                      ("value", pa.float64()), ("unit", pa.string()), ("quality", pa.int32()),
+                      ("roll_id", pa.string()), ("web_pos_m", pa.float64())])
+
+
+def parquet_chunks(pages: Iterable[list[StoredSample]], pa: Any, pq: Any,
+                   row_group: int = ROW_GROUP) -> Iterator[bytes]:
+    """Parquet (zstd) written one row group at a time; each row group's bytes are yielded once written."""
+    schema = parquet_schema(pa)
+    sink = _Sink()
+    writer = pq.ParquetWriter(sink, schema, compression="zstd")
+    batches: list[Any] = []
+    held = 0
+
+    def flush() -> bytes:
+        nonlocal held
+        writer.write_table(pa.Table.from_batches(batches, schema=schema), row_group_size=row_group)
+        batches.clear()
+        held = 0
+        return sink.take()
+
+    try:
+        for rows in pages:
+            batches.append(pa.record_batch([
+                pa.array([s.line_id for s in rows], pa.string()),
+                pa.array([s.tag_id for s in rows], pa.string()),
+                pa.array([s.source_ts_ns for s in rows], pa.timestamp("ns", tz="UTC")),
+                pa.array([s.value for s in rows], pa.float64()),
+                pa.array([s.unit for s in rows], pa.string()),
+                pa.array([int(s.quality) for s in rows], pa.int32()),
+                pa.array([s.roll_id for s in rows], pa.string()),
+                pa.array([s.web_pos_m for s in rows], pa.float64()),
+            ], schema=schema))
+            held += len(rows)
+            if held >= row_group:
+                yield flush()
+        if batches:
+            yield flush()
+    finally:
+        writer.close()
+    yield sink.take()  # the footer (and the magic bytes of an empty file)
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    """pyarrow is a base dependency (pyproject.toml); a broken install gets a 501 that says so. Imported
+    on the first Parquet export, not at start-up: it costs the daemon ~60 MB and a second otherwise."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise HTTPException(501, detail=f"Parquet export needs pyarrow, which is not installed here ({err}); "
+                                        "install it (pip install 'pyarrow>=15') or ask for format=csv") from None
+    return pa, pq
+
+
+def _cursor_encode(key: tuple[str, str, int]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _cursor_decode(text: str) -> tuple[str, str, int]:
+    try:
+        if len(text) > 4096:
+            raise ValueError("too long")
+        line, tag, ts = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        if not (isinstance(line, str) and isinstance(tag, str) and type(ts) is int and TS_MIN_NS <= ts <= TS_MAX_NS):
+            raise ValueError("not a cursor")
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        raise _bad("cursor", "not a cursor of this endpoint: pass the one from the previous page's next link") from err
+    return line, tag, ts
+
+
+def make_router(daemon: Any) -> APIRouter:
+    """``daemon`` provides ``store`` and ``tagmap``."""
+    router = APIRouter()
+
+    @router.get(
+        "/api/v1/export", summary="Stored samples of tags over a time range as CSV or Parquet (streamed)",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/csv": {}, PARQUET_MEDIA_TYPE: {}},
+                         "description": "columns line_id, tag, ts, value, unit, quality, roll_id, web_pos_m; "
+                                        "rows ordered by line, tag, time"},
+                   404: {"description": "an unknown tag"}, 501: {"description": "pyarrow missing (Parquet)"}},
+        description=f"Streams as the store pages through the range (bounded server memory). At most {MAX_TAGS} "
+                    "tags; times ISO 8601 with offset; `end` defaults to now and `start` to `end` - 1 h. "
+                    "Parquet: `ts` is timestamp[ns, UTC], zstd, row groups of "
+                    f"{ROW_GROUP:,} rows. CSV: `ts` ISO 8601 UTC with nanoseconds.")
+    async def export(tags: list[str] = Query(..., description=f"tag ids (repeat: tags=a&tags=b), 1 to {MAX_TAGS}"),
+                     start: str | None = Query(None, description="ISO 8601 with offset; default end - 1 h"),
+                     end: str | None = Query(None, description="ISO 8601 with offset; default now"),
+                     format: ExportFormat = Query(ExportFormat.CSV, description="csv or parquet"),  # noqa: A002
+                     line: str | None = Query(None, description="line id (default: every line)")) -> StreamingResponse:
+        wanted = _tag_list("tags", tags)
+        unknown = [t for t in wanted if t not in daemon.tagmap.tags]
+        if unknown:
+            shown = ", ".join(repr(t[:100]) for t in unknown[:10])
+            raise HTTPException(404, detail=f"unknown tag(s): {shown}" + (" ..." if len(unknown) > 10 else ""))
+        start_ns, end_ns = _range(start, end, 3600 * 10**9)
+        pa_pq = _pyarrow() if format is ExportFormat.PARQUET else None
+        pages = daemon.store.iter_samples(wanted, start_ns, end_ns, line, page=PAGE)
+        # the first page before the answer: a failing store is a 503, not a truncated file
+        try:
+            first = await asyncio.to_thread(next, pages, None)
+        except Exception as err:  # noqa: BLE001 - the backend's own errors (sqlite3, InfluxError, OSError)
+            _log.warning("export: store query failed: %s", err)
+            raise HTTPException(503, detail=f"the store could not be read: {type(err).__name__}") from None
+
+        def all_pages() -> Iterator[list[StoredSample]]:
+            if first is not None:
+                yield first
+                yield from pages
+
+        def logged(chunks: Iterator[bytes]) -> Iterator[bytes]:
+            try:
+                yield from chunks
+            except Exception:  # headers are sent: the client sees a cut-off body (Parquet: no footer)
+                _log.exception("export: failed while streaming; the response is cut off")
+                raise
+
+        stamp = f"{iso_ns(start_ns)[:19]}_{iso_ns(end_ns)[:19]}".replace(":", "")
+        if pa_pq is None:
+            body, media, ext = csv_chunks(all_pages()), "text/csv; charset=utf-8", "csv"
+        else:
+            body, media, ext = parquet_chunks(all_pages(), *pa_pq), PARQUET_MEDIA_TYPE, "parquet"
+        return StreamingResponse(logged(body), media_type=media,
+                                 headers={"Content-Disposition": f'attachment; filename="twin-export-{stamp}.{ext}"',
+                                          "Cache-Control": "no-store"})
+
+    @router.get(
+        "/api/v1/rolls/{roll_id}/observations.jsonld",
+        summary="Observations of one roll as JSON-LD (SOSA/SSN + PROV), filtered and paged",
+        description="One page of at most `limit` observations, ordered by line, tag, time. When there are more, "
+                    "the response has a `Link: <url>; rel=\"next\"` header and a `hydra:PartialCollectionView` "
+                    "node with `hydra:next` in the graph; the url repeats the filters with a `cursor`. "
+                    "404 when the roll has no stored observation (matching the filters).")
+    async def roll_jsonld(request: Request, roll_id: str,
+                          line: str | None = Query(None, description="line id"),
+                          tag: list[str] | None = Query(None, description="restrict to these tag ids (repeat)"),
+                          start: str | None = Query(None, description="ISO 8601 with offset (inclusive)"),
+                          end: str | None = Query(None, description="ISO 8601 with offset (exclusive)"),
+                          limit: int = Query(JSONLD_LIMIT_DEFAULT, ge=1, le=JSONLD_LIMIT_MAX,
+                                             description="observations per page"),
+                          cursor: str | None = Query(None, description="from the previous page's next link")
+                          ) -> JSONResponse:
+        wanted = _tag_list("tag", tag)
+        start_ns, end_ns = _range(start, end, None)
+        after = _cursor_decode(cursor) if cursor is not None else None
+        store = daemon.store
+
+        def page() -> tuple[list[StoredSample], list[dict[str, Any]]]:
+            tags = wanted or sorted({s.tag_id for s in store.latest(line)})
+            rows = store.samples_page(tags, start_ns, end_ns, line, roll_id=roll_id, after=after, limit=limit + 1)
+            return rows, (store.rolls(line, 10_000) if rows else [])
+
+        rows, rolls = await asyncio.to_thread(page)
+        if not rows and after is None:
+            raise HTTPException(404, detail=f"no stored observations of roll {roll_id[:200]!r}"
+                                            + (" matching the filters" if wanted or start or end else ""))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if rows:
+            doc = await asyncio.to_thread(roll_document, roll_id, rows, daemon.tagmap.tags, rolls)
+        else:  # the page after an exactly full one
+            doc = {"@context": CONTEXT, "@graph": []}
+        headers = {}
+        if more:
+            last = rows[-1]
+            nxt = str(request.url.include_query_params(cursor=_cursor_encode((last.line_id, last.tag_id,
+                                                                               last.source_ts_ns))))
+            headers["Link"] = f'<{nxt}>; rel="next"'
+            doc["@context"] = {**doc["@context"], "hydra": "http://www.w3.org/ns/hydra/core#"}
+            doc["@graph"].append({"@id": str(request.url), "@type": "hydra:PartialCollectionView",
+                                  "hydra:next": {"@id": nxt}})
+        return JSONResponse(doc, media_type="application/ld+json", headers=headers)
+
+    return router
