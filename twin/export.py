@@ -137,19 +137,24 @@ def parquet_schema(pa: Any) -> Any:
 
 
 def parquet_chunks(pages: Iterable[list[StoredSample]], pa: Any, pq: Any,
-                   row_group: int = ROW_GROUP) -> Iterator[bytes]:
+                   row_group: int | None = None) -> Iterator[bytes]:
     """Parquet (zstd) written one row group at a time; each row group's bytes are yielded once written."""
+    row_group = row_group or ROW_GROUP
     schema = parquet_schema(pa)
     sink = _Sink()
     writer = pq.ParquetWriter(sink, schema, compression="zstd")
     batches: list[Any] = []
     held = 0
 
-    def flush() -> bytes:
+    def flush(final: bool = False) -> bytes:
+        # row groups of exactly `row_group` rows (the last one shorter); the remainder waits for more pages
         nonlocal held
-        writer.write_table(pa.Table.from_batches(batches, schema=schema), row_group_size=row_group)
-        batches.clear()
-        held = 0
+        table = pa.Table.from_batches(batches, schema=schema)
+        while table.num_rows >= row_group or (final and table.num_rows):
+            writer.write_table(table.slice(0, row_group), row_group_size=row_group)
+            table = table.slice(row_group)
+        batches[:] = table.to_batches()
+        held = table.num_rows
         return sink.take()
 
     try:
@@ -167,8 +172,8 @@ def parquet_chunks(pages: Iterable[list[StoredSample]], pa: Any, pq: Any,
             held += len(rows)
             if held >= row_group:
                 yield flush()
-        if batches:
-            yield flush()
+        if held:
+            yield flush(final=True)
     finally:
         writer.close()
     yield sink.take()  # the footer (and the magic bytes of an empty file)
