@@ -139,6 +139,26 @@ def test_encoders_stream_and_do_not_read_the_whole_range_first(fmt: str) -> None
         assert data.count(b"\n") == 50_001
 
 
+def test_parquet_encoder_does_not_pull_pandas_into_the_daemon() -> None:
+    """pa.array() imports pandas when it is installed (~50 MB of the daemon's memory); the encoder builds its
+    columns from buffers instead. In a fresh interpreter: pandas is importable, yet not imported."""
+    import subprocess
+
+    code = ("import sys, pyarrow as pa, pyarrow.parquet as pq, importlib.util\n"
+            "from twin.export import parquet_chunks\n"
+            "from twin.store.base import StoredSample as S\n"
+            "pages = [[S('L', 't', 1.5, 'um', i, 0, 0, None, None) for i in range(100)]]\n"
+            "data = b''.join(parquet_chunks(pages, pa, pq))\n"
+            "print(importlib.util.find_spec('pandas') is not None, 'pandas' in sys.modules, len(data) > 0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    installed, imported, wrote = out.stdout.split()
+    assert (imported, wrote) == ("False", "True"), out.stdout
+    if installed == "False":
+        pytest.skip("pandas is not installed here: the check would prove nothing")
+
+
 def test_empty_range_is_a_valid_empty_file(client: TestClient) -> None:
     params = {"tags": GAP, "start": "2001-01-01T00:00:00Z", "end": "2001-01-02T00:00:00Z"}
     assert client.get("/api/v1/export", params=params).text == ",".join(export.COLUMNS) + "\n"
