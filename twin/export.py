@@ -12,8 +12,9 @@ read back exactly; in Parquet ``ts`` is ``timestamp[ns, UTC]``.
 named by an opaque ``cursor`` in a ``Link: <...>; rel="next"`` header and, inside the graph, by a
 ``hydra:PartialCollectionView`` node with ``hydra:next``.
 
-Nothing here runs on the event loop but the request's validation: store pages and their encoding
-run in the thread pool (Starlette iterates a synchronous body iterator there).
+Nothing here runs on the event loop but the request's validation: store pages and their encoding run
+on a pool of ``EXPORT_THREADS`` threads of its own, one step (page) at a time as the client reads, so a
+slow client slows the export instead of filling the server's memory.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import enum
 import io
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -41,7 +43,8 @@ _log = logging.getLogger("twin.export")
 
 MAX_TAGS = 100  # tags per export request
 PAGE = 10_000  # rows per store page
-ROW_GROUP = 100_000  # rows per Parquet row group (at most this many rows are held as Arrow arrays)
+ROW_GROUP = 50_000  # rows per Parquet row group (at most this many rows are held as Arrow arrays)
+EXPORT_THREADS = 2  # exports stream concurrently, their steps share this many threads
 COLUMNS = ("line_id", "tag", "ts", "value", "unit", "quality", "roll_id", "web_pos_m")
 JSONLD_LIMIT_DEFAULT, JSONLD_LIMIT_MAX = 10_000, 100_000
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
@@ -185,7 +188,7 @@ def parquet_chunks(pages: Iterable[list[StoredSample]], pa: Any, pq: Any,
     row_group = row_group or ROW_GROUP
     schema = parquet_schema(pa)
     sink = _Sink()
-    writer = pq.ParquetWriter(sink, schema, compression="zstd")
+    writer = pq.ParquetWriter(sink, schema, compression="zstd", use_dictionary=["line_id", "tag", "unit", "roll_id"])
     batches: list[Any] = []
     held = 0
 
@@ -244,6 +247,10 @@ def _cursor_decode(text: str) -> tuple[str, str, int]:
 def make_router(daemon: Any) -> APIRouter:
     """``daemon`` provides ``store`` and ``tagmap``."""
     router = APIRouter()
+    # Exports run on their own small pool, not on the shared one of asyncio.to_thread / Starlette: the
+    # embedded store keeps one SQLite connection (and page cache, up to 32 MB) per thread that reads, so
+    # an export hopping over the default pool's threads would warm a cache in each of them.
+    pool = ThreadPoolExecutor(max_workers=EXPORT_THREADS, thread_name_prefix="twin-export")
 
     @router.get(
         "/api/v1/export", summary="Stored samples of tags over a time range as CSV or Parquet (streamed)",
@@ -271,7 +278,7 @@ def make_router(daemon: Any) -> APIRouter:
         pages = daemon.store.iter_samples(wanted, start_ns, end_ns, line, page=PAGE)
         # the first page before the answer: a failing store is a 503, not a truncated file
         try:
-            first = await asyncio.to_thread(next, pages, None)
+            first = await asyncio.get_running_loop().run_in_executor(pool, next, pages, None)
         except Exception as err:  # noqa: BLE001 - the backend's own errors (sqlite3, InfluxError, OSError)
             _log.warning("export: store query failed: %s", err)
             raise HTTPException(503, detail=f"the store could not be read: {type(err).__name__}") from None
@@ -281,19 +288,28 @@ def make_router(daemon: Any) -> APIRouter:
                 yield first
                 yield from pages
 
-        def logged(chunks: Iterator[bytes]) -> Iterator[bytes]:
+        async def streamed(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+            # each step (store page + encoding) on the export pool, one step at a time: the client's pace
+            # sets the server's (back-pressure), and an export uses the pool threads' store connections
+            loop = asyncio.get_running_loop()
             try:
-                yield from chunks
+                while (chunk := await loop.run_in_executor(pool, next, chunks, None)) is not None:
+                    yield chunk
             except Exception:  # headers are sent: the client sees a cut-off body (Parquet: no footer)
                 _log.exception("export: failed while streaming; the response is cut off")
                 raise
+            finally:
+                try:
+                    chunks.close()  # a client that went away: release the writer (its footer is not sent)
+                except ValueError:  # still running in the pool (cancelled meanwhile): closed when collected
+                    pass
 
         stamp = f"{iso_ns(start_ns)[:19]}_{iso_ns(end_ns)[:19]}".replace(":", "")
         if pa_pq is None:
             body, media, ext = csv_chunks(all_pages()), "text/csv; charset=utf-8", "csv"
         else:
             body, media, ext = parquet_chunks(all_pages(), *pa_pq), PARQUET_MEDIA_TYPE, "parquet"
-        return StreamingResponse(logged(body), media_type=media,
+        return StreamingResponse(streamed(body), media_type=media,
                                  headers={"Content-Disposition": f'attachment; filename="twin-export-{stamp}.{ext}"',
                                           "Cache-Control": "no-store"})
 
