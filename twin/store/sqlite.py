@@ -105,6 +105,18 @@ class SQLiteStore(Store):
             self._local.conn = c
         return c
 
+    def _bulk_reader(self) -> sqlite3.Connection:
+        """The reader of :meth:`samples_page` (exports: long scans in keyset pages) with a small page cache
+        (2 MB): a scan reads each page once, and the 32 MB cache of the query readers, filled by it, would
+        stay resident in every thread that served a page."""
+        c = getattr(self._local, "bulk", None)
+        if c is None:
+            c = self._connect()
+            c.execute("PRAGMA query_only=1")
+            c.execute("PRAGMA cache_size=-2000")
+            self._local.bulk = c
+        return c
+
     # -- writes ------------------------------------------------------------------------------
     def _series_id(self, line: str, tag: str, unit: str) -> int:
         key = (line, tag)
@@ -220,7 +232,7 @@ class SQLiteStore(Store):
         # one query per series on its (series, ts) primary key, from the cursor on: no scan of what is behind
         if not tags:
             return []
-        c = self._reader()
+        c = self._bulk_reader()
         q = "SELECT id, line, tag, unit FROM series WHERE tag IN (%s)" % ",".join("?" * len(tags))
         args: list[Any] = list(tags)
         if line_id is not None:
