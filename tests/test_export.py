@@ -267,5 +267,8 @@ def test_docs_pages_reference_only_files_the_twin_serves(client: TestClient) -> 
             r = client.get(u)
             assert r.status_code == 200 and len(r.content) > 0, (page, u, r.status_code)
     assert '"validatorUrl": null' in client.get("/docs").text
+    for page in ("/docs", "/redoc"):  # the browser may fetch from the twin only
+        csp = client.get(page).headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "img-src 'self' data:" in csp and "https:" not in csp
     assert client.get("/static/apidocs/swagger-ui-bundle.js").headers["content-type"].startswith(
         ("text/javascript", "application/javascript"))
