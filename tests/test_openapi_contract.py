@@ -88,6 +88,12 @@ def _check_operation(op: Any, mode: GenerationMode, failures: list[str]) -> int:
         nonlocal calls
         calls += 1
         response = case.call(headers={**(case.headers or {}), "Authorization": f"Bearer {TOKEN}"})
+        if response.status_code == 503 and case.path == "/healthz":
+            # documented, not an error: this daemon never connects its source, so it is degraded, and must
+            # say why (docs/reliability.md); any other 5xx is a server error
+            body = response.json()
+            assert body["status"] == "degraded" and body["problems"], response.text[:300]
+            return
         assert response.status_code < 500, (
             f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}\n"
             f"    reproduce: {case.as_curl_command()}")
@@ -107,6 +113,7 @@ def _check_operation(op: Any, mode: GenerationMode, failures: list[str]) -> int:
 # pytest 9 and schemathesis' own pytest integration (from_fixture / parametrize) disagree on node ids,
 # so the operations are driven here through schemathesis' hypothesis strategies directly.
 def test_no_server_error_on_generated_requests(api_schema: Any) -> None:
+    assert "503" in api_schema.raw_schema["paths"]["/healthz"]["get"]["responses"]  # the one 5xx, documented
     failures: list[str] = []
     covered: dict[str, int] = {}
     for result in api_schema.get_all_operations():

@@ -184,6 +184,8 @@ def create_app(daemon: Any) -> FastAPI:
                                                                 "it was logged and counted"})
 
     @app.get("/healthz", summary="Component health: 200 when ok, 503 when degraded",
+             responses={200: {"description": "ok: every check holds"},
+                        503: {"description": "degraded: `problems` says which checks fail"}},
              description="`status` is `ok` or `degraded`; `problems` says why in words. Degraded: a source "
                          "disconnected or failing, a supervised task failing or restarting, store commits "
                          "failing, a scheduled job failing. 503 makes container health checks and load "
@@ -324,6 +326,10 @@ def create_app(daemon: Any) -> FastAPI:
 
     app.include_router(make_router(daemon))
     # --- end ontology ---
+    # --- Asset Administration Shell export (twin/aas.py) ---
+    from twin.aas_api import make_router as aas_router
+
+    app.include_router(aas_router(daemon))
 
     web = Path(__file__).parent / "web"
     apidocs.install(app)  # /docs, /redoc and /static/apidocs: before the /static mount

@@ -154,6 +154,8 @@ class PipelineConfig(BaseModel):
     commit_retry_max_s: float = Field(5.0, gt=0, le=600, description="longest delay between commit retries")
     shutdown_commit_attempts: int = Field(3, ge=1, le=100, description="commit attempts at shutdown while the store "
                                                                        "fails, before reporting what was not stored")
+    commit_stall_s: float = Field(3.0, gt=0, description="a store commit still in flight after this long makes "
+                                                          "/healthz degraded (a locked or unreachable store)")
 
 
 class Scope(str, enum.Enum):

@@ -156,6 +156,10 @@ class Daemon:
         if not store.get("ok"):
             out.append(f"store {store.get('backend', '')} unhealthy: {store.get('error') or store.get('last_error') or ''}".rstrip(": "))
         st = self.pipeline.stats
+        started = self.pipeline.commit_started_ns
+        if started and now_ns() - started > self.config.pipeline.commit_stall_s * 1e9:
+            out.append(f"store commit in flight for {(now_ns() - started) / 1e9:.0f} s (the store is not answering: "
+                       "locked, full or unreachable)")
         if not self.pipeline.store_ok:
             out.append(f"store commits failing for {(now_ns() - st.store_failing_since_ns) / 1e9:.0f} s "
                        f"({st.store_consecutive_failures} attempts): {st.store_last_error or ''}".rstrip(": "))

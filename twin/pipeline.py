@@ -110,6 +110,7 @@ class Pipeline:
         self._flush_lock = asyncio.Lock()
         self._linger: asyncio.Task[None] | None = None
         self._stopping = False
+        self.commit_started_ns = 0  # when the commit in flight began (0: none in flight)
         self._shutdown_attempts = 0
         self._last_log: dict[str, float] = {}  # event -> monotonic time of its last log line
         self._suppressed: dict[str, int] = {}
@@ -263,9 +264,11 @@ class Pipeline:
         while True:
             if self._stopping and self._shutdown_attempts >= self.config.shutdown_commit_attempts:
                 raise _GiveUp()
+            self.commit_started_ns = now_ns()  # a commit that hangs (a locked file) shows in /healthz
             try:
                 result = await asyncio.to_thread(self.store.write, samples, dead, rolls)
             except Exception as err:  # noqa: BLE001 - classified below
+                self.commit_started_ns = 0
                 if classify_store_error(err) is StoreErrorKind.PERMANENT:
                     self.stats.commit_errors += 1
                     self.metrics.commit_errors.inc()
@@ -280,6 +283,7 @@ class Pipeline:
                     await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.commit_retry_max_s)
                 continue
+            self.commit_started_ns = 0
             self._store_ok()
             return result
 
