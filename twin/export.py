@@ -258,7 +258,8 @@ def make_router(daemon: Any) -> APIRouter:
         responses={200: {"content": {"text/csv": {}, PARQUET_MEDIA_TYPE: {}},
                          "description": "columns line_id, tag, ts, value, unit, quality, roll_id, web_pos_m; "
                                         "rows ordered by line, tag, time"},
-                   404: {"description": "an unknown tag"}, 501: {"description": "pyarrow missing (Parquet)"}},
+                   404: {"description": "an unknown tag"}, 501: {"description": "pyarrow missing (Parquet)"},
+                   503: {"description": "the store could not be read (before any byte of the file)"}},
         description=f"Streams as the store pages through the range (bounded server memory). At most {MAX_TAGS} "
                     "tags; times ISO 8601 with offset; `end` defaults to now and `start` to `end` - 1 h. "
                     "Parquet: `ts` is timestamp[ns, UTC], zstd, row groups of "
@@ -280,7 +281,7 @@ def make_router(daemon: Any) -> APIRouter:
         try:
             first = await asyncio.get_running_loop().run_in_executor(pool, next, pages, None)
         except Exception as err:  # noqa: BLE001 - the backend's own errors (sqlite3, InfluxError, OSError)
-            _log.warning("export: store query failed: %s", err)
+            _log.warning("export: store query failed: %s", err, exc_info=err)
             raise HTTPException(503, detail=f"the store could not be read: {type(err).__name__}") from None
 
         def all_pages() -> Iterator[list[StoredSample]]:
