@@ -181,3 +181,24 @@ def test_audit_trail_appends_and_reads_back_newest_first(store: Store) -> None:
     assert {r["ref"] for r in store.audit(line_id="L1")} == {"p0", "p1"}
     assert len(store.audit()) == 4 and len(store.audit(limit=2)) == 2
     assert store.audit(ref="nope") == []
+
+
+def test_samples_page_walks_every_sample_once_in_line_tag_time_order(store: Store) -> None:
+    # two lines, three tags (one not asked for), two rolls; pages of 7 across series boundaries
+    rows = [smp(tag, i, float(i) + (100 if line == "L2" else 0), line=line, roll="R1" if i < 12 else "R2")
+            for line in ("L1", "L2") for tag in ("a.b", "a.c", "a.x") for i in range(20)]
+    store.write(rows)
+    tags = ["a.c", "a.b"]
+    got = [s for page in store.iter_samples(tags, T0 + 2 * S, T0 + 18 * S, page=7) for s in page]
+    keys = [(s.line_id, s.tag_id, s.source_ts_ns) for s in got]
+    expected = sorted((line, tag, T0 + i * S) for line in ("L1", "L2") for tag in tags for i in range(2, 18))
+    assert keys == expected  # each once, in order, end exclusive, the unasked tag left out
+    s0 = got[0]
+    assert (s0.value, s0.unit, s0.roll_id, s0.web_pos_m, s0.received_ts_ns) == (2.0, "um", "R1", 2.0, T0 + 2 * S + 1000)
+    assert [s.value for s in got if s.line_id == "L2" and s.tag_id == "a.b"] == [100.0 + i for i in range(2, 18)]
+    # one line, one roll; a page after a key continues behind it
+    r2 = store.samples_page(tags, 0, 2**62, "L2", roll_id="R2", limit=100)
+    assert [(s.tag_id, s.source_ts_ns) for s in r2] == [(t, T0 + i * S) for t in ("a.b", "a.c") for i in range(12, 20)]
+    nxt = store.samples_page(tags, 0, 2**62, "L2", roll_id="R2", after=("L2", "a.b", T0 + 19 * S), limit=3)
+    assert [(s.tag_id, s.source_ts_ns) for s in nxt] == [("a.c", T0 + i * S) for i in (12, 13, 14)]
+    assert store.samples_page(["no.such"], 0, 2**62) == [] and store.samples_page([], 0, 2**62) == []

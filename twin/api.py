@@ -20,6 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from twin import apidocs
+from twin.export import make_router as export_router
 from twin.samples import now_ns, ns_to_iso, parse_time_ns
 from twin.state import sample_json
 
@@ -156,7 +158,8 @@ def make_auth(daemon: Any) -> Any:
 def create_app(daemon: Any) -> FastAPI:
     """``daemon`` provides: store, tagmap, state, metrics, pipeline, health(), connectors."""
     app = FastAPI(title="Pilot-line twin", version="0.1.0",
-                  description="Queries, live stream and health of the pilot-line digital twin.")
+                  description="Queries, live stream and health of the pilot-line digital twin.",
+                  docs_url=None, redoc_url=None)  # served from installed files: twin/apidocs.py
     app.state.daemon = daemon
     auth = make_auth(daemon)
 
@@ -249,17 +252,8 @@ def create_app(daemon: Any) -> FastAPI:
             r["ts"] = ns_to_iso(r.pop("source_ts_ns"))
         return rows
 
-    @app.get("/api/v1/rolls/{roll_id}/observations.jsonld",
-             summary="Every stored observation of one roll as JSON-LD (SOSA/SSN + PROV)")
-    async def roll_jsonld(roll_id: str, line: str | None = Query(None)) -> JSONResponse:
-        from twin.jsonld import roll_document
-
-        samples = await asyncio.to_thread(daemon.store.samples_of_roll, roll_id, line)
-        if not samples:
-            raise HTTPException(404, detail=f"no stored observations of roll {roll_id!r}")
-        rolls = await asyncio.to_thread(daemon.store.rolls, line, 10_000)
-        return JSONResponse(roll_document(roll_id, samples, daemon.tagmap.tags, rolls),
-                            media_type="application/ld+json")
+    # CSV / Parquet export and the roll's JSON-LD observations, paged (twin/export.py)
+    app.include_router(export_router(daemon))
 
     @app.get("/api/v1/stream", summary="Live stream (Server-Sent Events) of committed samples",
              description="Each event is `data: {\"type\": \"samples\", \"samples\": [...]}`; "
@@ -338,6 +332,7 @@ def create_app(daemon: Any) -> FastAPI:
     app.include_router(aas_router(daemon))
 
     web = Path(__file__).parent / "web"
+    apidocs.install(app)  # /docs, /redoc and /static/apidocs: before the /static mount
     app.mount("/static/vendor", StaticFiles(directory=_plotly_dir()), name="vendor")
     app.mount("/static", StaticFiles(directory=web), name="static")
 

@@ -186,12 +186,21 @@ async def test_replayed_roll_exports_as_json_ld(tmp_path: Path) -> None:
     d2 = Daemon(load_config(write_config(tmp_path)))
     n_roll = len(d2.store.samples_of_roll("R-0002"))
     assert n_roll > 1000
-    r = TestClient(create_app(d2)).get("/api/v1/rolls/R-0002/observations.jsonld")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("application/ld+json")
-    g = rdflib.Graph().parse(data=r.text, format="json-ld")
+    # the export is paged (10,000 observations a page by default): follow the next links
+    client = TestClient(create_app(d2))
+    g = rdflib.Graph()
+    url: str | None = "/api/v1/rolls/R-0002/observations.jsonld"
+    pages = 0
+    while url is not None:
+        r = client.get(url)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/ld+json")
+        g.parse(data=r.text, format="json-ld")
+        url = r.links.get("next", {}).get("url")
+        pages += 1
     sosa = rdflib.Namespace("http://www.w3.org/ns/sosa/")
     observations = set(g.subjects(rdflib.RDF.type, sosa.Observation))
     assert len(observations) == n_roll  # one observation per stored sample of that roll
+    assert pages == -(-n_roll // 10_000)
     roll = rdflib.URIRef("https://w3id.org/pilotline-twin/data/roll/R-0002")
     assert all((o, sosa.hasFeatureOfInterest, roll) in g for o in list(observations)[:100])
     assert TestClient(create_app(d2)).get("/api/v1/rolls/NOPE/observations.jsonld").status_code == 404

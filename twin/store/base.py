@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import enum
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +122,27 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def samples_of_roll(self, roll_id: str, line_id: str | None = None,
                         limit: int = 1_000_000) -> list[StoredSample]: ...
+
+    @abc.abstractmethod
+    def samples_page(self, tags: Sequence[str], start_ns: int, end_ns: int, line_id: str | None = None, *,
+                     roll_id: str | None = None, after: tuple[str, str, int] | None = None,
+                     limit: int = 10_000) -> list[StoredSample]:
+        """Up to ``limit`` samples of ``tags`` with ``start_ns <= ts < end_ns`` (of one line / one roll when
+        given), ordered by (line, tag, ts), only those after the key ``after`` = (line, tag, ts). Keyset
+        pages: a long export holds no read transaction or cursor between two pages."""
+
+    def iter_samples(self, tags: Sequence[str], start_ns: int, end_ns: int, line_id: str | None = None, *,
+                     roll_id: str | None = None, page: int = 10_000) -> Iterator[list[StoredSample]]:
+        """Every matching sample as consecutive pages of :meth:`samples_page` (bounded memory)."""
+        after: tuple[str, str, int] | None = None
+        while True:
+            rows = self.samples_page(tags, start_ns, end_ns, line_id, roll_id=roll_id, after=after, limit=page)
+            if rows:
+                yield rows
+            if len(rows) < page:
+                return
+            last = rows[-1]
+            after = (last.line_id, last.tag_id, last.source_ts_ns)
 
     @abc.abstractmethod
     def dead_letters(self, limit: int = 100, before_id: int | None = None) -> list[dict[str, Any]]: ...

@@ -627,6 +627,26 @@ class InfluxStore(Store):
                                                 f'"line" = {_q(line_id)}' if line_id is not None else None), limit)
         return sorted(rows, key=lambda s: (s.source_ts_ns, s.tag_id))
 
+    def samples_page(self, tags: Sequence[str], start_ns: int, end_ns: int, line_id: str | None = None, *,
+                     roll_id: str | None = None, after: tuple[str, str, int] | None = None,
+                     limit: int = 10_000) -> list[StoredSample]:
+        if not tags:
+            return []
+        self._barrier()
+        wanted = set(tags)
+        keys = sorted((s.line_id, s.tag_id) for s in self.latest(line_id, list(wanted)) if s.tag_id in wanted)
+        if after is not None:
+            keys = [k for k in keys if k >= after[:2]]
+        out: list[StoredSample] = []
+        for line, tag in keys:
+            if len(out) >= limit:
+                break
+            lo = max(start_ns, after[2] + 1) if after is not None and (line, tag) == after[:2] else start_ns
+            where = self._where(f'"tag" = {_q(tag)}', f'"line" = {_q(line)}', f"time >= {lo}", f"time < {end_ns}",
+                                f'"roll" = {_q(roll_id)}' if roll_id is not None else None)
+            out.extend(self._select_samples(where, limit - len(out)))
+        return out
+
     def dead_letters(self, limit: int = 100, before_id: int | None = None) -> list[dict[str, Any]]:
         self._barrier()
         q = (f'SELECT "address", "reason", "payload", "received_ns", "reason_code", "source", "connector", "line" '

@@ -105,6 +105,18 @@ class SQLiteStore(Store):
             self._local.conn = c
         return c
 
+    def _bulk_reader(self) -> sqlite3.Connection:
+        """The reader of :meth:`samples_page` (exports: long scans in keyset pages) with a small page cache
+        (2 MB): a scan reads each page once, and the 32 MB cache of the query readers, filled by it, would
+        stay resident in every thread that served a page."""
+        c = getattr(self._local, "bulk", None)
+        if c is None:
+            c = self._connect()
+            c.execute("PRAGMA query_only=1")
+            c.execute("PRAGMA cache_size=-2000")
+            self._local.bulk = c
+        return c
+
     # -- writes ------------------------------------------------------------------------------
     def _series_id(self, line: str, tag: str, unit: str) -> int:
         key = (line, tag)
@@ -213,6 +225,38 @@ class SQLiteStore(Store):
         q += " ORDER BY x.ts, s.tag LIMIT ?"
         args.append(limit)
         return [self._row(r) for r in self._reader().execute(q, args)]
+
+    def samples_page(self, tags: Sequence[str], start_ns: int, end_ns: int, line_id: str | None = None, *,
+                     roll_id: str | None = None, after: tuple[str, str, int] | None = None,
+                     limit: int = 10_000) -> list[StoredSample]:
+        # one query per series on its (series, ts) primary key, from the cursor on: no scan of what is behind
+        if not tags:
+            return []
+        c = self._bulk_reader()
+        q = "SELECT id, line, tag, unit FROM series WHERE tag IN (%s)" % ",".join("?" * len(tags))
+        args: list[Any] = list(tags)
+        if line_id is not None:
+            q += " AND line = ?"
+            args.append(line_id)
+        keys = sorted((line, tag, sid, unit) for sid, line, tag, unit in c.execute(q, args))
+        if after is not None:
+            keys = [k for k in keys if (k[0], k[1]) >= after[:2]]
+        out: list[StoredSample] = []
+        for line, tag, sid, unit in keys:
+            if len(out) >= limit:
+                break
+            lo = start_ns
+            if after is not None and (line, tag) == after[:2]:
+                lo = max(lo, after[2] + 1)
+            sql = "SELECT ts, value, quality, recv, roll, web_pos FROM samples WHERE series = ? AND ts >= ? AND ts < ?"
+            a: list[Any] = [sid, lo, end_ns]
+            if roll_id is not None:
+                sql += " AND roll = ?"
+                a.append(roll_id)
+            a.append(limit - len(out))
+            out.extend(StoredSample(line, tag, v, unit, ts, recv, qual, roll, wp)
+                       for ts, v, qual, recv, roll, wp in c.execute(sql + " ORDER BY ts LIMIT ?", a))
+        return out
 
     def dead_letters(self, limit: int = 100, before_id: int | None = None) -> list[dict[str, Any]]:
         q = "SELECT id, recv, source, connector, address, line, reason_code, reason, payload FROM dead_letters"
