@@ -78,6 +78,7 @@ class LedgerPublisher:
 
     def __init__(self, port: int, client_id: str) -> None:
         self.acked_mids: set[int] = set()
+        self.ack_time: dict[int, float] = {}  # mid -> time.monotonic() of the broker's first PUBACK
         self.mid_keys: dict[int, list[Key]] = {}
         self.sent_keys: dict[Key, float] = {}
         self.messages = 0
@@ -95,6 +96,7 @@ class LedgerPublisher:
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         with self._lock:
             self.acked_mids.add(mid)
+            self.ack_time.setdefault(mid, time.monotonic())
 
     def publish(self, topic: str, body: str | bytes, keys: dict[Key, float] | Iterable[Key] = ()) -> None:
         # never take self._lock around client.publish: paho calls _on_publish under its own mutex
@@ -113,6 +115,12 @@ class LedgerPublisher:
         with self._lock:
             acked = set(self.acked_mids)
         return {k for mid in acked for k in self.mid_keys.get(mid, ())}
+
+    def ack_times(self, keys: set[Key]) -> list[float]:
+        """When the broker acknowledged the messages that carried ``keys``."""
+        with self._lock:
+            times = dict(self.ack_time)
+        return [times[mid] for mid, ks in self.mid_keys.items() if mid in times and keys.intersection(ks)]
 
     def wait_all_acked(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
