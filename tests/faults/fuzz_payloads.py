@@ -209,7 +209,8 @@ def _deep(lo: int, hi: int, big: int | None = None) -> st.SearchStrategy[str]:
 # --- reading-level categories (usable alone or inside a batch: the JSON stays parseable) ---------
 ITEM_CATEGORIES: dict[str, st.SearchStrategy[ItemPlan]] = {
     "valid": _valid_item(),
-    "wrong_type_value": _invalid("wrong_type_value", {"wrong_type"}, value=st.one_of(
+    # a text value is refused as text first when it is not storable text (over-long, lone surrogates, NUL)
+    "wrong_type_value": _invalid("wrong_type_value", {"wrong_type"} | TEXT_CODES, value=st.one_of(
         st.sampled_from(['"sixty"', "true", "false", "null", "[]", "{}", "[1, 2]", '"61.3"', '""', '{"v": 1}']),
         _any_text.map(js), _deep(2, 50))),
     "non_finite_value": _invalid("non_finite_value", {"non_finite"}, value=st.sampled_from(
