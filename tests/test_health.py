@@ -188,3 +188,38 @@ async def test_a_body_with_nan_or_a_lone_surrogate_is_422_with_plain_text(tmp_pa
             assert r.status_code == 422, (body[:40], r.status_code, r.text[:300])
             assert r.json()["message"] and len(r.text) < 5000
     d.store.close()
+
+
+async def test_a_failing_prediction_round_is_counted_shown_and_the_loop_goes_on(tmp_path: Path) -> None:
+    """The predictor's periodic round raises (injected: predict_all replaced by one that raises); the
+    failure is counted in twin_internal_errors_total{stage="predictor"}, /healthz names it, and the
+    next round runs."""
+    from twin.config import load_config
+    from twin.daemon import Daemon
+
+    cfg = load_config(write_config(tmp_path, extra="[predictor]\nenabled = true\ninterval_s = 0.1\n"))
+    d = Daemon(cfg)
+    p = d.extensions["predictor"]
+    calls = []
+
+    async def broken() -> list:
+        calls.append(1)
+        raise RuntimeError("injected prediction bug")
+
+    p.predict_all = broken  # type: ignore[method-assign]
+    await p.start()
+    try:
+        for _ in range(100):
+            if len(calls) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert len(calls) >= 3  # the loop went on after the first failure
+        assert p.rounds.failures == len(calls) or p.rounds.failures == len(calls) - 1
+        assert any("predictor failed" in x and "injected prediction bug" in x for x in d.problems())
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(d)), base_url="http://twin") as c:
+            metrics = (await c.get("/metrics")).text
+            assert 'twin_internal_errors_total{stage="predictor"}' in metrics
+            assert (await c.get("/healthz")).status_code == 503
+    finally:
+        await p.stop()
+        d.store.close()

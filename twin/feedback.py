@@ -50,6 +50,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from twin.samples import Quality, Sample, now_ns, ns_to_iso
+from twin.supervise import RoundFailures
 
 log = logging.getLogger("twin.feedback")
 
@@ -608,10 +609,7 @@ class FeedbackService:
         self.last_change_ns: dict[str, int] = {}
         self.latency_ms: deque[float] = deque(maxlen=1000)
         self._task: asyncio.Task[None] | None = None
-        self.failures = 0
-        self.last_error: str | None = None
-        self.last_error_ns: int | None = None
-        self._last_traceback = -1e18
+        self.rounds = RoundFailures()
         self._lock = asyncio.Lock()
         tags = {m.setpoint_tag for m in config.manipulables} | {s.tag for s in config.measured.values()}
         tags |= {config.gap_actual_tag, config.web_speed_tag}
@@ -869,16 +867,16 @@ class FeedbackService:
                 await self.tick()
             except Exception as err:  # noqa: BLE001 - a bug in one round must not stop the service
                 # counted, shown by /healthz for a minute (last_error_ns), traceback at most once a minute
-                self.failures += 1
-                self.last_error = f"{type(err).__name__}: {err}"[:500]
-                self.last_error_ns = now_ns()
+                self.rounds.record(err, log, "feedback round")
                 self.daemon.metrics.internal_errors.labels("feedback").inc()
-                mono = time.monotonic()
-                if mono - self._last_traceback >= 60.0:
-                    self._last_traceback = mono
-                    log.exception("feedback round failed (failure %d)", self.failures)
-                else:
-                    log.error("feedback round failed again (failure %d): %s", self.failures, self.last_error)
+
+    @property
+    def last_error(self) -> str | None:
+        return self.rounds.last_error
+
+    @property
+    def last_error_ns(self) -> int | None:
+        return self.rounds.last_error_ns
 
     # -- audit and events ---------------------------------------------------------------------------
     async def _record(self, p: Proposal, kind: str, actor: str | None = None) -> None:

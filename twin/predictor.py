@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from twin.samples import Quality, Sample, now_ns, ns_to_iso
+from twin.supervise import RoundFailures
 
 log = logging.getLogger("twin.predictor")
 
@@ -157,10 +158,7 @@ class Predictor:
     count: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     last_skip_reason: str | None = None
-    failures: int = 0
-    last_error: str | None = None
-    last_error_ns: int | None = None
-    _last_traceback: float = -1e18
+    rounds: RoundFailures = field(default_factory=RoundFailures)
     _pending: asyncio.Task[None] | None = None
     _periodic: asyncio.Task[None] | None = None
 
@@ -217,16 +215,16 @@ class Predictor:
         try:
             await self.predict_all()
         except Exception as err:  # noqa: BLE001 - one bad round must not end the predictor
-            self.failures += 1
-            self.last_error = f"{type(err).__name__}: {err}"[:500]
-            self.last_error_ns = now_ns()
+            self.rounds.record(err, log, "prediction round")
             self.daemon.metrics.internal_errors.labels("predictor").inc()
-            mono = time.monotonic()
-            if mono - self._last_traceback >= 60.0:
-                self._last_traceback = mono
-                log.exception("prediction round failed (failure %d)", self.failures)
-            else:
-                log.error("prediction round failed again (failure %d): %s", self.failures, self.last_error)
+
+    @property
+    def last_error(self) -> str | None:
+        return self.rounds.last_error
+
+    @property
+    def last_error_ns(self) -> int | None:
+        return self.rounds.last_error_ns
 
     # -- prediction --------------------------------------------------------------------------
     def _skip(self, reason: str) -> None:

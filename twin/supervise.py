@@ -58,6 +58,29 @@ class TaskHealth:
                 "failures": self.failures, "last_error": self.last_error, "last_error_ns": self.last_error_ns}
 
 
+@dataclass
+class RoundFailures:
+    """What a periodic service (predictor, feedback) keeps about its failed rounds; /healthz reads
+    ``last_error_ns`` (a round failed within the last minute: degraded)."""
+
+    failures: int = 0
+    last_error: str | None = None
+    last_error_ns: int | None = None
+    _last_traceback: float = -1e18
+
+    def record(self, err: BaseException, logger: logging.Logger, what: str) -> None:
+        """Count a failed round and log it: the traceback at most once a minute, one line otherwise."""
+        self.failures += 1
+        self.last_error = f"{type(err).__name__}: {err}"[:500]
+        self.last_error_ns = now_ns()
+        mono = time.monotonic()
+        if mono - self._last_traceback >= 60.0:
+            self._last_traceback = mono
+            logger.error("%s failed (failure %d)", what, self.failures, exc_info=err)
+        else:
+            logger.error("%s failed again (failure %d): %s", what, self.failures, self.last_error)
+
+
 def full_jitter(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
     """Back-off before retry ``attempt`` (0-based): uniform in [0, min(max_s, initial_s * 2**attempt)]."""
     cap = min(max_s, initial_s * (2.0 ** min(attempt, 62)))
