@@ -35,9 +35,10 @@ CONTACT_V2_SOURCES = {
     "for materials without a tabulated yield stress); NMC agglomerate crushing / CBD flow 50-500 MPa",
     "yield_T_scale_K": "PVDF softening with roll temperature (v1: modulus exp(-(T-25)/62 K)); applied to the "
     "binder share of the effective yield: Y(T) = Y25 (f_am + (1 - f_am) exp(-(T-25)/62 K)) with f_am = 0.7",
-    "surface_energy_mJ_m2": "effective work of adhesion 40 mJ/m2 (PVDF/CBD, v1 CBD value)",
+    "surface_energy_mJ_m2": "effective surface energy 300 mJ/m2 (mdr input; K_Ic = sqrt(2 gamma E/(1-nu^2)) = "
+    "0.08 MPa m^0.5, a weak binder-bridged aggregate; v1's JKR CBD value was 40 mJ/m2)",
     "psi_b": "critical confinement ratio 0.5 (mdr doc / example default)",
-    "friction": "sliding friction 0.5 (v1), static through linear_history",
+    "friction": "sliding friction 0.3 (oxide powders 0.3-0.6), static through linear_history",
     "rolling_friction": "rolling resistance 0.1 (typical for rough oxide/carbon aggregates 0.05-0.3)",
 }
 
@@ -46,14 +47,14 @@ CONTACT_V2_SOURCES = {
 class ContactV2:
     E_GPa: float = 10.0
     poisson: float = 0.3
-    yield_MPa: float = 150.0
+    yield_MPa: float = 300.0
     yield_am_share: float = 0.7  # share of the effective yield stress that does not soften with T
     yield_T_scale_K: float = 62.0
-    surface_energy_mJ_m2: float = 40.0
+    surface_energy_mJ_m2: float = 300.0  # K_Ic = sqrt(2 gamma E / (1 - nu^2)) = 0.08 MPa m^0.5
     wall_surface_energy_mJ_m2: float = 0.0
     psi_b: float = 0.5
     damp: float = 0.2  # mdr normal damping coefficient eta_n0 (damping mdr 1)
-    friction: float = 0.5
+    friction: float = 0.3
     kt_factor: float = 2.0 / 7.0  # k_t = kt_factor * E * R_ref (LAMMPS mdr example)
     rolling_friction: float = 0.1
     dt_safety: float = 0.08  # of sqrt(m_min / (kappa R_min)) (mdr doc's conservative bulk-elastic step)
@@ -66,6 +67,7 @@ class ContactV2:
 @dataclass(frozen=True)
 class DEMParamsV2(DEMParams):
     contact: ContactV2 = field(default_factory=ContactV2)
+    drag_release_us: float = 5.0  # overdamped (quasi-static) unloading, see docs/physics.md "Reference v2"
     v2_rest_us: float = 50.0  # rest of the v1 dried layer under the mdr law before the roll approaches
 
 
