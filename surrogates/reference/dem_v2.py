@@ -68,7 +68,12 @@ class ContactV2:
 class DEMParamsV2(DEMParams):
     contact: ContactV2 = field(default_factory=ContactV2)
     drag_release_us: float = 5.0  # overdamped (quasi-static) unloading, see docs/physics.md "Reference v2"
-    v2_rest_us: float = 50.0  # rest of the v1 dried layer under the mdr law before the roll approaches
+    v2_rest_us: float = 50.0
+    # relaxation after release continues (chunks of relax_chunk_us, extra "relax" frames) until the column
+    # thickness changes by less than relax_tol_um per chunk, at most relax_max_us; 0 = fixed frames as v1
+    relax_tol_um: float = 0.0
+    relax_chunk_us: float = 200.0
+    relax_max_us: float = 4000.0  # rest of the v1 dried layer under the mdr law before the roll approaches
 
 
 class _SimV2(_Sim):
@@ -223,6 +228,23 @@ class _SimV2(_Sim):
                 "delta_over_Reff_p95": float(np.percentile(rel, 95)),
                 "delta_over_Reff_max": float(rel.max())}
 
+    def hold(self, duration_us: float, phase: str, n_frames: int, record_wall: bool = True) -> None:
+        super().hold(duration_us, phase, n_frames, record_wall)
+        p = self.p
+        if phase != "relax" or p.relax_tol_um <= 0:
+            return
+        h_prev = self.column_thickness(self.positions())
+        extra = 0.0
+        self._relax_trace = [(self.time_us(), h_prev)]
+        while extra < p.relax_max_us:
+            super().hold(p.relax_chunk_us, phase, 1, record_wall)
+            extra += p.relax_chunk_us
+            h = self.column_thickness(self.positions())
+            self._relax_trace.append((self.time_us(), h))
+            if abs(h - h_prev) < p.relax_tol_um:
+                break
+            h_prev = h
+
     def at_max_compression(self) -> None:
         self._ov_max = self.overlap_stats()
         self._r_max = self.current_radius()
@@ -236,6 +258,7 @@ class _SimV2(_Sim):
                 "radius_growth_at_max_p95": float(np.percentile(self._r_max / self.radius0 - 1, 95)),
                 "radius_growth_at_max_max": float((self._r_max / self.radius0 - 1).max()),
                 "radius_final": r_end.astype(np.float32),
+                "relax_trace": getattr(self, "_relax_trace", []),
                 "yield_MPa_at_T": self.p.contact.yield_MPa_at(self.p.roll_temperature_C)}
 
 

@@ -71,6 +71,13 @@ def specs(kind: str) -> list[dict]:
             out.append(dict(key=f"qs_{name}_v4", model="v2", params=dict(pt, wall_speed_mm_s=v / 4)))
             out.append(dict(key=f"qs_{name}_dt2", model="v2", params=dict(pt, dt_safety=0.075)))
         return out
+    if kind == "qsrelax":  # the same speed check with relaxation to convergence (0.02 um per 200 us)
+        out = []
+        for name, pt in QS_POINTS.items():
+            v = pt["wall_speed_mm_s"]
+            out.append(dict(key=f"qsr_{name}_base", model="v2", params=dict(pt, relax_tol_um=0.02)))
+            out.append(dict(key=f"qsr_{name}_v4", model="v2", params=dict(pt, wall_speed_mm_s=v / 4, relax_tol_um=0.02)))
+        return out
     raise SystemExit(f"unknown kind {kind}")
 
 
