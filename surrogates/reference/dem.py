@@ -566,7 +566,8 @@ def run_calendering(params: DEMParams | None = None, _sim_cls=None, **overrides)
         # Quasi-static unloading: stronger background damping so that the stored elastic energy
         # is dissipated instead of launching particles (mass scaling would exaggerate that).
         sim.set_drag(p.drag_release_us)
-        sim._move_wall_to(h_before + 2.0, speed=v, record=True, phase="release",
+        v_rel = (getattr(p, "release_speed_mm_s", 0.0) or p.wall_speed_mm_s) * 1e-3  # v2 option; v1: = v
+        sim._move_wall_to(h_before + 2.0, speed=v_rel, record=True, phase="release",
                           frame_every=frame_every, chunk=chunk, frames_while_loaded=True)
         sim.hold(p.release_frames * frame_dt_us, "relax", p.release_frames, record_wall=False)
         final = sim.positions()

@@ -69,6 +69,7 @@ class DEMParamsV2(DEMParams):
     contact: ContactV2 = field(default_factory=ContactV2)
     drag_release_us: float = 5.0  # overdamped (quasi-static) unloading, see docs/physics.md "Reference v2"
     v2_rest_us: float = 50.0
+    release_speed_mm_s: float = 0.0  # wall retraction speed; 0 = the compression speed (as v1)
     # relaxation after release continues (chunks of relax_chunk_us, extra "relax" frames) until the column
     # thickness changes by less than relax_tol_um per chunk, at most relax_max_us; 0 = fixed frames as v1
     relax_tol_um: float = 0.0
