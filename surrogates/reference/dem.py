@@ -182,6 +182,7 @@ class DEMResult:
     n_steps: int
     lost_particles: int  # squeezed through the current collector at extreme load (0 normally)
     dt_us: float
+    extras: dict = field(default_factory=dict)  # model-specific diagnostics (v2: overlaps, radii)
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,6 +500,12 @@ class _Sim:
             if n_frames:
                 self._frame(phase, self.wall_z if record_wall else float("nan"))
 
+    def at_max_compression(self) -> None:
+        """Hook called at maximum compression (before the hold); v1 records nothing."""
+
+    def extras(self) -> dict:
+        return {}
+
     def close(self) -> None:
         self.lmp.close()
 
@@ -521,13 +528,17 @@ def _line_load(curve_h: np.ndarray, curve_p: np.ndarray, h0: float, gap: float, 
     return float(np.trapezoid(p, x * 1e-3))
 
 
-def run_calendering(params: DEMParams | None = None, **overrides) -> DEMResult:
-    """Run one DEM calendering simulation and return thicknesses, pressures and frames."""
+def run_calendering(params: DEMParams | None = None, _sim_cls=None, **overrides) -> DEMResult:
+    """Run one DEM calendering simulation and return thicknesses, pressures and frames.
+
+    ``_sim_cls`` swaps the simulation class (the v2 contact law in :mod:`dem_v2` uses it); the
+    default is the v1 model, unchanged.
+    """
     p = params or DEMParams()
     if overrides:
-        p = DEMParams(**{**asdict_shallow(p), **overrides})
+        p = type(p)(**{**asdict_shallow(p), **overrides})
     t0 = time.perf_counter()
-    sim = _Sim(p)
+    sim = (_sim_cls or _Sim)(p)
     try:
         sim.build()
         h_before = sim.settle()
@@ -548,13 +559,15 @@ def run_calendering(params: DEMParams | None = None, **overrides) -> DEMResult:
         comp_curve = np.array(sim.curve)
         frame_dt_us = frame_every * sim.dt
         h_max = sim.column_thickness(sim.positions())
+        sim.at_max_compression()
         sim.hold(p.hold_frames * frame_dt_us, "hold", p.hold_frames)
         p_max = float(max(c[2] for c in sim.curve))
         # release: wall retracts at the same speed back to its start, then free relaxation.
         # Quasi-static unloading: stronger background damping so that the stored elastic energy
         # is dissipated instead of launching particles (mass scaling would exaggerate that).
         sim.set_drag(p.drag_release_us)
-        sim._move_wall_to(h_before + 2.0, speed=v, record=True, phase="release",
+        v_rel = (getattr(p, "release_speed_mm_s", 0.0) or p.wall_speed_mm_s) * 1e-3  # v2 option; v1: = v
+        sim._move_wall_to(h_before + 2.0, speed=v_rel, record=True, phase="release",
                           frame_every=frame_every, chunk=chunk, frames_while_loaded=True)
         sim.hold(p.release_frames * frame_dt_us, "relax", p.release_frames, record_wall=False)
         final = sim.positions()
@@ -590,6 +603,7 @@ def run_calendering(params: DEMParams | None = None, **overrides) -> DEMResult:
             n_steps=sim.step,
             lost_particles=sim.n_lost(),
             dt_us=sim.dt,
+            extras=sim.extras(),
         )
     finally:
         sim.close()

@@ -1,0 +1,106 @@
+"""Reference v2 groundwork checks (issue #16): compaction sweep v1 vs v2, quasi-static and timestep checks.
+
+    python -m surrogates.reference.v2_checks sweep --out bench/results/physics_v2_sweep.jsonl
+    python -m surrogates.reference.v2_checks qs    --out bench/results/physics_v2_qs.jsonl
+
+One run at a time, single-threaded (LAMMPS serial); every result line carries its wall and CPU time.
+Resumable: a spec whose ``key`` is already in the output file is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CENTRE = dict(am_fraction=0.945, initial_porosity=0.46, initial_thickness_um=48.0, wall_speed_mm_s=60.0,
+              roll_temperature_C=62.5, seed=1000)
+# three design points for the quasi-static / timestep checks (centre, a gentle-cold and a hard-hot corner)
+QS_POINTS = {
+    "centre": dict(CENTRE, compaction_degree=0.35),
+    "low": dict(CENTRE, compaction_degree=0.25, initial_porosity=0.42, initial_thickness_um=44.0,
+                roll_temperature_C=30.0, seed=1001),
+    "high": dict(CENTRE, compaction_degree=0.45, initial_porosity=0.50, initial_thickness_um=52.0,
+                 roll_temperature_C=90.0, seed=1002),
+}
+
+
+def one(model: str, params: dict, contact: dict | None = None) -> dict:
+    from .dem import DEMParams, run_calendering  # noqa: PLC0415
+    from .dem_v2 import ContactV2, DEMParamsV2, run_calendering_v2  # noqa: PLC0415
+    from .voxel import metrics, voxelize  # noqa: PLC0415
+
+    t, c0 = time.perf_counter(), time.process_time()
+    if model == "v1":
+        r = run_calendering(DEMParams(**params))
+    else:
+        r = run_calendering_v2(DEMParamsV2(**params, contact=ContactV2(**(contact or {}))))
+    out = dict(h0=r.thickness_before_um, hmax=r.thickness_max_um, gap=r.gap_um, h1=r.thickness_after_um,
+               springback_pct=r.springback_pct, compaction_kept=r.compaction_final, pmax_MPa=r.max_pressure_MPa,
+               line_load_N_mm=r.line_load_N_per_mm, inertial_number=r.inertial_number, lost=r.lost_particles,
+               steps=r.n_steps, dt_us=r.dt_us, n=int(r.n_am + r.n_cbd),
+               dem_wall_s=round(time.perf_counter() - t, 1), dem_cpu_s=round(time.process_time() - c0, 1))
+    t, c0 = time.perf_counter(), time.process_time()
+    nz = int(np.ceil((r.thickness_before_um + 3) / 0.4))
+    m0 = metrics(voxelize(r.frames[0], r.radius, r.ptype, r.box_um, nz=nz, thickness=r.thickness_before_um),
+                 thickness=r.thickness_before_um)
+    m = metrics(voxelize(r.frames[-1], r.radius, r.ptype, r.box_um, nz=nz, thickness=r.thickness_after_um),
+                thickness=r.thickness_after_um)
+    out.update(porosity_before=m0.porosity, porosity=m.porosity, tortuosity_factor=m.tortuosity_factor,
+               d_eff=m.d_eff, metrics_wall_s=round(time.perf_counter() - t, 1),
+               metrics_cpu_s=round(time.process_time() - c0, 1))
+    if "radius_final" in r.extras:  # porosity with mdr's apparent (plastically enlarged) radii, for comparison
+        img = voxelize(r.frames[-1], r.extras["radius_final"], r.ptype, r.box_um, nz=nz, thickness=r.thickness_after_um)
+        out["porosity_apparent_radius"] = float((img[..., : int(round(r.thickness_after_um / 0.4))] == 0).mean())
+    out["extras"] = {k: v for k, v in r.extras.items() if k != "radius_final"}
+    return out
+
+
+def specs(kind: str) -> list[dict]:
+    if kind == "sweep":
+        return [dict(key=f"{m}_cd{cd:.2f}", model=m, params=dict(CENTRE, compaction_degree=cd))
+                for cd in (0.20, 0.30, 0.40, 0.45, 0.50) for m in ("v2", "v1")]
+    if kind == "qs":
+        out = []
+        for name, pt in QS_POINTS.items():
+            v = pt["wall_speed_mm_s"]
+            out.append(dict(key=f"qs_{name}_base", model="v2", params=dict(pt)))
+            out.append(dict(key=f"qs_{name}_v4", model="v2", params=dict(pt, wall_speed_mm_s=v / 4)))
+            out.append(dict(key=f"qs_{name}_dt2", model="v2", params=dict(pt, dt_safety=0.075)))
+        return out
+    if kind == "qsrelax":  # the same speed check with relaxation to convergence (0.02 um per 200 us)
+        out = []
+        for name, pt in QS_POINTS.items():
+            v = pt["wall_speed_mm_s"]
+            out.append(dict(key=f"qsr_{name}_base", model="v2", params=dict(pt, relax_tol_um=0.02)))
+            out.append(dict(key=f"qsr_{name}_v4", model="v2", params=dict(pt, wall_speed_mm_s=v / 4, relax_tol_um=0.02)))
+        return out
+    raise SystemExit(f"unknown kind {kind}")
+
+
+def main(argv: list[str]) -> None:
+    kind = argv[0]
+    out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path(f"bench/results/physics_v2_{kind}.jsonl")
+    only = argv[argv.index("--only") + 1].split(",") if "--only" in argv else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if out.exists():
+        done = {json.loads(x)["key"] for x in out.read_text().splitlines() if x.strip()}
+    for s in specs(kind):
+        if s["key"] in done or (only and s["key"] not in only):
+            continue
+        try:
+            res = one(s["model"], s["params"], s.get("contact"))
+        except Exception as e:  # noqa: BLE001 - record the failure, keep going
+            res = {"error": repr(e)}
+        line = json.dumps({**s, **res}, default=float)
+        with out.open("a") as f:
+            f.write(line + "\n")
+        print(line[:300], flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
