@@ -33,12 +33,12 @@ import asyncio
 import enum
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from twin.samples import RawBatch, safe_text
+from twin.supervise import RateLimitedLog
 
 log = logging.getLogger("twin.connectors")
 
@@ -62,39 +62,6 @@ def error_text(err: BaseException, limit: int = 500) -> str:
     except Exception:  # noqa: BLE001
         text = type(err).__name__
     return storable_text(text, limit)
-
-
-class RateLimitedLog:
-    """Logs a traceback at most once per ``interval_s`` per key (e.g. stage and exception type);
-    what it held back is counted and named in the next report. Thread-safe enough for paho's thread
-    (dict operations under the GIL). Keys are bounded: past 256 the table starts afresh."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
-        self.logger = logger
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def error(self, key: str, msg: str, *args: object, exc: BaseException | None = None) -> bool:
-        """Log ``msg`` with the traceback of ``exc`` unless one was logged for ``key`` lately;
-        returns whether it logged."""
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval_s:
-            self._held[key] = self._held.get(key, 0) + 1
-            return False
-        if len(self._last) >= 256:
-            self._last.clear()
-            self._held.clear()
-        self._last[key] = now
-        held = self._held.pop(key, 0)
-        if held:
-            msg += f" ({held} more like it in the last {self.interval_s:.0f} s were not logged)"
-        try:
-            self.logger.error(msg, *args, exc_info=exc)
-        except Exception:  # noqa: BLE001 - a report must not raise where it is made (paho's thread)
-            pass
-        return True
 
 
 class OverflowPolicy(str, enum.Enum):

@@ -43,6 +43,7 @@ from twin.samples import (DeadLetter, RawBatch, Redelivery, RollEvent, Sample, S
                           ns_to_iso, safe_text)
 from twin.state import LineState
 from twin.store.base import Store, StoreErrorKind, WriteResult, classify_store_error
+from twin.supervise import RateLimitedLog
 
 log = logging.getLogger("twin.pipeline")
 
@@ -112,8 +113,7 @@ class Pipeline:
         self._stopping = False
         self.commit_started_ns = 0  # when the commit in flight began (0: none in flight)
         self._shutdown_attempts = 0
-        self._last_log: dict[str, float] = {}  # event -> monotonic time of its last log line
-        self._suppressed: dict[str, int] = {}
+        self._events_log = RateLimitedLog(log)
         self.after_commit: list[Callable[[Sequence[Sample]], None]] = []
         self.shutdown_report: list[dict[str, Any]] = []  # per connector: what was not stored at shutdown
 
@@ -127,19 +127,8 @@ class Pipeline:
 
     # -- logging and counting of events -----------------------------------------------------------
     def _log_event(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
-        """At most one log line per event key and ``LOG_EVERY_S`` (the suppressed ones are counted)."""
-        now = time.monotonic()
-        last = self._last_log.get(key)
-        if last is not None and now - last < self.LOG_EVERY_S:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last_log[key] = now
-        n = self._suppressed.pop(key, 0)
-        if n:
-            msg += f" ({n} more like this since the last log line)"
-        log.log(level, msg, *args, exc_info=exc_info)
-
-    LOG_EVERY_S = 60.0
+        """At most one log line per event key a minute (the suppressed ones are counted)."""
+        self._events_log.log(key, level, msg, *args, exc=exc_info)
 
     def _count_internal(self, stage: str) -> None:
         self.stats.internal_errors += 1

@@ -58,6 +58,44 @@ class TaskHealth:
                 "failures": self.failures, "last_error": self.last_error, "last_error_ns": self.last_error_ns}
 
 
+class RateLimitedLog:
+    """One log line (with the traceback, if any) per key and ``interval_s``; what it held back is counted
+    and named in the next line. Used where one cause can repeat per message (the pipeline's events, the
+    connectors' callbacks). Safe from a library thread (dict operations under the GIL); keys are bounded:
+    past 256 the table starts afresh."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def log(self, key: str, level: int, msg: str, *args: object,
+            exc: BaseException | bool | None = None) -> bool:
+        """Log ``msg`` at ``level`` (``exc``: an exception, or True for the one being handled) unless a
+        line for ``key`` was logged within ``interval_s``; returns whether it logged."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        if len(self._last) >= 256:
+            self._last.clear()
+            self._held.clear()
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            msg += f" ({held} more like it in the last {self.interval_s:.0f} s were not logged)"
+        try:
+            self.logger.log(level, msg, *args, exc_info=exc)
+        except Exception:  # noqa: BLE001 - a report must not raise where it is made (paho's thread)
+            pass
+        return True
+
+    def error(self, key: str, msg: str, *args: object, exc: BaseException | None = None) -> bool:
+        return self.log(key, logging.ERROR, msg, *args, exc=exc)
+
+
 @dataclass
 class RoundFailures:
     """What a periodic service (predictor, feedback) keeps about its failed rounds; /healthz reads
