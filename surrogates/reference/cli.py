@@ -33,15 +33,18 @@ def generate(
     replicate_points: int = typer.Option(N_REPLICATE_POINTS, "--replicate-points", min=1,
                                          help="Design points repeated with other packing seeds (the centre point "
                                               "and the first Sobol points)."),
+    model: str = typer.Option("v1", "--model", help="Reference model: v1 (Hertz/JKR, the committed data set) or "
+                                                    "v2 (elastic-plastic mdr, quasi-static; docs/physics.md §7)."),
 ) -> None:
     """Generate (or complete) the DEM data set."""
     from .dataset import full_design, generate as _generate, sobol_design  # noqa: PLC0415
 
-    rows = full_design(n_runs, replicate_points) if replicates else sobol_design(n_runs)
+    rows = full_design(n_runs, replicate_points, model=model) if replicates else sobol_design(n_runs, model=model)
     argv = sys.argv[sys.argv.index("generate") + 1:] if "generate" in sys.argv else sys.argv[1:]
     command = "twin surrogates generate " + " ".join(shlex.quote(a) for a in argv)
     table = _generate(n_runs=n_runs, out=out, workers=workers, resume=resume, frames_subset=frames_subset,
-                      command=command, rows=rows, replicate_points=replicate_points if replicates else 0)
+                      command=command, rows=rows, replicate_points=replicate_points if replicates else 0,
+                      model=model)
     typer.echo(f"wrote {table}")
 
 

@@ -41,6 +41,24 @@ DESIGN_RANGES: dict[str, tuple[float, float, str, str]] = {
     "roll_temperature_C": (25.0, 100.0, "degC", "roll temperature (binder stiffness and adhesion)"),
 }
 INPUTS = list(DESIGN_RANGES)
+
+#: Reference v2 (elastic-plastic mdr contact law, quasi-static protocol; docs/physics.md §7): the wall speed is a
+#: protocol constant (V2_PROTOCOL), not an input, because the v2 results do not depend on it (the speed check).
+DESIGN_RANGES_V2: dict[str, tuple[float, float, str, str]] = {
+    k: v for k, v in DESIGN_RANGES.items() if k != "wall_speed_mm_s"}
+#: DEMParamsV2 fields every v2 run of the data set uses (protocol and numerics), recorded in provenance
+V2_PROTOCOL: dict = {"wall_speed_mm_s": 60.0, "release_end_MPa": 2.5}
+#: ContactV2 fields of the data set (calibration), recorded in provenance: the stress level of the effective
+#: solid (E 50 GPa, Y 1.5 GPa at 25 degC, surface energy 1.5 J/m2) puts the line loads of the porosity floor
+#: in the range of real calenders (docs/physics.md §7)
+V2_CONTACT: dict = {"stress_scale": 5.0}
+MODELS = ("v1", "v2")
+
+
+def design_ranges(model: str = "v1") -> dict[str, tuple[float, float, str, str]]:
+    if model not in MODELS:
+        raise ValueError(f"unknown reference model {model!r} (one of {MODELS})")
+    return DESIGN_RANGES_V2 if model == "v2" else DESIGN_RANGES
 DESIGN_SEED = 20260505
 N_REPLICATE_POINTS = 5
 REPLICATE_SEEDS = (101, 102, 103, 104)
@@ -51,27 +69,30 @@ REPLICATE_SEEDS = (101, 102, 103, 104)
 # --------------------------------------------------------------------------------------------
 
 
-def sobol_design(n_runs: int, seed: int = DESIGN_SEED) -> list[dict]:
-    """Scrambled Sobol points scaled to DESIGN_RANGES; packing seed = 1000 + index."""
+def sobol_design(n_runs: int, seed: int = DESIGN_SEED, model: str = "v1") -> list[dict]:
+    """Scrambled Sobol points scaled to the model's design ranges; packing seed = 1000 + index."""
     from scipy.stats import qmc  # noqa: PLC0415
 
+    ranges = design_ranges(model)
+    inputs = list(ranges)
     m = max(1, math.ceil(math.log2(max(n_runs, 2))))
-    pts = qmc.Sobol(d=len(INPUTS), scramble=True, seed=seed).random_base2(m)[:n_runs]
-    lo = np.array([DESIGN_RANGES[k][0] for k in INPUTS])
-    hi = np.array([DESIGN_RANGES[k][1] for k in INPUTS])
+    pts = qmc.Sobol(d=len(inputs), scramble=True, seed=seed).random_base2(m)[:n_runs]
+    lo = np.array([ranges[k][0] for k in inputs])
+    hi = np.array([ranges[k][1] for k in inputs])
     x = qmc.scale(pts, lo, hi)
     rows = []
     for i, xi in enumerate(x):
-        row = {k: float(v) for k, v in zip(INPUTS, xi)}
+        row = {k: float(v) for k, v in zip(inputs, xi)}
         row.update(run_id=f"s{i:04d}", seed=1000 + i, replicate_of="", design="sobol")
         rows.append(row)
     return rows
 
 
 def replicate_design(base: list[dict], n_points: int = N_REPLICATE_POINTS,
-                     seeds: Iterable[int] = REPLICATE_SEEDS) -> list[dict]:
+                     seeds: Iterable[int] = REPLICATE_SEEDS, model: str = "v1") -> list[dict]:
     """Repeat a few design points (centre point + the first Sobol points) with other packing seeds."""
-    centre = {k: 0.5 * (DESIGN_RANGES[k][0] + DESIGN_RANGES[k][1]) for k in INPUTS}
+    ranges = design_ranges(model)
+    centre = {k: 0.5 * (v[0] + v[1]) for k, v in ranges.items()}
     centre.update(run_id="c0000", seed=1000, replicate_of="", design="centre")
     points = [centre] + base[: max(0, n_points - 1)]
     rows = [centre]
@@ -87,10 +108,10 @@ LOW_CD_VALUES = (0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.14, 0.16, 0.18)
 LOW_CD_TEMPERATURES = (25.0, 100.0)
 
 
-def low_cd_design() -> list[dict]:
+def low_cd_design(model: str = "v1") -> list[dict]:
     """Light-compaction sweep (CD 2-18 %, outside the Sobol range) at the centre point, at two roll
     temperatures: resolves the exponential (Meyer) regime before the porosity floor."""
-    centre = {k: 0.5 * (DESIGN_RANGES[k][0] + DESIGN_RANGES[k][1]) for k in INPUTS}
+    centre = {k: 0.5 * (v[0] + v[1]) for k, v in design_ranges(model).items()}
     rows = []
     for T in LOW_CD_TEMPERATURES:
         for cd in LOW_CD_VALUES:
@@ -100,9 +121,28 @@ def low_cd_design() -> list[dict]:
     return rows
 
 
-def full_design(n_runs: int, replicate_points: int = N_REPLICATE_POINTS) -> list[dict]:
-    base = sobol_design(n_runs)
-    return base + replicate_design(base, n_points=replicate_points) + low_cd_design()
+CENTRE_SWEEP_CD = (0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50)
+
+
+def centre_sweep_design(model: str = "v2", seeds: Iterable[int] = (3000, 3001, 3002)) -> list[dict]:
+    """Compaction sweep at the design centre, replicated with other packing seeds (monotonicity and the
+    porosity floor are judged on it, within its replicate scatter)."""
+    centre = {k: 0.5 * (v[0] + v[1]) for k, v in design_ranges(model).items()}
+    rows = []
+    for s in seeds:
+        for cd in CENTRE_SWEEP_CD:
+            r = dict(centre, compaction_degree=cd)
+            r.update(run_id=f"w{int(round(cd * 100)):02d}s{s}", seed=int(s), replicate_of="", design="sweep")
+            rows.append(r)
+    return rows
+
+
+def full_design(n_runs: int, replicate_points: int = N_REPLICATE_POINTS, model: str = "v1") -> list[dict]:
+    base = sobol_design(n_runs, model=model)
+    rows = base + replicate_design(base, n_points=replicate_points, model=model) + low_cd_design(model)
+    if model == "v2":  # the replicated centre sweep first: the first chunk already shows the calendering law
+        rows = centre_sweep_design(model) + rows
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,16 +160,24 @@ def _worker_init() -> None:
         pass
 
 
-def run_one(row: dict, frames_dir: Path | None = None) -> dict:
+def run_one(row: dict, frames_dir: Path | None = None, model: str = "v1") -> dict:
     """DEM run + voxel metrics (final state; porosity/transport also before compression)."""
     from .dem import DEMParams, run_calendering  # noqa: PLC0415
     from .voxel import VOXEL_UM, metrics, voxelize  # noqa: PLC0415
 
     _worker_init()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    inputs = list(design_ranges(model))
     extra = {k: row[k] for k in ("footprint_um", "mass_scale", "release_frames") if k in row}
-    p = DEMParams(**{k: row[k] for k in INPUTS}, seed=int(row["seed"]), **extra)
-    res = run_calendering(p)
+    if model == "v2":
+        from .dem_v2 import ContactV2, DEMParamsV2, run_calendering_v2  # noqa: PLC0415
+
+        p2 = DEMParamsV2(**{k: row[k] for k in inputs}, seed=int(row["seed"]), **{**V2_PROTOCOL, **extra},
+                         contact=ContactV2(**V2_CONTACT))
+        res = run_calendering_v2(p2)
+    else:
+        p = DEMParams(**{k: row[k] for k in inputs}, seed=int(row["seed"]), **extra)
+        res = run_calendering(p)
     nz = int(math.ceil((res.thickness_before_um + 3.0) / VOXEL_UM))
     box = res.box_um
 
@@ -147,7 +195,8 @@ def run_one(row: dict, frames_dir: Path | None = None) -> dict:
     out = {
         "run_id": row["run_id"], "design": row.get("design", ""), "replicate_of": row.get("replicate_of", ""),
         "seed": int(row["seed"]),
-        **{k: float(row[k]) for k in INPUTS},
+        **{k: float(row[k]) for k in inputs},
+        "reference_model": model,
         "n_am": res.n_am, "n_cbd": res.n_cbd,
         "thickness_before_um": res.thickness_before_um,
         "thickness_max_um": res.thickness_max_um,
@@ -183,11 +232,21 @@ def run_one(row: dict, frames_dir: Path | None = None) -> dict:
         "dem_wall_s": res.wall_time_s,
         "metrics_wall_s": t_metrics,
         "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
         "lammps_version": res.lammps_version,
     }
+    if model == "v2":
+        ex = res.extras
+        out.update({
+            "wall_speed_mm_s": float(res.params.get("wall_speed_mm_s", V2_PROTOCOL["wall_speed_mm_s"])),
+            "overlap_max_p95": ex.get("overlap_at_max", {}).get("delta_over_Reff_p95", float("nan")),
+            "radius_growth_at_max_p95": ex.get("radius_growth_at_max_p95", float("nan")),
+            "solid_fraction_max": (1.0 - m_before.porosity) * res.thickness_before_um / res.thickness_max_um,
+            "yield_MPa_at_T": ex.get("yield_MPa_at_T", float("nan")),
+        })
     if frames_dir is not None:
         frames_dir.mkdir(parents=True, exist_ok=True)
-        save_time_series(res, frames_dir / f"{row['run_id']}.npz", nz=nz)
+        save_time_series(res, frames_dir / f"{row['run_id']}.npz", nz=nz, voxels=model == "v1")
     return out
 
 
@@ -207,23 +266,30 @@ def _series_arrays(positions: np.ndarray, radius: np.ndarray, ptype: np.ndarray,
     return np.stack(vox).astype(np.uint8), np.asarray(thick, dtype=np.float32), np.asarray(poro, dtype=np.float32)
 
 
-def save_time_series(res, path: Path, nz: int) -> None:
-    """Frame-by-frame voxel series (uint8 labels) + particle positions + per-frame porosity."""
-    vox, thick, poro = _series_arrays(res.frames, res.radius, res.ptype, res.box_um, nz)
+def save_time_series(res, path: Path, nz: int, voxels: bool = True) -> None:
+    """Frame-by-frame voxel series (uint8 labels) + particle positions + per-frame porosity.
+
+    ``voxels=False`` (the v2 data set) stores the particle positions only (~8x smaller); the voxel labels,
+    thickness and porosity are recomputed with the same code by :func:`load_time_series`."""
+    extra: dict = {}
+    if voxels:
+        vox, thick, poro = _series_arrays(res.frames, res.radius, res.ptype, res.box_um, nz)
+        extra = {"voxels": vox, "thickness_um": thick, "porosity": poro}
+    if "radius_final" in getattr(res, "extras", {}):
+        extra["radius_final"] = np.asarray(res.extras["radius_final"], dtype=np.float32)
     np.savez_compressed(
         path,
-        voxels=vox,
         positions=res.frames.astype(np.float32),
         radius=res.radius.astype(np.float32),
         ptype=res.ptype.astype(np.int8),
         box_um=np.asarray(res.box_um, dtype=np.float32),
         time_us=res.frame_time_us.astype(np.float32),
         wall_um=res.frame_wall_um.astype(np.float32),
-        thickness_um=thick,
-        porosity=poro,
         phase=np.array(res.frame_phase),
         voxel_um=np.float32(0.4),
+        nz=np.int32(nz),
         labels=np.array(["pore", "cbd", "am", "void"]),
+        **extra,
     )
 
 
@@ -243,15 +309,15 @@ def refresh_time_series(path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _run_safe(row: dict, frames_dir: str | None) -> dict:
+def _run_safe(row: dict, frames_dir: str | None, model: str = "v1") -> dict:
     try:
-        return run_one(row, Path(frames_dir) if frames_dir else None)
+        return run_one(row, Path(frames_dir) if frames_dir else None, model=model)
     except Exception as err:  # a failed run is recorded, never silently dropped
         return {"run_id": row["run_id"], "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(limit=5)}
 
 
-def provenance(n_runs: int, command: str, replicate_points: int = N_REPLICATE_POINTS) -> dict:
+def provenance(n_runs: int, command: str, replicate_points: int = N_REPLICATE_POINTS, model: str = "v1") -> dict:
     from .dem import MATERIAL_SOURCES, DEMParams, lammps_version  # noqa: PLC0415
 
     def ver(mod: str) -> str:
@@ -264,13 +330,24 @@ def provenance(n_runs: int, command: str, replicate_points: int = N_REPLICATE_PO
 
     d = DEMParams()
     defaults = asdict(d)
+    extra: dict = {}
+    if model == "v2":
+        from .dem_v2 import CONTACT_V2_SOURCES, ContactV2, DEMParamsV2  # noqa: PLC0415
+
+        p2 = DEMParamsV2(**V2_PROTOCOL, contact=ContactV2(**V2_CONTACT))
+        defaults = {k: v for k, v in asdict(p2).items() if k != "contact"}
+        extra = {"contact_v2": asdict(p2.contact), "contact_v2_sources": CONTACT_V2_SOURCES,
+                 "v2_protocol": V2_PROTOCOL, "v2_contact_overrides": V2_CONTACT,
+                 "centre_sweep": {"compaction_degree": list(CENTRE_SWEEP_CD), "seeds": [3000, 3001, 3002]}}
     return {
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "reference_model": model,
         "command": command,
         "n_sobol_runs": n_runs,
         "design_seed": DESIGN_SEED,
         "design_ranges": {k: {"low": v[0], "high": v[1], "unit": v[2], "meaning": v[3]}
-                          for k, v in DESIGN_RANGES.items()},
+                          for k, v in design_ranges(model).items()},
+        **extra,
         "replicates": {"points": replicate_points, "seeds": list(REPLICATE_SEEDS),
                        "which": "the centre point and the first Sobol points"},
         "low_cd_sweep": {"compaction_degree": list(LOW_CD_VALUES), "roll_temperature_C": list(LOW_CD_TEMPERATURES),
@@ -298,13 +375,14 @@ def generate(
     rows: list[dict] | None = None,
     on_result: Callable[[dict], None] | None = None,
     replicate_points: int = N_REPLICATE_POINTS,
+    model: str = "v1",
 ) -> Path:
     """Run the design (Sobol + replicates), resumable, in parallel; write the Parquet table."""
     out = Path(out)
     runs_dir = out / "runs"
     frames_dir = out / "frames"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    design = rows if rows is not None else full_design(n_runs, replicate_points)
+    design = rows if rows is not None else full_design(n_runs, replicate_points, model=model)
     # frame-by-frame series for a small subset spread over compaction degree
     subset_ids: set[str] = set()
     if frames_subset > 0:
@@ -312,7 +390,17 @@ def generate(
         by_cd = sorted(sob[: max(frames_subset * 8, frames_subset)], key=lambda r: r["compaction_degree"])
         idx = np.linspace(0, len(by_cd) - 1, frames_subset).round().astype(int)
         subset_ids = {by_cd[i]["run_id"] for i in idx}
-    (out / "provenance.json").write_text(json.dumps(provenance(n_runs, command, replicate_points), indent=2))
+    prov = provenance(n_runs, command, replicate_points, model=model)
+    old_path = out / "provenance.json"
+    if old_path.exists():  # a resumed generation: keep the history of invocations
+        try:
+            old = json.loads(old_path.read_text())
+            prov["invocations"] = old.get("invocations", [{"command": old.get("command"),
+                                                           "started_utc": old.get("created_utc")}])
+        except json.JSONDecodeError:
+            pass
+    prov.setdefault("invocations", []).append({"command": command, "started_utc": prov["created_utc"]})
+    old_path.write_text(json.dumps(prov, indent=2))
     done_ids = _finished_ids(out) if resume else set()
     todo = [r for r in design if r["run_id"] not in done_ids]
 
@@ -334,7 +422,7 @@ def generate(
 
         if workers <= 1:
             for r in todo:
-                record(_run_safe(r, str(frames_dir) if r["run_id"] in subset_ids else None))
+                record(_run_safe(r, str(frames_dir) if r["run_id"] in subset_ids else None, model))
         else:
             import multiprocessing as mp  # noqa: PLC0415
 
@@ -343,7 +431,7 @@ def generate(
                 pending: set[Future] = set()
                 it = iter(todo)
                 for r in it:
-                    pending.add(ex.submit(_run_safe, r, str(frames_dir) if r["run_id"] in subset_ids else None))
+                    pending.add(ex.submit(_run_safe, r, str(frames_dir) if r["run_id"] in subset_ids else None, model))
                     if len(pending) >= 2 * workers:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for d in done:
@@ -403,6 +491,13 @@ def write_table(out: Path | str) -> Path:
     defaults = {"lost_particles": 0, "valid": True}
     table = pa.table({c: [r.get(c, defaults.get(c)) for r in rows] for c in cols})
     pq.write_table(table, path, compression="zstd")
+    prov_path = Path(out) / "provenance.json"
+    if prov_path.exists() and any("cpu_s" in r for r in rows):
+        prov = json.loads(prov_path.read_text())
+        prov["runs_finished"] = len(rows)
+        prov["cpu_hours_total"] = round(sum(float(r.get("cpu_s", 0.0)) for r in rows) / 3600.0, 3)
+        prov["cpu_note"] = "sum of the runs' process_time (DEM + voxel metrics), one core per run"
+        prov_path.write_text(json.dumps(prov, indent=2))
     return path
 
 
@@ -429,10 +524,16 @@ def load_dataset(path: Path | str | None = None, as_arrow: bool = False, valid_o
 
 
 def load_time_series(run_id: str | None = None, path: Path | str | None = None) -> dict[str, np.ndarray]:
-    """Load one frame-by-frame voxel series (first available when run_id is None)."""
+    """Load one frame-by-frame voxel series (first available when run_id is None); series stored as
+    positions only (v2) are voxelised here with the same code as the data set."""
     d = Path(path) if path is not None else DEFAULT_DIR / "frames"
     files = sorted(d.glob("*.npz"))
     if run_id is not None:
         files = [d / f"{run_id}.npz"]
     with np.load(files[0]) as z:
-        return {k: z[k] for k in z.files}
+        out = {k: z[k] for k in z.files}
+    if "voxels" not in out:
+        box = tuple(float(b) for b in out["box_um"])
+        out["voxels"], out["thickness_um"], out["porosity"] = _series_arrays(
+            out["positions"], out["radius"].astype(np.float64), out["ptype"], box, int(out["nz"]))
+    return out

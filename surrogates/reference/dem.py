@@ -575,7 +575,8 @@ def run_calendering(params: DEMParams | None = None, _sim_cls=None, **overrides)
         # inertial number at the end of compression (quasi-static check)
         p_end = max(comp_curve[-1, 2], 1e-6) * 1e3  # MPa -> kPa (micro units)
         gamma_dot = v / gap
-        I = gamma_dot * p.material.d50_am_um * math.sqrt(p.material.rho_am * p.mass_scale / p_end)
+        S = getattr(sim, "mass_scale_eff", p.mass_scale)  # v2 scales the masses with its stress level
+        I = gamma_dot * p.material.d50_am_um * math.sqrt(p.material.rho_am * S / p_end)
         q_L = _line_load(comp_curve[:, 1], comp_curve[:, 2], h_before, gap, p.roll_radius_mm)
         res = DEMResult(
             params=params_dict(p),

@@ -58,6 +58,10 @@ class ContactV2:
     kt_factor: float = 2.0 / 7.0  # k_t = kt_factor * E * R_ref (LAMMPS mdr example)
     rolling_friction: float = 0.1
     dt_safety: float = 0.08  # of sqrt(m_min / (kappa R_min)) (mdr doc's conservative bulk-elastic step)
+    # multiplies E, Y and the surface energy (every stress of the contact law) AND the mass scaling: the
+    # trajectories are unchanged (same time step, same inertial number), every force and pressure is x k.
+    # It sets the stress level of the effective solid (calibrated to the line loads) at no CPU cost.
+    stress_scale: float = 1.0
 
     def yield_MPa_at(self, T_C: float) -> float:
         soft = math.exp(-(T_C - 25.0) / self.yield_T_scale_K)
@@ -67,14 +71,26 @@ class ContactV2:
 @dataclass(frozen=True)
 class DEMParamsV2(DEMParams):
     contact: ContactV2 = field(default_factory=ContactV2)
-    drag_release_us: float = 5.0  # overdamped (quasi-static) unloading, see docs/physics.md "Reference v2"
+    drag_release_us: float = 30.0  # background drag while unloading (the servo release holds the layer)
     v2_rest_us: float = 50.0
-    release_speed_mm_s: float = 0.0  # wall retraction speed; 0 = the compression speed (as v1)
+    release_speed_mm_s: float = 5.0  # wall retraction speed; 0 = the compression speed (as v1)
     # relaxation after release continues (chunks of relax_chunk_us, extra "relax" frames) until the column
     # thickness changes by less than relax_tol_um per chunk, at most relax_max_us; 0 = fixed frames as v1
     relax_tol_um: float = 0.0
     relax_chunk_us: float = 200.0
-    relax_max_us: float = 4000.0  # rest of the v1 dried layer under the mdr law before the roll approaches
+    relax_max_us: float = 4000.0
+    # protocol durations independent of the wall speed (0 = v1's rule: a number of compression frame intervals)
+    hold_us: float = 20.0
+    relax_us: float = 0.5
+    release_frames: int = 1
+    # "wall": the wall retracts at release_speed to its start (v1); "servo": it retracts at release_speed only
+    # while it carries load, and once it has been free over release_free_um of travel it leaves quickly
+    release_mode: str = "servo"
+    release_free_um: float = 0.5
+    # servo only: > 0 ends the release once the wall pressure falls below this (MPa), the contact-loss point of
+    # a quasi-static unloading; the layer's state there is the released state (see docs/physics.md §7)
+    release_end_MPa: float = 0.5
+    release_chunk_um: float = 0.02
 
 
 class _SimV2(_Sim):
@@ -107,9 +123,10 @@ class _SimV2(_Sim):
         self.n, self.radius, self.ptype = n, radii, types
         self.radius0 = radii.copy()
         self.z_box = float(max(v1.z_box, pos[:, 2].max() + radii.max() + 5.0))
-        S = p.mass_scale
+        S = p.mass_scale * c.stress_scale
+        self.mass_scale_eff = S
         nu = c.poisson
-        E = c.E_GPa * 1e6  # kPa
+        E = c.E_GPa * 1e6 * c.stress_scale  # kPa
         self.E_am = E
         kappa = E / (3 * (1 - 2 * nu))
 
@@ -161,8 +178,10 @@ class _SimV2(_Sim):
     # -- contact law ---------------------------------------------------------------------
     def _mdr(self, T: float, gamma: float) -> str:
         c: ContactV2 = self.p.contact
-        E = c.E_GPa * 1e6
-        Y = c.yield_MPa_at(T) * 1e3  # MPa -> kPa
+        k = c.stress_scale
+        E = c.E_GPa * 1e6 * k
+        Y = c.yield_MPa_at(T) * 1e3 * k  # MPa -> kPa
+        gamma = gamma * k
         r_ref = self.rr[1]
         kt = c.kt_factor * E * r_ref
         k_roll = 2.25 * c.rolling_friction**2 * E * r_ref
@@ -229,9 +248,52 @@ class _SimV2(_Sim):
                 "delta_over_Reff_p95": float(np.percentile(rel, 95)),
                 "delta_over_Reff_max": float(rel.max())}
 
-    def hold(self, duration_us: float, phase: str, n_frames: int, record_wall: bool = True) -> None:
-        super().hold(duration_us, phase, n_frames, record_wall)
+    def _move_wall_to(self, z_target: float, speed: float, record: bool, phase: str = "", frame_every: int = 0,
+                      chunk: int = 0, frames_while_loaded: bool = False) -> None:
         p = self.p
+        if phase != "release" or p.release_mode != "servo":
+            super()._move_wall_to(z_target, speed, record, phase, frame_every, chunk, frames_while_loaded)
+            return
+        # servo release: follow the layer up at `speed` while the wall carries load (quasi-static unloading),
+        # frames at the compression's frame spacing in wall travel; leave once unloaded over release_free_um
+        z_start = self.wall_z
+        n_chunk = max(1, int(math.ceil(p.release_chunk_um / (speed * self.dt))))
+        v_comp = p.wall_speed_mm_s * 1e-3  # frames at the compression's spacing in wall travel
+        d_frame = v_comp * frame_every * self.dt if frame_every else float("inf")
+        d_frame = max(d_frame, n_chunk * speed * self.dt)
+        self._set_wall_motion(z_start, speed)
+        done, free, next_frame, z = 0, 0.0, d_frame, z_start
+        while z < z_target:
+            self.run(n_chunk)
+            done += n_chunk
+            z = z_start + speed * done * self.dt
+            pr = self.wall_pressure_MPa()
+            self.curve.append((self.time_us(), z, pr))
+            free = free + n_chunk * speed * self.dt if pr <= 0.0 else 0.0
+            if p.release_end_MPa > 0 and pr < p.release_end_MPa:
+                self._release_end = (self.time_us(), z, pr)
+                if record:
+                    self._frame(phase, z)
+                break
+            if record and z - z_start >= next_frame:
+                next_frame += d_frame
+                if pr > 0.0 or free <= d_frame:  # loaded, or the first frame after unloading
+                    self._frame(phase, z)
+            if free >= p.release_free_um:
+                break
+        self._release_travel_um = z - z_start
+        self.wall_z = z
+        self.cmd(f"variable dz equal {z - self.wall_z0:.8g}")
+        if z < z_target:
+            super()._move_wall_to(z_target, 2.0, False)
+
+    def hold(self, duration_us: float, phase: str, n_frames: int, record_wall: bool = True) -> None:
+        p = self.p
+        if phase == "hold" and p.hold_us > 0:
+            duration_us = p.hold_us
+        if phase == "relax" and p.relax_us > 0:
+            duration_us = p.relax_us
+        super().hold(duration_us, phase, n_frames, record_wall)
         if phase != "relax" or p.relax_tol_um <= 0:
             return
         h_prev = self.column_thickness(self.positions())
@@ -260,6 +322,8 @@ class _SimV2(_Sim):
                 "radius_growth_at_max_max": float((self._r_max / self.radius0 - 1).max()),
                 "radius_final": r_end.astype(np.float32),
                 "relax_trace": getattr(self, "_relax_trace", []),
+                "release_travel_um": getattr(self, "_release_travel_um", None),
+                "release_end": getattr(self, "_release_end", None),
                 "yield_MPa_at_T": self.p.contact.yield_MPa_at(self.p.roll_temperature_C)}
 
 

@@ -71,6 +71,22 @@ def specs(kind: str) -> list[dict]:
             out.append(dict(key=f"qs_{name}_v4", model="v2", params=dict(pt, wall_speed_mm_s=v / 4)))
             out.append(dict(key=f"qs_{name}_dt2", model="v2", params=dict(pt, dt_safety=0.075)))
         return out
+    if kind == "sweep2":  # the v2 protocol (servo release to the contact-loss point), v2 only
+        return [dict(key=f"v2p_cd{cd:.2f}", model="v2", params=dict(CENTRE, compaction_degree=cd))
+                for cd in (0.20, 0.30, 0.40, 0.45, 0.50)]
+    if kind == "qs2":  # speed check with every wall speed (compression and release) quartered, data-set settings
+        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
+
+        out = []
+        for name, pt in QS_POINTS.items():
+            base = dict(pt, **V2_PROTOCOL)
+            v = base["wall_speed_mm_s"]
+            c = dict(V2_CONTACT)
+            out.append(dict(key=f"qs2_{name}_base", model="v2", params=base, contact=c))
+            out.append(dict(key=f"qs2_{name}_v4", model="v2", contact=c,
+                            params=dict(base, wall_speed_mm_s=v / 4, release_speed_mm_s=5.0 / 4)))
+            out.append(dict(key=f"qs2_{name}_dt2", model="v2", params=dict(base, dt_safety=0.075), contact=c))
+        return out
     if kind == "qsrelax":  # the same speed check with relaxation to convergence (0.02 um per 200 us)
         out = []
         for name, pt in QS_POINTS.items():

@@ -96,3 +96,45 @@ def test_committed_dataset():
     assert 1 <= len(frames) <= 5
     total = sum(f.stat().st_size for f in COMMITTED.rglob("*") if f.is_file() and "runs" not in f.parts)
     assert total < 20e6
+
+
+def test_v2_design_has_no_wall_speed_and_a_replicated_centre_sweep():
+    rows = ds.full_design(64, replicate_points=4, model="v2")
+    assert "wall_speed_mm_s" not in ds.DESIGN_RANGES_V2
+    assert all("wall_speed_mm_s" not in r for r in rows)
+    sweep = [r for r in rows if r["design"] == "sweep"]
+    assert sorted({r["compaction_degree"] for r in sweep}) == list(ds.CENTRE_SWEEP_CD)
+    assert len({r["seed"] for r in sweep}) >= 3
+    assert len({r["run_id"] for r in rows}) == len(rows)
+    with pytest.raises(ValueError):
+        ds.design_ranges("v3")
+
+
+def test_v2_generation_records_model_cpu_and_position_frames(tmp_path):
+    """One tiny real v2 (mdr) run through the generator: provenance names the model, its protocol and the
+    CPU time; a frame series stored as positions is voxelised on load; a second call resumes (nothing to do)."""
+    rows = ds.sobol_design(1, model="v2")
+    rows[0].update(footprint_um=20.0, initial_thickness_um=30.0, initial_porosity=0.45, am_fraction=0.95,
+                   compaction_degree=0.3, roll_temperature_C=40.0)
+    table = ds.generate(out=tmp_path, rows=rows, workers=1, frames_subset=1, progress=False, model="v2",
+                        command="test v2")
+    data = ds.load_dataset(table)
+    assert list(data["reference_model"]) == ["v2"]
+    assert data["wall_speed_mm_s"][0] == ds.V2_PROTOCOL["wall_speed_mm_s"]
+    assert 0.15 < data["porosity"][0] < data["porosity_before"][0]
+    assert data["cpu_s"][0] > 0
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["reference_model"] == "v2" and prov["contact_v2"]["stress_scale"] == ds.V2_CONTACT["stress_scale"]
+    assert prov["cpu_hours_total"] > 0 and prov["invocations"][-1]["command"] == "test v2"
+    f = next((tmp_path / "frames").glob("*.npz"))
+    with np.load(f) as z:
+        assert "voxels" not in z.files and "positions" in z.files
+    series = ds.load_time_series(path=tmp_path / "frames")
+    assert series["voxels"].ndim == 4 and series["voxels"].shape[0] == len(series["phase"])
+    assert series["porosity"][-1] == pytest.approx(data["porosity"][0], abs=0.02)
+    seen: list[str] = []
+    ds.generate(out=tmp_path, rows=rows, workers=1, frames_subset=0, progress=False, model="v2",
+                on_result=lambda r: seen.append(r["run_id"]), command="resume")
+    assert seen == []
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert [i["command"] for i in prov["invocations"]] == ["test v2", "resume"]
