@@ -41,6 +41,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from connectors.base import Backoff, Connector, error_text, storable_text
 from connectors.mqtt.config import CommandFormat, MqttConnectorConfig, MqttProtocol, MqttSetpoint, TimestampPolicy, TlsVerify
@@ -124,7 +125,12 @@ class MqttConnector(Connector):
             self._generation += 1
         self.counters.connected = True
         self.last_error = None
-        client.subscribe([(t, 1) for t in self.subscriptions()])
+        if self.config.protocol is MqttProtocol.V5:  # noLocal: our own commands and STATE do not come back
+            # (a shared subscription must not set it: MQTT 5.0, 3.8.3.1)
+            client.subscribe([(t, SubscribeOptions(qos=1, noLocal=not t.startswith("$share/")))
+                              for t in self.subscriptions()])
+        else:
+            client.subscribe([(t, 1) for t in self.subscriptions()])
         if self._sparkplug is not None and self.config.sparkplug.host_id:
             from connectors.mqtt.sparkplug import state_payload
 
