@@ -77,7 +77,7 @@ class MqttConnector(Connector):
         if config.sparkplug.enabled:
             from connectors.mqtt.sparkplug import SparkplugHost
 
-            self._sparkplug = SparkplugHost(config.sparkplug, config.name, self._publish_raw)
+            self._sparkplug = SparkplugHost(config.sparkplug, config.name, self._publish_raw, self.counters.extra)
         self._state_ts_ms = 0
         # setpoint write-back: the allow-list, the addresses whose values confirm a write
         self._setpoints: dict[str, MqttSetpoint] = {sp.address: sp for sp in config.writes.setpoints}

@@ -103,7 +103,7 @@ class SparkplugHost:
     """Decoding state of all edge nodes seen (per (group, edge node)); one per connector."""
 
     def __init__(self, config: SparkplugConfig, connector: str,
-                 publish: Callable[[str, bytes, int, bool], None]) -> None:
+                 publish: Callable[[str, bytes, int, bool], None], counters: dict[str, int] | None = None) -> None:
         self.config = config
         self.connector = connector
         self._publish = publish
@@ -111,10 +111,12 @@ class SparkplugHost:
         self.nodes: dict[tuple[str, str], _Node] = {}
         self.metrics: dict[str, MetricInfo] = {}  # address -> what a write needs (name, alias, datatype)
         self._lock = threading.Lock()  # snapshot() and metric() from other threads
-        self.counters: dict[str, int] = {
+        self.counters: dict[str, int] = counters if counters is not None else {}  # the connector's (-> /metrics)
+        self.counters.update({
             "sparkplug_births": 0, "sparkplug_data": 0, "sparkplug_deaths": 0, "sparkplug_seq_gaps": 0,
             "sparkplug_rebirth_requests": 0, "sparkplug_unknown_alias": 0, "sparkplug_stale_deaths_ignored": 0,
-            "sparkplug_other": 0}
+            "sparkplug_other": 0})
+        self._names = tuple(k for k in self.counters if k.startswith("sparkplug_"))
 
     # -- entry ---------------------------------------------------------------------------------
     def handle(self, topic_b: bytes, payload: bytes, recv: int) -> tuple[list[RawReading], list[DeadLetter]]:
@@ -339,7 +341,7 @@ class SparkplugHost:
                               "stale_devices": sorted(n.stale_devices),
                               "devices": sorted(d for d in n.births if d is not None)}
                  for (g, e), n in list(self.nodes.items())}
-        return {"nodes": nodes, **self.counters}
+        return {"nodes": nodes, **{k: self.counters[k] for k in self._names}}
 
 
 _ALL = object  # sentinel: every device of a node (and the node's own metrics)
