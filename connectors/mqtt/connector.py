@@ -22,6 +22,12 @@ raises all the same (a bug in a callback outside that guard, or in paho), ``_run
 ``counters.extra["loop_errors"]``, drops that connection (its acknowledgements are not sent on the
 next one: the broker redelivers) and reconnects with backoff; it never stays "connected" without
 reading.
+
+Beyond the built-in payload format: ``payloads`` mappings per topic pattern (connectors.mqtt.mapping),
+Sparkplug B as a host application (connectors.mqtt.sparkplug: births, aliases, sequence numbers,
+rebirth requests, deaths, STATE), and setpoint write-back (:meth:`MqttConnector.write_setpoint`:
+allow-listed, QoS 1, confirmed by the controller's echo; the OPC-UA connector's contract). With
+none of them configured, a message costs three attribute tests more than before (about 50 ns).
 """
 
 from __future__ import annotations
