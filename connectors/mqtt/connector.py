@@ -161,7 +161,7 @@ class MqttConnector(Connector):
             topic_b = msg._topic  # raw bytes: msg.topic raises on bad UTF-8
             mapping = None
             if self._sparkplug is not None and topic_b.startswith(b"spBv1.0/"):
-                readings, dead = self._sparkplug.handle(topic_b, msg.payload, recv)
+                readings, dead = self._sparkplug.handle(topic_b, msg.payload, recv, self.config.max_payload_bytes)
             elif self._mapper is not None and (mapping := self._mapper.match(topic_b)) is not None:
                 readings, dead = self._mapper.parse(mapping, topic_b, msg.payload, recv, connector=self.name,
                                                     max_bytes=self.config.max_payload_bytes)

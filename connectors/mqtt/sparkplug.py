@@ -26,7 +26,10 @@ milliseconds. Protocol metrics (``bdSeq``, ``Node Control/...``) are not reading
 :meth:`SparkplugHost.handle` never raises: a payload that does not decode, a data message that
 cannot be decoded without a birth, or a metric of a type the twin does not store becomes a dead
 letter (``malformed_payload``, ``sparkplug_no_birth``, ``sparkplug_unknown_alias``, ``wrong_type``).
-It runs on paho's network thread only; :meth:`snapshot` may be read from any thread.
+Metrics of the types pysparkplug 0.6 does not decode (DataSet, Template, PropertySet) are dropped
+from the message (counted in ``sparkplug_unsupported_metrics``, their aliases remembered), so the
+rest of a birth or data message still counts. It runs on paho's network thread only;
+:meth:`snapshot` may be read from any thread.
 """
 
 from __future__ import annotations
@@ -73,6 +76,30 @@ def rebirth_command(timestamp_ms: int) -> bytes:
     return spb.NCmd(timestamp=timestamp_ms, metrics=(metric,)).encode(include_dtypes=True)
 
 
+_UNSUPPORTED_TYPES = frozenset({16, 19, 20, 21})  # DataSet, Template, PropertySet(List): pysparkplug 0.6 cannot
+
+
+def strip_unsupported(raw: bytes, drop_aliases: set[int]) -> tuple[bytes, set[int], int]:
+    """The payload without the metrics pysparkplug cannot decode (DataSet, Template, PropertySet types,
+    and data metrics whose alias belongs to one of those): (payload, their aliases, how many dropped).
+    Raises what protobuf raises for a payload that does not parse."""
+    from pysparkplug import _protobuf as pb  # the library's generated Sparkplug B protobuf classes
+
+    payload = pb.Payload.FromString(raw)
+    keep, aliases, dropped = [], set(), 0
+    for m in payload.metrics:
+        has_alias = m.HasField("alias")
+        if m.datatype in _UNSUPPORTED_TYPES or (has_alias and m.alias in drop_aliases):
+            dropped += 1
+            if has_alias:
+                aliases.add(m.alias)
+            continue
+        keep.append(m)
+    del payload.metrics[:]
+    payload.metrics.extend(keep)
+    return payload.SerializeToString(), aliases, dropped
+
+
 @dataclass
 class MetricInfo:
     group: str
@@ -93,6 +120,7 @@ class _Node:
     awaiting_rebirth: bool = False
     last_rebirth_req: float = -1e18
     stale_devices: set[str] = field(default_factory=set)
+    unsupported: set[int] = field(default_factory=set)  # aliases of metrics of types that are not decoded
 
 
 def _address(group: str, edge: str, device: str | None, name: str) -> str:
@@ -115,11 +143,12 @@ class SparkplugHost:
         self.counters.update({
             "sparkplug_births": 0, "sparkplug_data": 0, "sparkplug_deaths": 0, "sparkplug_seq_gaps": 0,
             "sparkplug_rebirth_requests": 0, "sparkplug_unknown_alias": 0, "sparkplug_stale_deaths_ignored": 0,
-            "sparkplug_other": 0})
+            "sparkplug_unsupported_metrics": 0, "sparkplug_other": 0})
         self._names = tuple(k for k in self.counters if k.startswith("sparkplug_"))
 
     # -- entry ---------------------------------------------------------------------------------
-    def handle(self, topic_b: bytes, payload: bytes, recv: int) -> tuple[list[RawReading], list[DeadLetter]]:
+    def handle(self, topic_b: bytes, payload: bytes, recv: int,
+               max_bytes: int = 4 * 1024 * 1024) -> tuple[list[RawReading], list[DeadLetter]]:
         try:
             topic = topic_b.decode("utf-8")
         except UnicodeDecodeError:
@@ -128,6 +157,9 @@ class SparkplugHost:
         why = text_problem(topic, MAX_ADDRESS)
         if why is not None:
             return [], [_dead(topic, payload[:1024].hex(), "bad_text", f"topic: {why}", recv, self.connector)]
+        if len(payload) > max_bytes:
+            return [], [self._bad(topic, payload[:1024], "malformed_payload",
+                                  f"payload of {len(payload)} bytes exceeds max_payload_bytes={max_bytes}", recv)]
         parts = topic.split("/")
         if len(parts) >= 2 and parts[1] == "STATE":
             self.counters["sparkplug_other"] += 1  # a host application's state (ours or another's)
@@ -243,14 +275,21 @@ class SparkplugHost:
     def _birth(self, topic: str, group: str, edge: str, device: str | None, node: _Node, payload: bytes,
                recv: int) -> tuple[list[RawReading], list[DeadLetter]]:
         cls = self._spb.DBirth if device is not None else self._spb.NBirth
+        unsupported: set[int] = set()
         try:
-            birth = cls.decode(payload)
+            try:
+                birth = cls.decode(payload)
+            except NotImplementedError:  # a DataSet / Template metric: the others still count
+                raw, unsupported, n = strip_unsupported(payload, set())
+                self.counters["sparkplug_unsupported_metrics"] += n
+                birth = cls.decode(raw)
         except Exception as err:  # noqa: BLE001 - protobuf DecodeError, ValueError, KeyError...: a bad payload
             return [], [self._bad(topic, payload, "malformed_payload", f"undecodable {cls.__name__}: "
                                   f"{error_text(err, 300)}", recv)]
         self.counters["sparkplug_births"] += 1
         if device is None:
             node.births.clear()  # an NBIRTH starts a new session: every device is born again after it
+            node.unsupported.clear()
             node.seq = birth.seq
             node.awaiting_rebirth = False
             node.online = True
@@ -263,6 +302,7 @@ class SparkplugHost:
             self._check_seq(group, edge, node, birth.seq)
             node.stale_devices.discard(device)
         node.births[device] = birth
+        node.unsupported |= unsupported
         self._remember(group, edge, device, birth)
         return self._readings(topic, group, edge, device, node, birth, recv)
 
@@ -277,7 +317,14 @@ class SparkplugHost:
                                   f"{cls.__name__} from {group}/{edge}{'/' + device if device else ''} before its "
                                   "birth certificate: aliases and data types unknown; rebirth requested", recv)]
         try:
-            data = cls.decode(payload, birth=birth)
+            try:
+                data = cls.decode(payload, birth=birth)
+            except (NotImplementedError, KeyError) as first:  # a DataSet / Template metric, or its alias?
+                raw, _, n = strip_unsupported(payload, node.unsupported)
+                if not n:
+                    raise first from None
+                self.counters["sparkplug_unsupported_metrics"] += n
+                data = cls.decode(raw, birth=birth)
         except KeyError as err:
             self.counters["sparkplug_unknown_alias"] += 1
             self._request_rebirth(group, edge, node, f"unknown alias {err}")
