@@ -130,3 +130,12 @@ def test_classification_guesses() -> None:
     assert fields["quality"] == "status"
     assert classify("a/b", b'{"a": 1, "b": 2}')[0] == "unknown"  # two numbers, no name that says value
     assert classify("a/b", b"[1, 2]")[0] == "unknown"
+
+
+def test_discover_without_a_broker_exits_2_with_the_reason(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    r = subprocess.run([sys.executable, "-m", "twin.cli", "mqtt", "discover", "--port", str(free_port()),
+                        "--seconds", "1"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "cannot listen to 127.0.0.1" in r.stderr and r.stdout == ""
