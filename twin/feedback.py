@@ -255,8 +255,8 @@ class FeedbackConfig(BaseModel):
     line_time_scale: float = Field(1.0, gt=0, description=(
         "simulated lines only: the line runs this many times faster than the wall clock, which divides "
         "lags and settle times; 1 for a real line"))
-    write_connector: str | None = Field(None, description="connector that writes setpoints (default: the first "
-                                                          "OPC-UA connector whose writes.allowed_nodes has the node)")
+    write_connector: str | None = Field(None, description="connector that writes setpoints (default: the one that "
+                                                          "owns a source address of the setpoint tag, OPC-UA or MQTT)")
 
     @model_validator(mode="after")
     def _check(self) -> "FeedbackConfig":
