@@ -44,6 +44,9 @@ if [ ! -f "$STAMP" ]; then
     .venv/bin/python -m pip install -q "torch==2.13.0"
   fi
   .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+  # pinned packages whose declared requirements clash with ours ([tool.pilotline] no-deps in pyproject.toml)
+  .venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["pilotline"]["no-deps"]))' \
+    | xargs -r .venv/bin/python -m pip install -q --no-deps
   rm -f .venv/.twin-installed-*
   touch "$STAMP"
 fi

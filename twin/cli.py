@@ -256,6 +256,9 @@ def _mount() -> None:
         pass
     app.add_typer(surrogates_app, name="surrogates")
     app.add_typer(ontology_app, name="ontology")
+    from connectors.mqtt.discover import cli_app as mqtt_app  # twin mqtt discover
+
+    app.add_typer(mqtt_app, name="mqtt")
 
 
 _mount()

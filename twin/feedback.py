@@ -255,8 +255,8 @@ class FeedbackConfig(BaseModel):
     line_time_scale: float = Field(1.0, gt=0, description=(
         "simulated lines only: the line runs this many times faster than the wall clock, which divides "
         "lags and settle times; 1 for a real line"))
-    write_connector: str | None = Field(None, description="connector that writes setpoints (default: the first "
-                                                          "OPC-UA connector whose writes.allowed_nodes has the node)")
+    write_connector: str | None = Field(None, description="connector that writes setpoints (default: the one that "
+                                                          "owns a source address of the setpoint tag, OPC-UA or MQTT)")
 
     @model_validator(mode="after")
     def _check(self) -> "FeedbackConfig":
@@ -1130,19 +1130,28 @@ class FeedbackService:
             return p
 
     def _writer(self, tag: str) -> tuple[Any, str]:
-        nodes = [addr for kind, addr, _ in self.daemon.tagmap.sources_of(tag) if kind == "opcua"]
-        if not nodes:
-            raise RuntimeError(f"setpoint tag {tag!r} has no OPC-UA source address to write to")
-        node = nodes[0]
+        """The connector that owns one of the tag's source addresses (OPC-UA or MQTT) and that address;
+        a connector of the address's kind that does not declare it still gets it (and refuses it)."""
+        sources = [(kind, addr) for kind, addr, _ in self.daemon.tagmap.sources_of(tag) if kind in ("opcua", "mqtt")]
+        if not sources:
+            raise RuntimeError(f"setpoint tag {tag!r} has no OPC-UA or MQTT source address to write to")
+        node = sources[0][1]
+        fallback = None
         for c in self.daemon.connectors:
             if not hasattr(c, "write_setpoint"):
                 continue
             if self.cfg.write_connector is not None and c.name != self.cfg.write_connector:
                 continue
-            return c, node
+            for kind, addr in sources:
+                if kind == getattr(c, "kind", "opcua"):
+                    if getattr(c, "owns_setpoint", lambda a: True)(addr):
+                        return c, addr
+                    fallback = fallback or (c, addr)
+        if fallback is not None:
+            return fallback
         raise RuntimeError(f"no connector can write {tag!r} (an OPC-UA connector with writes.allowed_nodes = "
-                           f"[{node!r}]" + (f" named {self.cfg.write_connector!r}" if self.cfg.write_connector else "")
-                           + ")")
+                           f"[{node!r}] or an MQTT one with writes.setpoints"
+                           + (f" named {self.cfg.write_connector!r}" if self.cfg.write_connector else "") + ")")
 
     async def _approve(self, p: Proposal, actor: str, comment: str | None, auto: bool = False) -> Proposal:
         if p.state != "proposed":
