@@ -41,12 +41,45 @@ def _load(config: Path):  # noqa: ANN202
 
 
 @app.command("check-config")
-def check_config_cmd(config: Path = typer.Argument(..., help="configuration file (TOML)")) -> None:
-    """Validate a configuration and its tag map without connecting to anything."""
-    cfg, tagmap = _load(config)
+def check_config_cmd(
+    config: Path = typer.Argument(..., help="configuration file (TOML)"),
+    connect: bool = typer.Option(False, "--connect", help="also probe each source and the store (with --timeout)"),
+    timeout: float = typer.Option(5.0, "--timeout", help="seconds per probe with --connect"),
+    strict: bool = typer.Option(False, "--strict", help="warnings (the dashboard's tags) fail too (exit 2)"),
+) -> None:
+    """Validate a configuration, its tag map and the tags the predictor, feedback and dashboard need.
+
+    Exit 0: usable (warnings printed); 2: a problem (each named by its field path, with the fix);
+    3: with --connect, a source or the store did not answer."""
+    from twin.config import check_config_report
+
+    try:
+        cfg, tagmap, resolutions, warnings = check_config_report(config)
+    except ConfigError as err:
+        _fail(str(err))
+        return
+    for r in resolutions:
+        if r.ok and r.spec.consumer != "dashboard":
+            how = {"tag id": "", "role": f" (by role {r.spec.term}/{r.spec.role})",
+                   "term": f" (by term {r.ref})"}.get(r.how, "")
+            console.print(f"  {r.spec.path} -> {r.tag_id}{how}", highlight=False, markup=False)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
     kinds = ", ".join(f"{c.kind}:{c.name}" for c in cfg.connectors) or "none"
+    if strict and warnings:
+        _fail(f"{len(warnings)} warning(s) with --strict")
     console.print(f"[green]ok[/] {config}: line {cfg.line_id!r}, {len(tagmap.tags)} tags, "
                   f"store {cfg.store.backend.value}, connectors {kinds}", highlight=False)
+    if connect:
+        from twin.probe import probe
+
+        logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+        results = asyncio.run(probe(cfg, tagmap, timeout=timeout))
+        for res in results:
+            mark = "[green]ok[/]" if res.ok else "[bold red]failed[/]"
+            console.print(f"{mark} {res.what}: {res.detail}", highlight=False)
+        if not all(res.ok for res in results):
+            raise typer.Exit(3)
 
 
 @app.command("token")

@@ -49,6 +49,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from twin.roles import bind_feedback
 from twin.samples import Quality, Sample, now_ns, ns_to_iso
 from twin.supervise import RoundFailures
 
@@ -183,7 +184,8 @@ class TargetSpec(BaseModel):
 
 class MeasuredSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tag: str = Field(..., description="online structure-parameter tag measured after the calender")
+    tag: str = Field(..., description=(
+        "online structure-parameter tag measured after the calender: a tag id or \"<Term>/measured\" (twin/roles.py)"))
     factor: float | None = Field(None, allow_inf_nan=False, description=(
         "multiplies the stored value into the output's unit (percent -> 0.01); omitted: derived by pint from "
         "the tag's canonical unit, and a given factor must agree with it"))
@@ -195,7 +197,8 @@ Manipulable = Literal["gap", "roll_temperature", "line_load", "roll_speed"]
 class ManipulableSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Manipulable = Field(..., description="gap or roll_temperature (the surrogate's inputs)")
-    setpoint_tag: str = Field(..., description="tag of the setpoint written to the line")
+    setpoint_tag: str = Field(..., description=(
+        "tag of the setpoint written to the line: a tag id or \"<Term>/setpoint\" (twin/roles.py)"))
     unit: str | None = Field(None, min_length=1, max_length=64, description=(
         "unit of min, max and max_step (omitted: the setpoint tag's canonical unit); converted by pint"))
     min: float | None = Field(None, allow_inf_nan=False, description="lower limit (default: the setpoint tag's range)")
@@ -235,8 +238,10 @@ class FeedbackConfig(BaseModel):
                                               description="model output -> online tag that measures it")
     manipulables: list[ManipulableSpec] = Field(default_factory=_default_manipulables,
                                                 description="setpoints the optimizer may change")
-    gap_actual_tag: str = Field("calendering.gap_actual", description="measured roll gap (um)")
-    web_speed_tag: str = Field("calendering.roll_speed", description="web speed at the calender (m/min)")
+    gap_actual_tag: str = Field("calendering.gap_actual", description="measured roll gap (um): a tag id or "
+                                "\"CalenderGap/actual\"; the default finds it by that role when the id is absent")
+    web_speed_tag: str = Field("calendering.roll_speed", description="web speed at the calender (m/min): a tag "
+                               "id or \"CalenderingSpeed/actual\"; the default finds it by that role")
     gauge_distance_m: float = Field(0.5, ge=0, description="calender nip -> thickness gauge after it (m)")
     settle_s: float = Field(15.0, ge=0, description="settle time after any manipulable setpoint change")
     window_s: float = Field(20.0, gt=0, description="averaging window of the online measurements")
@@ -598,6 +603,7 @@ class FeedbackService:
     PERSIST_PROPOSALS = 100  # the newest proposals restored after a restart (the page shows 20, the API 50)
 
     def __init__(self, config: FeedbackConfig, daemon: Any) -> None:
+        config = bind_feedback(config, daemon.tagmap)  # roles -> the tag map's ids (twin/roles.py); fails fast
         self.cfg = config
         self.daemon = daemon
         self.proposals: dict[str, Proposal] = {}
