@@ -1150,6 +1150,16 @@ class FeedbackService:
                            f"[{node!r}]" + (f" named {self.cfg.write_connector!r}" if self.cfg.write_connector else "")
                            + ")")
 
+    def _in_source_unit(self, tag: str, node: str, value: float) -> tuple[float, str | None]:
+        """A setpoint in the tag's canonical unit -> the unit the node speaks (the tag map's source unit, pint);
+        (value, that unit) or (value, None) when they are the same."""
+        spec = self.daemon.tagmap.tags[tag]
+        unit = next((u for k, a, u in self.daemon.tagmap.sources_of(tag) if k == "opcua" and a == node), spec.unit)
+        if unit == spec.unit:
+            return value, None
+        a, b = _affine(spec.unit, unit, f"feedback: setpoint {tag!r} to node {node!r}")
+        return _clean(a * value + b), unit
+
     async def _approve(self, p: Proposal, actor: str, comment: str | None, auto: bool = False) -> Proposal:
         if p.state != "proposed":
             raise ProposalError(f"proposal {p.id} is {p.state}; only a proposed one can be approved")
@@ -1171,10 +1181,11 @@ class FeedbackService:
                 if not lo <= s.proposed <= hi:  # defence in depth: never write outside the limits
                     raise RuntimeError(f"{s.parameter} {s.proposed} outside the limits [{lo}, {hi}]")
                 conn, node = self._writer(s.tag)
-                wr = await conn.write_setpoint(node, s.proposed, reason=f"proposal {p.id}", actor=actor)
+                value, unit = self._in_source_unit(s.tag, node, s.proposed)  # the node's unit (a PLC in mm, degF)
+                wr = await conn.write_setpoint(node, value, reason=f"proposal {p.id}", actor=actor)
                 p.writes.append({"tag": s.tag, "node": node, "requested": s.proposed, "written": wr.written,
                                  "previous": wr.previous, "readback": wr.readback, "ok": True,
-                                 "ts": ns_to_iso(wr.ts_ns)})
+                                 "ts": ns_to_iso(wr.ts_ns), **({"node_unit": unit} if unit else {})})
             except (SetpointWriteError, RuntimeError, OSError) as err:
                 p.state = "failed"
                 p.error = f"{s.parameter}: {err}"

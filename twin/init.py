@@ -388,7 +388,7 @@ def _num(x: float) -> str:
     return repr(float(x)) if not float(x).is_integer() else f"{x:.1f}"
 
 
-def render_tagmap(plan: Plan, source_url: str, opts: InitOptions) -> str:
+def render_tagmap(plan: Plan, source_url: str, opts: InitOptions, *, gap_tag: bool = True) -> str:
     from ontology.plant import ontology_index
 
     idx = ontology_index()
@@ -456,7 +456,7 @@ def render_tagmap(plan: Plan, source_url: str, opts: InitOptions) -> str:
         src_unit = f", unit = {_q(s.unit)}" if s.unit and s.value_type != "string" else ""
         out.append(f"sources = [ {{ {p.source} = {_q(p.address)}{src_unit} }} ]")
         out.append("")
-    if opts.opcua:
+    if opts.opcua and gap_tag:
         out += ["# data gap of the OPC-UA connector (seconds without data), see docs/opcua.md", "[[tags]]",
                 f'id = "connector.{opts.connector_name}_gap"', 'step = "line"', 'kind = "TRACE"',
                 'canonical_unit = "s"', "range = [0, 1e9]",
@@ -539,6 +539,14 @@ def render_config(plan: Plan, opts: InitOptions, tagmap_rel: str, extra_connecto
                 "auto_apply = false"]
     out.append("")
     return "\n".join(out)
+
+
+def tagmap_for_browse(nodes: Sequence[Any], source_url: str, *, min_confidence: float = 0.5) -> tuple[str, Plan]:
+    """``twin browse --write-tagmap``: the same semantic tag map as ``twin init`` writes (no questions, no
+    connector gap tag), and the plan with every suggestion."""
+    opts = InitOptions(opcua=source_url, yes=True, min_confidence=min_confidence, predictor=False, feedback=False)
+    plan = make_plan([point_from_browsed(n) for n in nodes], opts, None, lambda _m: None)
+    return render_tagmap(plan, source_url, opts, gap_tag=False), plan
 
 
 def run_init(opts: InitOptions, *, ask: Ask | None, say: Callable[[str], None]) -> int:
