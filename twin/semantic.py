@@ -80,7 +80,7 @@ KEYWORDS: dict[str, tuple[set[str], set[str]]] = {
     "CompactionDegree": ({"compaction"}, {"degree"}),
     "CalenderControlMode": ({"mode"}, {"control"}),
     "DryCoatingThickness": ({"thickness"}, {"before", "dry", "coating", "drying"}),
-    "ArealLoading": ({"loading"}, {"areal", "coating", "before"}),
+    "ArealLoading": ({"loading"}, {"areal", "coating", "before", "beta"}),
     "DriedCoatingWeight": ({"loading"}, {"dried", "drying"}),
     "CoatingGap": ({"gap"}, {"coating", "coater", "blade"}),
     "CoatingSpeed": ({"speed"}, {"coating", "coater", "line", "web"}),
@@ -285,7 +285,7 @@ def _score(term: Any, p: Point, name_w: list[str], ctx_w: list[str], step: str |
     if is_string:
         if tqk != "Categorical":
             return None
-        s += 1.0
+        s += 2.0  # text fits a categorical term as a unit fits its quantity kind
     elif qk is not None:
         if tqk == "Categorical":
             if qk != "DimensionlessRatio":
@@ -365,7 +365,7 @@ def suggest(p: Point, *, top: int = 3, prior_step: str | None = None) -> Suggest
         z = sum(math.exp(s - scored[0][0]) for s, _, _ in scored)
         for s, local, reasons in scored[: top + 1]:
             share = math.exp(s - scored[0][0]) / z
-            conf = round(share * min(1.0, s / 6.0), 2)
+            conf = round(share * min(1.0, s / 8.0), 2)  # ~8: name, qualifier, step, quantity kind and range agree
             cands.append(Candidate(local, conf, s, tuple(reasons)))
     best = cands[0] if cands and cands[0].confidence > 0 else None
     term = idx.terms[best.term] if best is not None else None
