@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -167,21 +168,14 @@ def _mqtt_discoverer() -> Callable[..., Any] | None:
     return getattr(mod, "discover_points", None)
 
 
-def _payload_value(payload: bytes) -> tuple[Any, str | None, bool] | None:
-    """(value, unit, has_ts) of a plain JSON payload or a plain number; None if not understood."""
-    text = payload.decode("utf-8", "replace").strip()
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return None
-    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        return obj, None, False
-    if isinstance(obj, dict):
-        for key in ("value", "v", "val"):
-            if key in obj and isinstance(obj[key], (int, float, str)) and not isinstance(obj[key], bool):
-                unit = obj.get("unit") if isinstance(obj.get("unit"), str) else None
-                return obj[key], unit, any(k in obj for k in ("ts", "timestamp", "time"))
-    return None
+def _readings(topic: str, payload: bytes) -> list[tuple[str, Any, str | None, bool]]:
+    """(address, value, unit, has_ts) of the readings the MQTT connector itself takes from this message
+    (its own parser, so init proposes only topics the running twin understands); empty if none."""
+    from connectors.mqtt.payload import parse_payload
+
+    recv = 1  # a receive time no real timestamp equals: tells readings without ts apart
+    readings, _dead = parse_payload(topic, payload, recv, fill_receive_time=True)
+    return [(r.address, r.value, r.unit, r.source_ts_ns != recv) for r in readings]
 
 
 def discover_mqtt(opts: InitOptions, say: Callable[[str], None]) -> tuple[list[Point], dict[str, Any]]:
@@ -214,19 +208,17 @@ def discover_mqtt(opts: InitOptions, say: Callable[[str], None]) -> tuple[list[P
 
     seen: dict[str, tuple[Any, str | None, bool]] = {}
     refused: set[str] = set()
-    lo_hi: dict[str, list[float]] = {}
+    lock = threading.Lock()
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        if len(seen) + len(refused) > 10_000:
-            return
-        got = _payload_value(msg.payload)
-        if got is None:
-            refused.add(msg.topic)
-            return
-        seen[msg.topic] = got
-        if isinstance(got[0], (int, float)):
-            r = lo_hi.setdefault(msg.topic, [math.inf, -math.inf])
-            r[0], r[1] = min(r[0], got[0]), max(r[1], got[0])
+        with lock:
+            if len(seen) + len(refused) > 10_000:  # bounded: a broker with more topics is narrowed by --topic
+                return
+            got = _readings(msg.topic, msg.payload)
+            if not got:
+                refused.add(msg.topic)
+            for address, value, unit, has_ts in got:
+                seen[address] = (value, unit, has_ts)
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id)
     if opts.username:
@@ -248,7 +240,9 @@ def discover_mqtt(opts: InitOptions, say: Callable[[str], None]) -> tuple[list[P
         parts = topic.split("/")
         pts.append(Point(topic, parts[-1], parts[-2] if len(parts) > 1 else "", topic, "", None, unit, None, False,
                          "String" if isinstance(value, str) else "Double", "mqtt"))
-    say(f"listened to {cfg.host}:{cfg.port} for {opts.listen_s:g} s: {len(pts)} topics with plain JSON or numbers"
+    if not opts.mqtt_topics or opts.mqtt_topics == ["#"]:
+        pts = [p for p in pts if not p.address.startswith("$")]
+    say(f"listened to {cfg.host}:{cfg.port} for {opts.listen_s:g} s: {len(pts)} topics the MQTT connector reads"
         + (f", {len(refused)} topics with other payloads (not mapped: see `twin mqtt discover`)" if refused else ""))
     extra = {"missing_timestamp": "receive_time"} if any(not ts for _, _, ts in seen.values()) else {}
     return pts, extra
