@@ -280,11 +280,28 @@ def check_roles(cfg: Any, tagmap: Any) -> tuple[list[Resolution], list[str], lis
         for r in items:
             if not r.ok:
                 (errors if enabled else warnings).append(r.message() + ("" if enabled else " (service disabled)"))
+    if cfg.feedback.enabled:
+        warnings.extend(_write_warnings(cfg, tagmap, [r for r in res if r.ok and ".manipulables." in r.spec.path]))
     dash = dashboard_resolutions(tagmap)
     res.extend(dash)
     if cfg.api.enabled:
         warnings.extend(r.message() for r in dash if not r.ok)
     return res, errors, warnings
+
+
+def _write_warnings(cfg: Any, tagmap: Any, setpoints: list[Resolution]) -> list[str]:
+    """An approved proposal writes the setpoint tag's OPC-UA node: say so when no connector allows that node."""
+    allowed = {n for c in cfg.connectors if getattr(c, "kind", None) == "opcua" for n in c.writes.allowed_nodes}
+    out = []
+    for r in setpoints:
+        nodes = [a for k, a, _ in tagmap.sources_of(r.tag_id) if k == "opcua"]
+        if not nodes:
+            out.append(f"{r.spec.path}: setpoint tag {r.tag_id!r} has no OPC-UA source: proposals for it cannot be "
+                       "approved into a write")
+        elif not allowed.intersection(nodes):
+            out.append(f"{r.spec.path}: approving a proposal writes {nodes[0]!r} ({r.tag_id}), which no OPC-UA "
+                       f"connector allows; fix: add it to [connectors.writes] allowed_nodes")
+    return out
 
 
 def bind_predictor_inputs(cfg: Any, tagmap: Any) -> dict[str, str]:

@@ -54,6 +54,9 @@ def test_defaults_resolve_by_role_in_a_plant_with_other_ids(tmp_path: Path) -> N
     assert fb.gap_actual_tag == "acme.cal_gap_pv" and fb.web_speed_tag == "acme.cal_speed"
     # the default's factor is dropped: pint derives it from the unit of the gauge the role found
     assert fb.measured["porosity"].tag == "acme.qcs_poro" and fb.measured["porosity"].factor is None
+    # no connector may write the gap setpoint's node: approvals would fail, and check-config says so
+    assert any(w.startswith("feedback.manipulables.gap.setpoint_tag: approving a proposal writes 'ns=3;i=7003'")
+               for w in warnings)
     # the dashboard reads fixed ids: warned, with the rename that fixes it
     assert any("dashboard.gap_actual" in w and "rename tag 'acme.cal_gap_pv' to \"calendering.gap_actual\"" in w
                for w in warnings)
