@@ -343,6 +343,15 @@ def make_plan(points: Sequence[Point], opts: InitOptions, ask: Ask | None, say: 
                 other = next((c for c in sugg if c.tag_id == spec.default_id), None)
                 if other is not None:
                     other.tag_id, pick.tag_id = pick.tag_id, spec.default_id
+        if ask is not None and pick is None and not key.startswith("feedback.") and (
+                key.startswith("predictor.") or opts.feedback):
+            ans = ask(f"{spec.what} ({spec.term}/{spec.role}): no point found; its address (empty: none)", "").strip()
+            if ans in by_addr and by_addr[ans].tag_id != spec.default_id:
+                pick = by_addr[ans]
+                _retarget(pick, spec)
+                accepted[ans] = True
+            elif ans:
+                say(f"  {ans!r} is not a browsed address: {spec.term}/{spec.role} stays unbound")
         roles[key] = (spec, pick)
     notes: list[str] = []
     missing_pred = [spec.term + "/" + spec.role for k, (spec, s) in roles.items() if k.startswith("predictor.")

@@ -90,7 +90,7 @@ def test_quickstart_against_a_foreign_opcua_server(foreign_server: ForeignServer
     res = twin(args, work)
     assert res.returncode == 0, res.stderr
     assert f"run --config {work / 'twin.toml'}" in res.stdout
-    assert f"ExecStart=" in res.stdout
+    assert "ExecStart=" in res.stdout
     cfg = tomllib.loads((work / "twin.toml").read_text())
     tm = tomllib.loads((work / "tagmap.toml").read_text())
     by_node = {t["sources"][0]["opcua"]: t for t in tm["tags"]}

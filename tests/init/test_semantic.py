@@ -145,3 +145,15 @@ def test_interactive_answers_and_bind_override(tmp_path: Path) -> None:
     assert plan.roles["predictor.gap"][1] is s
     text = render_tagmap(plan, "u", InitOptions(opcua="u"))
     TagMap.from_dict(tomllib.loads(text))
+
+
+def test_interactive_asks_for_a_missing_model_input() -> None:
+    pts = [Point("ns=1;i=9", "Wert17", "Misc", "", "", "mm", "mm", (0.0, 0.5))]
+
+    def ask(q: str, default: str) -> str:
+        return "ns=1;i=9" if q.startswith("actual roll gap (um) (CalenderGap/actual): no point found") else default
+
+    plan = make_plan(pts, InitOptions(opcua="u", feedback=False), ask, lambda m: None)
+    s = plan.roles["predictor.gap"][1]
+    assert s is not None and (s.point.address, s.term, s.tag_id) == ("ns=1;i=9", "CalenderGap", "calendering.gap_actual")
+    assert not plan.predictor and "DryCoatingThickness/measured" in plan.notes[0]  # the others are still missing
