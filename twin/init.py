@@ -162,7 +162,7 @@ def discover_opcua(opts: InitOptions, say: Callable[[str], None], ask: Ask | Non
 
 def _mqtt_discoverer() -> Callable[..., Any] | None:
     try:
-        from connectors.mqtt import discover as mod  # the MQTT engineer's module, when present
+        from connectors.mqtt import discover as mod  # connectors/mqtt/discover.py, when present
     except ImportError:
         return None
     return getattr(mod, "discover_points", None)

@@ -33,6 +33,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ontology.build import QUANTITY_KINDS, STEP_ALIASES
@@ -240,12 +241,20 @@ def _round(x: float) -> float:
     return 0.0 if x == 0 else float(f"{x:.10g}")
 
 
+@lru_cache(maxsize=4096)
+def _keywords(local: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(strong, weak) keywords of a term: the table's, else the head noun of the local name (strong) and its
+    other words (weak)."""
+    if local in KEYWORDS:
+        strong, weak = KEYWORDS[local]
+        return frozenset(strong), frozenset(weak)
+    w = words(local)
+    return (frozenset(w[-1:]), frozenset(w[:-1]))
+
+
 def _score(term: Any, p: Point, name_w: list[str], ctx_w: list[str], step: str | None, unit: str | None,
            qk: str | None, is_string: bool, prior_step: str | None = None) -> tuple[float, list[str]] | None:
-    strong, weak = KEYWORDS.get(term.local, (set(), set()))
-    if not strong:  # the head noun of the local name names the quantity, the other words qualify it
-        local = words(term.local)
-        strong, weak = {local[-1]} if local else set(), set(local[:-1])
+    strong, weak = _keywords(term.local)
     reasons: list[str] = []
     s = 0.0
     hit_strong = [w for w in strong if w in name_w]
