@@ -162,10 +162,10 @@ def browse(
     """Print the address space: node ids, browse paths, data types, units, access and the suggested ontology
     parameter (twin/semantic.py); write a tag map with those suggestions."""
     from connectors.opcua.browse import browse_variables
-    from twin.init import tagmap_for_browse
     from connectors.opcua.config import OpcUaConnectorConfig, SecurityConfig
     from connectors.opcua.connector import close_client, open_client
     from connectors.opcua.errors import OpcUaError
+    from twin.init import tagmap_for_browse
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     try:
