@@ -580,6 +580,8 @@ def run_init(opts: InitOptions, *, ask: Ask | None, say: Callable[[str], None]) 
         say(f"{s.point.name[:28]:<28} -> {s.tag_id:<38} {term:<40} {s.confidence:5.2f}  {unit}")
     for n in plan.notes:
         say(f"note: {n}")
+    if ask is not None and not ask(f"write {tagmap} and {out}? [y/n]", "y").strip().lower().startswith("y"):
+        raise InitError("nothing written")
     out.parent.mkdir(parents=True, exist_ok=True)
     tagmap.parent.mkdir(parents=True, exist_ok=True)
     tagmap.write_text(render_tagmap(plan, opts.opcua or opts.mqtt or "", opts), encoding="utf-8")
