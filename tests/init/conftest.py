@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,11 @@ def start_foreign_server(tmp_path: Path, *, secure: bool = False, timeout: float
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
     while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)  # never block past the deadline
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
         line = proc.stdout.readline()
         if line.startswith("READY "):
             return ForeignServer(line.split()[1], port, proc)
