@@ -143,6 +143,9 @@ PROJECT_PARAMETERS = [
              "1 - h_after / h_before (seed 003)"),
     ParamRow("", "Calendering", "MP", "Roll force", "CalenderRollForce", "", "", "", "online", "kN", "kN",
              "KiloN", "Force", "", "", "", "", "total roll force from the load cells"),
+    ParamRow("", "Calendering", "SP", "Calendered density", "CalenderedDensity", "", "", "areal loading / thickness after",
+             "online_offline", "g/cm**3", "g/cm3", "GM-PER-CentiM3", "Density", "", "", "", "",
+             "coating density after the calender (areal loading / calendered coating thickness)"),
     ParamRow("", "Calendering", "MP", "Control mode", "CalenderControlMode", "", "", "", "online",
              "dimensionless", "1", "UNITLESS", "Categorical", "", "", "", "",
              "0 = gap control, 1 = line-load control"),
@@ -361,7 +364,11 @@ def build_ontology_bytes() -> bytes:
 #        https://gpo.ontology.link/
 #   BVCO: Battery-Value-Chain-Ontology/ontology BVCO.ttl, namespace
 #        https://gitlab.cc-asp.fraunhofer.de/ISC-Public/ISC-Digital/ontology/BVCO#
-#   EMMO / electrochemistry: emmo-repo/domain-battery context/context.json (label -> IRI)
+#   EMMO / electrochemistry: emmo-repo/domain-battery context/context.json (label -> IRI); the manufacturing
+#        steps and the calendering properties from emmo-repo/domain-electrochemistry 0.37.2
+#        (modules/electrochemistry-manufacturing.ttl: ElectrodeCoatingProcess, ElectrodeDrying,
+#        ElectrodeCalendering; reference/electrochemistry-quantities.ttl: CalenderedCoatingThickness,
+#        CalenderedDensity, PositiveElectrodeCoatingPorosity)
 # ---------------------------------------------------------------------------------------------------------------
 GPO = "https://gpo.ontology.link/"
 BVCO = "https://gitlab.cc-asp.fraunhofer.de/ISC-Public/ISC-Digital/ontology/BVCO#"
@@ -433,6 +440,10 @@ EXT = {
     "echem:CoatingThickness": ECHEM + "electrochemistry_3b938708_e7e4_4ac0_a959_9c04306302e7",
     "echem:MassLoading": ECHEM + "electrochemistry_c955c089_6ee1_41a2_95fc_d534c5cfd3d5",
     "echem:CoatedElectrode": ECHEM + "electrochemistry_92147e31_d015_4889_a092_04fbab033f15",
+    "echem:ElectrodeCoatingProcess": ECHEM + "electrochemistry_cfcf6ca6_70e9_4369_9314_7f20b3efbf21",
+    "echem:ElectrodeDrying": ECHEM + "electrochemistry_36c2e19c_cb1a_41e9_bcd5_baf9dfd21905",
+    "echem:ElectrodeCalendering": ECHEM + "electrochemistry_38a2b407_3be9_4b66_86cf_b961cdffb4c9",
+    "echem:PositiveElectrodeCoatingPorosity": ECHEM + "electrochemistry_7481c4c9_c247_4248_a045_a1077230acba",
     "echem:ConductiveAdditive": ECHEM + "electrochemistry_82fef384_8eec_4765_b707_5397054df594",
     "echem:CoulombicEfficiency": ECHEM + "electrochemistry_5696453c_9da7_41e2_bbda_603c1b90a8fc",
     "echem:Capacity": ECHEM + "electrochemistry_791c1915_a791_4450_acd8_7f94764743b5",
@@ -448,6 +459,9 @@ ALIGNMENTS: list[tuple[str, str, str]] = [
     ("Coating", "broadMatch", "bvco:BatteryComponentManufacturing"),
     ("Drying", "closeMatch", "gpo:ThermalDrying"), ("Drying", "broadMatch", "bvco:BatteryComponentManufacturing"),
     ("Calendering", "closeMatch", "emmo:Calendering"), ("Calendering", "broadMatch", "gpo:Pressing"),
+    # the EMMO electrochemistry domain's manufacturing module names the electrode steps BVCO leaves out
+    ("Coating", "closeMatch", "echem:ElectrodeCoatingProcess"), ("Drying", "closeMatch", "echem:ElectrodeDrying"),
+    ("Calendering", "closeMatch", "echem:ElectrodeCalendering"),
     ("Calendering", "broadMatch", "bvco:BatteryComponentManufacturing"),
     ("SlittingAndPostDrying", "broadMatch", "gpo:Cutting"), ("SlittingAndPostDrying", "broadMatch", "gpo:VacuumDrying"),
     ("CellAssembly", "broadMatch", "bvco:BatteryCellManufacturing"), ("CellAssembly", "broadMatch", "gpo:Stacking"),
@@ -507,6 +521,9 @@ ALIGNMENTS: list[tuple[str, str, str]] = [
     ("FractureToughness", "broadMatch", "gpo:ObjectParameter"), ("CalenderedRoughness", "broadMatch", "gpo:ObjectParameter"),
     ("CalenderedAdhesion", "broadMatch", "gpo:ObjectParameter"),
     ("CalenderedCoatingThickness", "exactMatch", "echem:CalenderedCoatingThickness"),
+    ("CalenderedDensity", "exactMatch", "echem:CalenderedDensity"), ("CalenderedDensity", "broadMatch", "emmo:Density"),
+    # the domain's porosity of a positive electrode's coating is narrower than a calendered coating's porosity
+    ("CalenderedPorosity", "narrowMatch", "echem:PositiveElectrodeCoatingPorosity"),
     ("CompactionDegree", "broadMatch", "emmo:Strain"), ("CalenderRollForce", "broadMatch", "gpo:ProcessParameter"),
     ("CalenderControlMode", "broadMatch", "gpo:ProcessParameter"),
     # later steps

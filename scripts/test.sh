@@ -4,6 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The set-up tests' foreign OPC-UA server (tests/init/foreign_server.js): node-opcua from npm, pinned, into
+# the git-ignored tests/init/node, like playwright-core for the browser test (2.180 is the last release
+# that runs on Node.js 18/20; later ones need 22.13)
+NODE_OPCUA="${TWIN_NODE_OPCUA:-2.180.0}"
+if command -v npm >/dev/null 2>&1 && \
+    ! grep -q "\"version\": \"$NODE_OPCUA\"" tests/init/node/node_modules/node-opcua/package.json 2>/dev/null; then
+  echo "test: installing node-opcua@$NODE_OPCUA into tests/init/node"
+  mkdir -p tests/init/node
+  npm install --prefix tests/init/node --no-audit --no-fund --silent --save-exact "node-opcua@$NODE_OPCUA" >/dev/null
+fi
 set +e
 .venv/bin/python -m pytest -ra "$@"
 rc=$?

@@ -41,12 +41,105 @@ def _load(config: Path):  # noqa: ANN202
 
 
 @app.command("check-config")
-def check_config_cmd(config: Path = typer.Argument(..., help="configuration file (TOML)")) -> None:
-    """Validate a configuration and its tag map without connecting to anything."""
-    cfg, tagmap = _load(config)
+def check_config_cmd(
+    config: Path = typer.Argument(..., help="configuration file (TOML)"),
+    connect: bool = typer.Option(False, "--connect", help="also probe each source and the store (with --timeout)"),
+    timeout: float = typer.Option(5.0, "--timeout", help="seconds per probe with --connect"),
+    strict: bool = typer.Option(False, "--strict", help="warnings (the dashboard's tags) fail too (exit 2)"),
+) -> None:
+    """Validate a configuration, its tag map and the tags the predictor, feedback and dashboard need.
+
+    Exit 0: usable (warnings printed); 2: a problem (each named by its field path, with the fix);
+    3: with --connect, a source or the store did not answer."""
+    from twin.config import check_config_report
+
+    try:
+        cfg, tagmap, resolutions, warnings = check_config_report(config)
+    except ConfigError as err:
+        _fail(str(err))
+        return
+    for r in resolutions:
+        if r.ok and r.spec.consumer != "dashboard":
+            how = {"tag id": "", "role": f" (by role {r.spec.term}/{r.spec.role})",
+                   "term": f" (by term {r.ref})"}.get(r.how, "")
+            console.print(f"  {r.spec.path} -> {r.tag_id}{how}", highlight=False, markup=False)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
     kinds = ", ".join(f"{c.kind}:{c.name}" for c in cfg.connectors) or "none"
+    if strict and warnings:
+        _fail(f"{len(warnings)} warning(s) with --strict")
     console.print(f"[green]ok[/] {config}: line {cfg.line_id!r}, {len(tagmap.tags)} tags, "
                   f"store {cfg.store.backend.value}, connectors {kinds}", highlight=False)
+    if connect:
+        from twin.probe import probe
+
+        logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+        results = asyncio.run(probe(cfg, tagmap, timeout=timeout))
+        for res in results:
+            mark = "[green]ok[/]" if res.ok else "[bold red]failed[/]"
+            console.print(f"{mark} {res.what}: {res.detail}", highlight=False)
+        if not all(res.ok for res in results):
+            raise typer.Exit(3)
+
+
+@app.command("init")
+def init_cmd(
+    opcua: Optional[str] = typer.Option(None, "--opcua", help="browse this OPC-UA server: opc.tcp://HOST:PORT"),
+    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="listen to this MQTT broker: mqtt://HOST:PORT"),
+    listen: float = typer.Option(10.0, "--listen", help="with --mqtt: seconds to listen"),
+    topic: list[str] = typer.Option([], "--topic", help="with --mqtt: topic filters (repeatable; default #)"),
+    out: Path = typer.Option(Path("twin.toml"), "--out", help="configuration to write"),
+    tagmap: Optional[Path] = typer.Option(None, "--tagmap", help="tag map to write (default: tagmap.toml beside --out)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="no questions: take the suggestions and --bind"),
+    force: bool = typer.Option(False, "--force", help="replace existing files"),
+    line_id: str = typer.Option("pilot-1", "--line-id", help="line id of the readings"),
+    security: str = typer.Option("none", "--security", help="none, basic256sha256, aes128_sha256_rsaoaep, "
+                                 "aes256_sha256_rsapss (a secure policy creates the client certificate)"),
+    mode: str = typer.Option("sign_and_encrypt", "--mode", help="sign or sign_and_encrypt"),
+    pki: Path = typer.Option(Path("pki"), "--pki", help="client PKI folder (own/, trusted/, rejected/)"),
+    trust_server: bool = typer.Option(False, "--trust-server", help="trust the server certificate it presents"),
+    username: Optional[str] = typer.Option(None, "--username", help="user name"),
+    password: Optional[str] = typer.Option(None, "--password", envvar="TWIN_OPCUA_PASSWORD",
+                                           help="password (or TWIN_OPCUA_PASSWORD); never written to the file"),
+    root: list[str] = typer.Option([], "--root", help="browse below this NodeId (repeatable; default Objects)"),
+    min_confidence: float = typer.Option(0.5, "--min-confidence", help="take a suggested parameter at or above this"),
+    bind: list[str] = typer.Option([], "--bind", help="ROLE=ADDRESS, e.g. gap=ns=3;i=1001 or "
+                                   "gap_setpoint=ns=3;s=GapSP (roles: dry_thickness, areal_loading, gap, roll_speed, "
+                                   "roll_temperature, porosity, thickness_after, gap_setpoint, roll_temperature_setpoint)"),
+    no_predictor: bool = typer.Option(False, "--no-predictor", help="do not enable the predictor"),
+    no_feedback: bool = typer.Option(False, "--no-feedback", help="do not enable the feedback service"),
+    manipulate: list[str] = typer.Option([], "--manipulate", help="setpoints the feedback may propose: gap, "
+                                         "roll_temperature (repeatable; default gap)"),
+    store: Path = typer.Option(Path("var/twin.sqlite"), "--store", help="embedded store file (relative: to --out)"),
+    port: int = typer.Option(8000, "--port", help="API and dashboard port"),
+) -> None:
+    """Guided set-up: discover the line, map its points to the ontology, write and check twin.toml."""
+    from twin.init import InitError, InitOptions, run_init
+
+    binds: dict[str, str] = {}
+    for b in bind:
+        k, sep, v = b.partition("=")
+        if not sep or not k or not v:
+            _fail(f"--bind {b!r}: expected ROLE=ADDRESS")
+        binds[k.strip()] = v.strip()
+    opts = InitOptions(opcua=opcua, mqtt=mqtt, out=out, tagmap=tagmap, line_id=line_id, yes=yes, force=force,
+                       security=security, mode=mode, pki=pki, username=username, password=password,
+                       trust_server=trust_server, roots=list(root), listen_s=listen,
+                       mqtt_topics=list(topic) or ["#"], min_confidence=min_confidence, binds=binds,
+                       predictor=not no_predictor, feedback=not no_feedback,
+                       manipulate=list(manipulate) or ["gap"], store_path=store, api_port=port)
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    ask = None if yes else (lambda q, d: typer.prompt(q, default=d))
+    try:
+        code = run_init(opts, ask=ask, say=say)
+    except InitError as err:
+        _fail(str(err))
+        return
+    raise typer.Exit(code)
 
 
 @app.command("token")

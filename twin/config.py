@@ -295,8 +295,19 @@ def load_config(path: str | Path | None = None, *, data: dict[str, Any] | None =
 
 
 def check_config(path: str | Path) -> tuple[TwinConfig, Any]:
-    """Everything start-up checks, without connecting: the config and the tag map it names."""
+    """Everything start-up checks, without connecting: the config, the tag map it names, and that every
+    input role of an enabled predictor / feedback service resolves to a tag (twin/roles.py)."""
+    cfg, tagmap, _, _ = check_config_report(path)
+    return cfg, tagmap
+
+
+def check_config_report(path: str | Path) -> tuple[TwinConfig, Any, list[Any], list[str]]:
+    """:func:`check_config` with its findings: (config, tag map, role resolutions, warnings).
+
+    Raises ConfigError naming every problem; a role that does not resolve is named with its field
+    path, the ontology term and role it needs, and the fix."""
     from ontology.tagmap import TagMap, TagMapError
+    from twin.roles import check_roles
 
     cfg = load_config(path)
     try:
@@ -306,4 +317,8 @@ def check_config(path: str | Path) -> tuple[TwinConfig, Any]:
     for c in cfg.connectors:
         if getattr(c, "kind", None) == "replay" and not Path(c.path).exists():
             raise ConfigError(f"connectors.{c.name}.path: recorded file {c.path} does not exist")
-    return cfg, tagmap
+    resolutions, errors, warnings = check_roles(cfg, tagmap)
+    if errors:
+        raise ConfigError(f"configuration {path}: {len(errors)} input role(s) do not resolve to a tag of "
+                          f"{cfg.tagmap}:\n  " + "\n  ".join(errors))
+    return cfg, tagmap, resolutions, warnings

@@ -49,6 +49,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from twin.roles import bind_feedback
 from twin.samples import Quality, Sample, now_ns, ns_to_iso
 from twin.supervise import RoundFailures
 
@@ -183,7 +184,8 @@ class TargetSpec(BaseModel):
 
 class MeasuredSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tag: str = Field(..., description="online structure-parameter tag measured after the calender")
+    tag: str = Field(..., description=(
+        "online structure-parameter tag measured after the calender: a tag id or \"<Term>/measured\" (twin/roles.py)"))
     factor: float | None = Field(None, allow_inf_nan=False, description=(
         "multiplies the stored value into the output's unit (percent -> 0.01); omitted: derived by pint from "
         "the tag's canonical unit, and a given factor must agree with it"))
@@ -195,7 +197,8 @@ Manipulable = Literal["gap", "roll_temperature", "line_load", "roll_speed"]
 class ManipulableSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Manipulable = Field(..., description="gap or roll_temperature (the surrogate's inputs)")
-    setpoint_tag: str = Field(..., description="tag of the setpoint written to the line")
+    setpoint_tag: str = Field(..., description=(
+        "tag of the setpoint written to the line: a tag id or \"<Term>/setpoint\" (twin/roles.py)"))
     unit: str | None = Field(None, min_length=1, max_length=64, description=(
         "unit of min, max and max_step (omitted: the setpoint tag's canonical unit); converted by pint"))
     min: float | None = Field(None, allow_inf_nan=False, description="lower limit (default: the setpoint tag's range)")
@@ -235,8 +238,10 @@ class FeedbackConfig(BaseModel):
                                               description="model output -> online tag that measures it")
     manipulables: list[ManipulableSpec] = Field(default_factory=_default_manipulables,
                                                 description="setpoints the optimizer may change")
-    gap_actual_tag: str = Field("calendering.gap_actual", description="measured roll gap (um)")
-    web_speed_tag: str = Field("calendering.roll_speed", description="web speed at the calender (m/min)")
+    gap_actual_tag: str = Field("calendering.gap_actual", description="measured roll gap (um): a tag id or "
+                                "\"CalenderGap/actual\"; the default finds it by that role when the id is absent")
+    web_speed_tag: str = Field("calendering.roll_speed", description="web speed at the calender (m/min): a tag "
+                               "id or \"CalenderingSpeed/actual\"; the default finds it by that role")
     gauge_distance_m: float = Field(0.5, ge=0, description="calender nip -> thickness gauge after it (m)")
     settle_s: float = Field(15.0, ge=0, description="settle time after any manipulable setpoint change")
     window_s: float = Field(20.0, gt=0, description="averaging window of the online measurements")
@@ -598,6 +603,7 @@ class FeedbackService:
     PERSIST_PROPOSALS = 100  # the newest proposals restored after a restart (the page shows 20, the API 50)
 
     def __init__(self, config: FeedbackConfig, daemon: Any) -> None:
+        config = bind_feedback(config, daemon.tagmap)  # roles -> the tag map's ids (twin/roles.py); fails fast
         self.cfg = config
         self.daemon = daemon
         self.proposals: dict[str, Proposal] = {}
@@ -1153,6 +1159,16 @@ class FeedbackService:
                            f"[{node!r}] or an MQTT one with writes.setpoints"
                            + (f" named {self.cfg.write_connector!r}" if self.cfg.write_connector else "") + ")")
 
+    def _in_source_unit(self, tag: str, node: str, value: float) -> tuple[float, str | None]:
+        """A setpoint in the tag's canonical unit -> the unit the node speaks (the tag map's source unit, pint);
+        (value, that unit) or (value, None) when they are the same."""
+        spec = self.daemon.tagmap.tags[tag]
+        unit = next((u for k, a, u in self.daemon.tagmap.sources_of(tag) if k == "opcua" and a == node), spec.unit)
+        if unit == spec.unit:
+            return value, None
+        a, b = _affine(spec.unit, unit, f"feedback: setpoint {tag!r} to node {node!r}")
+        return _clean(a * value + b), unit
+
     async def _approve(self, p: Proposal, actor: str, comment: str | None, auto: bool = False) -> Proposal:
         if p.state != "proposed":
             raise ProposalError(f"proposal {p.id} is {p.state}; only a proposed one can be approved")
@@ -1174,10 +1190,11 @@ class FeedbackService:
                 if not lo <= s.proposed <= hi:  # defence in depth: never write outside the limits
                     raise RuntimeError(f"{s.parameter} {s.proposed} outside the limits [{lo}, {hi}]")
                 conn, node = self._writer(s.tag)
-                wr = await conn.write_setpoint(node, s.proposed, reason=f"proposal {p.id}", actor=actor)
+                value, unit = self._in_source_unit(s.tag, node, s.proposed)  # the node's unit (a PLC in mm, degF)
+                wr = await conn.write_setpoint(node, value, reason=f"proposal {p.id}", actor=actor)
                 p.writes.append({"tag": s.tag, "node": node, "requested": s.proposed, "written": wr.written,
                                  "previous": wr.previous, "readback": wr.readback, "ok": True,
-                                 "ts": ns_to_iso(wr.ts_ns)})
+                                 "ts": ns_to_iso(wr.ts_ns), **({"node_unit": unit} if unit else {})})
             except (SetpointWriteError, RuntimeError, OSError) as err:
                 p.state = "failed"
                 p.error = f"{s.parameter}: {err}"

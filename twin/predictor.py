@@ -38,13 +38,23 @@ log = logging.getLogger("twin.predictor")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_REF = ("; a tag id, or an ontology term and role such as \"{}\" (twin/roles.py); left at the default, a tag "
+        "map without this id is searched by the term and role")
+
+
 class PredictorInputs(BaseModel):
+    """Model input -> the line's tag: a tag id or an ontology reference ``"<Term>/<role>"`` (twin/roles.py)."""
+
     model_config = ConfigDict(extra="forbid")
-    dry_thickness: str = Field("coating.dry_thickness", description="tag of the incoming dry coating thickness (um)")
-    areal_loading: str = Field("coating.areal_loading", description="tag of the areal loading (mg/cm^2)")
-    gap: str = Field("calendering.gap_actual", description="tag of the actual roll gap (um)")
-    roll_speed: str = Field("calendering.roll_speed", description="tag of the roll speed (m/min)")
-    roll_temperature: str = Field("calendering.roll_temperature", description="tag of the roll temperature (degC)")
+    dry_thickness: str = Field("coating.dry_thickness", description="incoming dry coating thickness (um)"
+                               + _REF.format("DryCoatingThickness/measured"))
+    areal_loading: str = Field("coating.areal_loading", description="areal loading (mg/cm^2)"
+                               + _REF.format("ArealLoading/measured"))
+    gap: str = Field("calendering.gap_actual", description="actual roll gap (um)" + _REF.format("CalenderGap/actual"))
+    roll_speed: str = Field("calendering.roll_speed", description="roll speed (m/min)"
+                            + _REF.format("CalenderingSpeed/actual"))
+    roll_temperature: str = Field("calendering.roll_temperature", description="roll temperature (degC)"
+                                  + _REF.format("CalenderRollTemperature/actual"))
 
 
 SpeedMapping = Literal["quasi_static", "nip_kinematic"]
@@ -161,6 +171,14 @@ class Predictor:
     rounds: RoundFailures = field(default_factory=RoundFailures)
     _pending: asyncio.Task[None] | None = None
     _periodic: asyncio.Task[None] | None = None
+    _inputs: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        tagmap = getattr(self.daemon, "tagmap", None)
+        if tagmap is not None:  # fail fast: every model input resolves to a tag (by id or by its role)
+            from twin.roles import bind_predictor_inputs
+
+            self._inputs = bind_predictor_inputs(self.config, tagmap)
 
     def load(self) -> None:
         from surrogates.runtime import ModelRegistry
@@ -176,7 +194,8 @@ class Predictor:
 
     @property
     def input_tags(self) -> dict[str, str]:
-        return self.config.inputs.model_dump()
+        """Model input name -> tag id (resolved by twin.roles against the daemon's tag map)."""
+        return dict(self._inputs) if self._inputs is not None else self.config.inputs.model_dump()
 
     def rve_thickness(self) -> float:
         lo, hi = self.model.domain["initial_thickness_um"]
@@ -251,7 +270,8 @@ class Predictor:
         return values, newest
 
     async def predict_all(self) -> list[Prediction]:
-        lines = {line for (line, tag) in self.daemon.state.latest if tag == self.config.inputs.gap}
+        gap = self.input_tags["gap"]
+        lines = {line for (line, tag) in self.daemon.state.latest if tag == gap}
         out = []
         for line in sorted(lines):
             p = await self.predict_line(line)

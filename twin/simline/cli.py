@@ -156,12 +156,16 @@ def browse(
     username: Optional[str] = typer.Option(None, help="user name"),
     password: Optional[str] = typer.Option(None, help="password (or TWIN_OPCUA_PASSWORD)", envvar="TWIN_OPCUA_PASSWORD"),
     plain: bool = typer.Option(False, "--plain", help="tab-separated lines instead of a table"),
+    suggest: bool = typer.Option(False, "--suggest", help="with --plain: add the suggested ontology parameter column "
+                                 "(the table always shows it)"),
 ) -> None:
-    """Print the address space: node ids, browse paths, data types, units, access; write a tag-map skeleton."""
-    from connectors.opcua.browse import browse_variables, tagmap_skeleton
+    """Print the address space: node ids, browse paths, data types, units, access and the suggested ontology
+    parameter (twin/semantic.py); write a tag map with those suggestions."""
+    from connectors.opcua.browse import browse_variables
     from connectors.opcua.config import OpcUaConnectorConfig, SecurityConfig
     from connectors.opcua.connector import close_client, open_client
     from connectors.opcua.errors import OpcUaError
+    from twin.init import tagmap_for_browse
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     try:
@@ -186,12 +190,20 @@ def browse(
     except (OpcUaError, ValueError) as err:
         _fail(str(err))
         return
-    cols = ("node id", "browse path", "data type", "unit", "range", "access")
+    skeleton, plan = tagmap_for_browse(nodes, url)
+    by_node = {sg.point.address: sg for sg in plan.suggestions}
+    extra = not plain or suggest
+    cols = ("node id", "browse path", "data type", "unit", "range", "access") + (("parameter (confidence)",) if extra
+                                                                                 else ())
     rows = []
     for n in nodes:
         rng = f"{n.eu_range[0]:g} .. {n.eu_range[1]:g}" if n.eu_range else ""
         unit = n.unit or (f"({n.unit_display})" if n.unit_display else "")
-        rows.append((n.node_id, n.browse_path, n.data_type or "?", unit, rng, n.access))
+        row = (n.node_id, n.browse_path, n.data_type or "?", unit, rng, n.access)
+        sg = by_node.get(n.node_id)
+        if extra:
+            row += ((f"{sg.term}/{sg.role} ({sg.confidence:.2f})" if sg is not None and sg.term else ""),)
+        rows.append(row)
     if plain:
         typer.echo("\t".join(cols))
         for r in rows:
@@ -205,8 +217,9 @@ def browse(
         Console(width=None if sys.stdout.isatty() else 200).print(table)
     if write_tagmap is not None:
         write_tagmap.parent.mkdir(parents=True, exist_ok=True)
-        write_tagmap.write_text(tagmap_skeleton(nodes, source_url=url))
-        console.print(f"wrote a tag-map skeleton with {len(nodes)} tags to {write_tagmap} (review it)")
+        write_tagmap.write_text(skeleton, encoding="utf-8")
+        console.print(f"wrote a tag map with {len(plan.suggestions)} tags to {write_tagmap} (review it: each tag "
+                      "names the ontology parameter suggested, its confidence and the alternatives)")
 
 
 @opcua_app.command("make-cert")
