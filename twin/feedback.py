@@ -1163,7 +1163,8 @@ class FeedbackService:
         """A setpoint in the tag's canonical unit -> the unit the node speaks (the tag map's source unit, pint);
         (value, that unit) or (value, None) when they are the same."""
         spec = self.daemon.tagmap.tags[tag]
-        unit = next((u for k, a, u in self.daemon.tagmap.sources_of(tag) if k == "opcua" and a == node), spec.unit)
+        unit = next((u for k, a, u in self.daemon.tagmap.sources_of(tag) if k in ("opcua", "mqtt") and a == node),
+                    spec.unit)
         if unit == spec.unit:
             return value, None
         a, b = _affine(spec.unit, unit, f"feedback: setpoint {tag!r} to node {node!r}")
