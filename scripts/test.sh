@@ -15,7 +15,7 @@ if command -v npm >/dev/null 2>&1 && \
   npm install --prefix tests/init/node --no-audit --no-fund --silent --save-exact "node-opcua@$NODE_OPCUA" >/dev/null
 fi
 set +e
-.venv/bin/python -m pytest -ra "$@"
+.venv/bin/python -m pytest -ra --durations=30 "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then

@@ -2,6 +2,9 @@
 
     python -m surrogates.reference.v2_checks sweep --out bench/results/physics_v2_sweep.jsonl
     python -m surrogates.reference.v2_checks qs    --out bench/results/physics_v2_qs.jsonl
+    python -m surrogates.reference.v2_checks tiny  --out bench/results/physics_v2_tiny.jsonl   (protocol study)
+    python -m surrogates.reference.v2_checks sweep2 --out bench/results/physics_v2_sweep2.jsonl (v2 protocol)
+    python -m surrogates.reference.v2_checks qs2   --out bench/results/physics_v2_qs2.jsonl    (data-set settings)
 
 One run at a time, single-threaded (LAMMPS serial); every result line carries its wall and CPU time.
 Resumable: a spec whose ``key`` is already in the output file is skipped.
@@ -86,7 +89,17 @@ def specs(kind: str) -> list[dict]:
             out.append(dict(key=f"qs2_{name}_v4", model="v2", contact=c,
                             params=dict(base, wall_speed_mm_s=v / 4, release_speed_mm_s=5.0 / 4)))
             out.append(dict(key=f"qs2_{name}_dt2", model="v2", params=dict(base, dt_safety=0.075), contact=c))
+            # chaotic noise of the same run: the stress scale perturbed by 1e-4 (LAMMPS gets its parameters with
+            # six digits; the trajectories diverge, the physics does not change); the speed effect is judged
+            # against this scatter
+            for j in (1, 2):
+                cj = dict(c, stress_scale=c.get("stress_scale", 1.0) * (1 + j * 1e-4))
+                out.append(dict(key=f"qs2_{name}_base_p{j}", model="v2", params=base, contact=cj))
+                out.append(dict(key=f"qs2_{name}_v4_p{j}", model="v2", contact=cj,
+                                params=dict(base, wall_speed_mm_s=v / 4, release_speed_mm_s=5.0 / 4)))
         return out
+    if kind == "tiny":  # the protocol study on the test system (docs/physics.md §7.4); every field explicit
+        return json.loads((Path(__file__).with_name("v2_tiny_specs.json")).read_text())
     if kind == "qsrelax":  # the same speed check with relaxation to convergence (0.02 um per 200 us)
         out = []
         for name, pt in QS_POINTS.items():
@@ -97,8 +110,54 @@ def specs(kind: str) -> list[dict]:
     raise SystemExit(f"unknown kind {kind}")
 
 
+def _load(path: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                d = json.loads(line)
+                out[d["key"]] = d
+    return out
+
+
+def qs2_table(path: Path = Path("bench/results/physics_v2_qs2.jsonl")) -> str:
+    """Markdown: the speed and time-step checks of the data-set settings, judged against the chaotic scatter
+    of the same run (stress scale perturbed by 1e-4)."""
+    r = _load(path)
+    rows = ["| point | base: ε / τ / SB % / p_max MPa | v/4: ε / τ / SB % / p_max MPa | Δε, Δτ (v/4 − base) | "
+            "perturbed copies of base, v/4: ε (n) | Δε of the means ± 2 s.e. | half step: Δp_max, Δε, Δτ | "
+            "CPU s base / v4 / dt2 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in QS_POINTS:
+        b, v4, dt2 = (r.get(f"qs2_{name}_{k}") for k in ("base", "v4", "dt2"))
+        if b is None:
+            continue
+
+        def cell(d):
+            return (f"{d['porosity']:.4f} / {d['tortuosity_factor']:.3f} / {d['springback_pct']:.1f} / "
+                    f"{d['pmax_MPa']:.0f}") if d else "–"
+
+        bs = [d["porosity"] for d in [b] + [r.get(f"qs2_{name}_base_p{j}") for j in (1, 2)] if d]
+        vs = [d["porosity"] for d in [v4] + [r.get(f"qs2_{name}_v4_p{j}") for j in (1, 2)] if d]
+        d_eps = f"{v4['porosity'] - b['porosity']:+.4f}, {v4['tortuosity_factor'] - b['tortuosity_factor']:+.3f}" if v4 else "–"
+        copies = f"{np.mean(bs):.4f} ({len(bs)}), {np.mean(vs):.4f} ({len(vs)})" if vs else "–"
+        if len(bs) > 1 and len(vs) > 1:
+            se = float(np.sqrt(np.var(bs, ddof=1) / len(bs) + np.var(vs, ddof=1) / len(vs)))
+            means = f"{np.mean(vs) - np.mean(bs):+.4f} ± {2 * se:.4f}"
+        else:
+            means = "–"
+        half = (f"{100 * (dt2['pmax_MPa'] / b['pmax_MPa'] - 1):+.1f} %, {dt2['porosity'] - b['porosity']:+.4f}, "
+                f"{dt2['tortuosity_factor'] - b['tortuosity_factor']:+.3f}") if dt2 else "–"
+        cpu = " / ".join(f"{d['dem_cpu_s']:.0f}" if d else "–" for d in (b, v4, dt2))
+        rows.append(f"| {name} (CD {b['params']['compaction_degree']:.2f}) | {cell(b)} | {cell(v4)} | {d_eps} | "
+                    f"{copies} | {means} | {half} | {cpu} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> None:
     kind = argv[0]
+    if kind == "table":
+        print(qs2_table(Path(argv[1]) if len(argv) > 1 else Path("bench/results/physics_v2_qs2.jsonl")))
+        return
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path(f"bench/results/physics_v2_{kind}.jsonl")
     only = argv[argv.index("--only") + 1].split(",") if "--only" in argv else None
     out.parent.mkdir(parents=True, exist_ok=True)
