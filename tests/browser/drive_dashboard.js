@@ -167,6 +167,11 @@ async function main() {
       prop.page_text = ((await page.textContent("#proposal").catch(() => "")) || "").slice(0, 300);
     }
 
+    // the decided proposal marked on the plots (issue #22)
+    await page.waitForFunction(() => (window.twin.marks()["plot-setpoints"] || []).some(
+      m => m === "proposal:approved" || m === "proposal:applied"), null, {timeout: 8000}).catch(() => {});
+    result.marks_end = await page.evaluate(() => window.twin.marks && window.twin.marks());
+
     // the plots and the domain badge once predictions have had time to arrive
     result.plot_data_end = await plotData(page);
     result.ood_badge = await page.textContent("#ood");

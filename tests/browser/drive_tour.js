@@ -171,13 +171,15 @@ async function main() {
     // 4. keyboard: Tab through the page from the top; what gets the focus, and whether it shows
     const s4 = result.steps.keyboard = {focus: []};
     await page.evaluate(() => { window.scrollTo(0, 0); document.activeElement && document.activeElement.blur(); });
-    for (let i = 0; i < 40; i++) {
+    for (let i = 0; i < 80; i++) {  // once round the page: until the focus leaves it (back to the body)
       await page.keyboard.press("Tab");
-      s4.focus.push(await page.evaluate(() => {
+      const f = await page.evaluate(() => {
         const e = document.activeElement, cs = getComputedStyle(e);
         return {tag: e.tagName.toLowerCase(), id: e.id, text: (e.textContent || "").trim().slice(0, 30),
                 outline: cs.outlineStyle, outline_width: parseFloat(cs.outlineWidth) || 0};
-      }));
+      });
+      if (f.tag === "body") { s4.wrapped = true; break; }
+      s4.focus.push(f);
     }
     // the range picker works from the keyboard: focus it, choose "last 1 h" with the arrow key
     await page.focus("#range-select");

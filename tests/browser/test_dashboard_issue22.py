@@ -262,6 +262,7 @@ def tour(twin: Twin) -> dict[str, Any]:
         "custom_start": CUSTOM[0].astimezone(ZoneInfo(ZONE)).strftime(fmt),
         "custom_end": CUSTOM[1].astimezone(ZoneInfo(ZONE)).strftime(fmt)}, timeout=300)
     print(f"tour: {time.monotonic() - t0:.1f} s")
+    (twin.workdir / "tour.json").write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k not in ("requests", "seen")}, default=str)[:6000])
     assert "fatal" not in res, res["fatal"]
     assert not res["page_errors"], res["page_errors"]
@@ -432,7 +433,8 @@ def test_keyboard_focus_order_and_visible_focus(tour: dict[str, Any]) -> None:
     order = ["line-select", "token-button", "range-select", "tz-select"]
     assert all(i in ids for i in order), ids
     assert [ids.index(i) for i in order] == sorted(ids.index(i) for i in order), ids
-    assert "panel-tag" in ids, ids  # past the plots to the panel form within 40 tabs
+    assert kb["wrapped"] and focus[-1]["text"] == "/metrics", focus[-1]  # once round the whole page, to the footer
+    assert ["panel-tag", "targets-save", "dl-refresh"] == [i for i in ids if i in ("panel-tag", "targets-save", "dl-refresh")]
     assert kb["clickable_divs"] == 0
 
 
@@ -442,7 +444,10 @@ def test_no_request_of_the_page_leaves_the_host(tour: dict[str, Any], twin: Twin
     assert len(tour["requests"]) > 50
     off = [r["url"] for r in reqs if urlsplit(r["url"]).scheme not in ("data", "blob") and urlsplit(r["url"]).netloc != host]
     assert off == [] and tour["blocked"] == [], (off, tour["blocked"])
-    paths = {urlsplit(r["url"]).path for r in reqs}
+    # the export buttons start downloads, which Chromium fetches outside the page's request events: their urls
+    downloads = [tour["steps"]["export"][f]["url"] for f in ("csv", "parquet")]
+    assert all(urlsplit(u).netloc == host for u in downloads), downloads
+    paths = {urlsplit(r["url"]).path for r in reqs} | {urlsplit(u).path for u in downloads}
     assert {"/static/vendor/plotly.min.js", "/api/v1/stream", "/api/v1/export", "/api/v1/rolls"} <= paths, paths
 
 
