@@ -1,12 +1,13 @@
-// The header's health badge in a headless Chromium while the test stops the twin's sources one after the
-// other. A line protocol on stdin/stdout keeps the page and the test in step:
+// The header's health badge in a headless Chromium while the test stops the twin's sources. A line protocol on
+// stdin/stdout keeps the page and the test in step, for each step {name, source, expect: "down" | "warn", restart}:
 //
 //   driver -> {"ready": NAME}      the page shows every source connected and the badge is not red
-//   test   -> "go"                 the test has stopped source NAME (the process has exited)
-//   driver -> {"down": NAME, ...}  seconds from "go" until the badge was red and NAME's entry disconnected
-//   test   -> "go"                 after restarting NAME (or "skip"): the driver waits for it to recover
+//   test   -> "go"                 the test has done step NAME (stopped the source, or its publisher)
+//   driver -> {"seen": NAME, ...}  seconds from "go" until the badge and the source's entry were at `expect`
+//   test   -> "go"                 after restarting (or not): with restart, the driver waits for recovery
 //
-//   node drive_health.js '{"url": "http://127.0.0.1:PORT/", "sources": ["broker", "simline"], "restart": [true, false]}'
+//   node drive_health.js '{"url": "http://127.0.0.1:PORT/?stale_s=3", "sources": ["broker", "simline"],
+//                          "steps": [{"name": "broker", "source": "broker", "expect": "down", "restart": true}, ...]}'
 //
 // The last stdout line is the whole result as one JSON object.
 "use strict";
@@ -62,27 +63,26 @@ async function main() {
     page.on("pageerror", e => result.page_errors.push(String(e)));
     await page.goto(opts.url);
     await page.waitForSelector('body[data-plots-ready="1"]', {timeout: 30000});
-    for (let i = 0; i < opts.sources.length; i++) {
-      const name = opts.sources[i];
-      const r = result.sources[name] = {};
+    for (const step of opts.steps) {
+      const r = result.sources[step.name] = {};
       await allUp(page, 30000);
       r.before = await badge(page);
-      console.log(JSON.stringify({ready: name}));
+      console.log(JSON.stringify({ready: step.name}));
       await nextLine(60000);
       const t0 = Date.now();
       try {
-        await page.waitForFunction(n => {
+        await page.waitForFunction(([n, want]) => {
           const l = document.querySelector(`#sources li[data-source="${n}"]`);
-          return document.getElementById("live").dataset.level === "down" && l && l.dataset.level === "down";
-        }, name, {timeout: 15000, polling: 100});
-        r.red_after_s = (Date.now() - t0) / 1000;
+          return document.getElementById("live").dataset.level === want && l && l.dataset.level === want;
+        }, [step.source, step.expect], {timeout: 15000, polling: 100});
+        r.seen_after_s = (Date.now() - t0) / 1000;
       } catch (e) {
-        r.red_after_s = null;
+        r.seen_after_s = null;
       }
       r.during = await badge(page);
-      console.log(JSON.stringify({down: name, red_after_s: r.red_after_s}));
-      const word = await nextLine(60000);
-      if (word === "go" && opts.restart[i]) {
+      console.log(JSON.stringify({seen: step.name, after_s: r.seen_after_s}));
+      await nextLine(60000);
+      if (step.restart) {
         const t1 = Date.now();
         try { await allUp(page, 30000); r.recovered_after_s = (Date.now() - t1) / 1000; }
         catch (e) { r.recovered_after_s = null; }

@@ -189,6 +189,23 @@ async function main() {
     s4.range_after_key = await page.textContent("#range-label");
     s4.clickable_divs = await page.$$eval("div[onclick], span[onclick], div[role=button]", es => es.length);
 
+    // a history range of the live line (20 to 10 minutes ago) does not follow the stream
+    const s4b = result.steps.history = {};
+    const local = ms => new Date(ms).toLocaleString("sv-SE", {timeZone: opts.timezone}).replace(" ", "T");
+    await page.selectOption("#range-select", "custom");
+    await page.fill("#range-start", local(Date.now() - 20 * 60000));
+    await page.fill("#range-end", local(Date.now() - 10 * 60000));
+    await page.click("#range-apply");
+    await page.waitForFunction(() => document.getElementById("range-label").textContent.startsWith("custom") &&
+                               document.body.dataset.plotsReady === "1", null, {timeout: 30000});
+    s4b.label = await page.textContent("#range-label");
+    s4b.range = await page.evaluate(() => window.twin.range());
+    s4b.points_before = await plotted(page);
+    s4b.stream_before = await page.evaluate(() => window.twin.streamPoints());
+    await sleep(3000);
+    s4b.stream_after = await page.evaluate(() => window.twin.streamPoints());
+    s4b.points_after = await plotted(page);
+
     // 5. the replayed line, browsed by its rolls and by a custom range (its times are in the past)
     const s5 = result.steps.replay = {};
     await page.goto(opts.base + "/?line=" + encodeURIComponent(opts.replay_line));
@@ -197,6 +214,8 @@ async function main() {
     s5.line_selected = await page.$eval("#line-select", s => s.value);
     s5.default_label = await page.textContent("#range-label");
     s5.rolls_offered = await page.$$eval("#roll-select option", os => os.map(o => o.textContent));
+    await page.waitForSelector("#no-prediction-reason:not([hidden])", {timeout: 10000}).catch(() => {});
+    s5.no_prediction = await page.isVisible("#no-prediction-reason") ? await page.textContent("#no-prediction-reason") : null;
     s5.rolls = {};
     for (const roll of opts.rolls) {
       await chooseRoll(page, roll);

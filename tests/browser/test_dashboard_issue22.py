@@ -13,7 +13,7 @@ the reason for no proposal where the proposal would be; model card, raw vs corre
 panels; export; keyboard; every request on the host. tests/browser/drive_health.js watches the header badge
 while the test stops the broker and then kills the OPC-UA server.
 
-Screenshots land in the test's folder; with TWIN_UPDATE_DOC_SCREENSHOTS=1 they are copied to docs/img.
+Screenshots land in the test's folder (the ones in docs/img come from tests/browser/shoot_docs.js on a demo).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import csv
 import gzip
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -52,7 +51,6 @@ ROLL2_AT = datetime(2026, 11, 2, 7, 20, tzinfo=timezone.utc)   # R-0002 from 07:
 CUSTOM = (datetime(2026, 11, 2, 6, 50, tzinfo=timezone.utc), datetime(2026, 11, 2, 7, 0, tzinfo=timezone.utc))
 PANEL_TAG = "drying.zone1_temperature"                          # sent by the MQTT publisher below
 WIDTHS = (1400, 768, 360)
-DOC_IMG = ROOT / "docs" / "img"
 
 
 @dataclass
@@ -61,6 +59,7 @@ class Twin:
     proc: subprocess.Popen[str]
     broker: Mosquitto
     opcua: ServerProcess
+    publisher: "_Publisher"
     workdir: Path
     log: Path
 
@@ -161,12 +160,15 @@ class _Publisher:
         self.client.connect_async("127.0.0.1", port)
         self.client.loop_start()
         self.stop = threading.Event()
+        self.pause = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         i = 0
         while not self.stop.wait(0.5):
+            if self.pause.is_set():
+                continue
             i += 1
             body = {"ts": datetime.now(timezone.utc).isoformat(), "value": 80.0 + (i % 10) * 0.1}
             self.client.publish("pilot/pilot-1/drying/zone1_temperature", json.dumps(body), qos=0)
@@ -225,7 +227,7 @@ def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
                                                  f"{log_path.read_text()[-3000:]}"
             time.sleep(0.3)
         print(f"twin ready {time.monotonic() - t_start:.1f} s after the fixture's start")
-        yield Twin(base, proc, broker, opcua, workdir, log_path)
+        yield Twin(base, proc, broker, opcua, publisher, workdir, log_path)
     finally:
         if publisher is not None:
             publisher.close()
@@ -266,11 +268,6 @@ def tour(twin: Twin) -> dict[str, Any]:
     print(json.dumps({k: v for k, v in res.items() if k not in ("requests", "seen")}, default=str)[:6000])
     assert "fatal" not in res, res["fatal"]
     assert not res["page_errors"], res["page_errors"]
-    if os.environ.get("TWIN_UPDATE_DOC_SCREENSHOTS") == "1":
-        DOC_IMG.mkdir(parents=True, exist_ok=True)
-        for w in WIDTHS:
-            shutil.copy(outdir / f"dashboard-{w}.png", DOC_IMG / f"dashboard-{w}.png")
-        shutil.copy(outdir / "dashboard-replay-1400.png", DOC_IMG / "dashboard-replay-1400.png")
     return res
 
 
@@ -327,6 +324,8 @@ def test_replayed_run_browsable_by_its_rolls_and_a_custom_range(tour: dict[str, 
     assert r2["range"]["start"] == ms(ROLL2_AT) and r2["range"]["live"] is False
     assert ms(RUN_TO) - 2000 <= r2["range"]["end"] <= ms(RUN_TO) + 2000, r2["range"]  # the newest value + 1 s
     assert _traces(r2["plots"], "plot-porosity")["measured"]["finite_y"] > 0 and "roll:R-0002" in r2["marks"]["plot-setpoints"]
+    # no prediction for the replayed line, and the page says why
+    assert rp["no_prediction"] and rp["no_prediction"].startswith("No prediction:") and "pilot-rec" in rp["no_prediction"], rp
     c = rp["custom"]
     assert c["range"]["start"] == ms(CUSTOM[0]) and c["range"]["end"] == ms(CUSTOM[1]), c["range"]
     for plot, trace in (("plot-setpoints", "gap_actual"), ("plot-porosity", "measured")):
@@ -334,6 +333,16 @@ def test_replayed_run_browsable_by_its_rolls_and_a_custom_range(tour: dict[str, 
         assert t["finite_y"] > 10 and _wall(CUSTOM[0]) <= t["x_min"] and t["x_max"] <= _wall(CUSTOM[1]), (plot, t)
     # the custom range spans one day: its label names the date once
     assert c["label"].startswith(f"custom range: {_wall(CUSTOM[0])} – {_wall(CUSTOM[1])[11:]}"), c["label"]
+
+
+def test_history_range_of_the_live_line_does_not_follow_the_stream(tour: dict[str, Any]) -> None:
+    h = tour["steps"]["history"]
+    assert h["range"]["kind"] == "custom" and h["range"]["live"] is False
+    assert h["range"]["end"] - h["range"]["start"] == 10 * 60 * 1000, h["range"]
+    assert "history (not following live data)" in h["label"], h["label"]
+    assert h["stream_after"] == h["stream_before"] and h["points_after"] == h["points_before"], h
+    meas = _traces(h["points_before"], "plot-thickness")["measured"]
+    assert meas["points"] == 0 or meas["x_max"] <= _wall(datetime.fromtimestamp(h["range"]["end"] / 1000, timezone.utc)), meas
 
 
 def test_live_range_follows_the_stream_in_the_browser_zone(tour: dict[str, Any]) -> None:
@@ -454,37 +463,45 @@ def test_no_request_of_the_page_leaves_the_host(tour: dict[str, Any], twin: Twin
 # --- health -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def health(twin: Twin, tour: dict[str, Any]) -> dict[str, Any]:
-    """Stop the broker (SIGTERM; restarted after), then kill the OPC-UA server, while the page watches."""
+    """While the page watches: stop the broker (SIGTERM; restarted after); pause the publisher (the broker's
+    newest value grows old; resumed after); kill the OPC-UA server (SIGKILL)."""
     node = _need_tools()
-    args = {"url": twin.base + "/", "chromium": CHROMIUM, "sources": ["broker", "simline"], "restart": [True, False]}
+    steps = [{"name": "broker", "source": "broker", "expect": "down", "restart": True},
+             {"name": "stale", "source": "broker", "expect": "warn", "restart": True},
+             {"name": "simline", "source": "simline", "expect": "down", "restart": False}]
+    args = {"url": twin.base + "/?stale_s=3", "chromium": CHROMIUM, "sources": ["broker", "simline"], "steps": steps}
     drv = subprocess.Popen([node, str(HERE / "drive_health.js"), json.dumps(args)], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert drv.stdin is not None and drv.stdout is not None
     out: list[str] = []
     stopped: dict[str, float] = {}
+
+    def say(word: str) -> None:
+        assert drv.stdin is not None
+        drv.stdin.write(word + "\n")
+        drv.stdin.flush()
+
     try:
-        for name in ("broker", "simline"):
-            while True:
-                line = drv.stdout.readline()
-                assert line, f"driver ended: {''.join(out)[-2000:]} {drv.stderr.read()[-2000:] if drv.stderr else ''}"
-                out.append(line)
-                if line.startswith('{"ready"') or line.startswith('{"fatal"') or line.startswith('{"page_errors"'):
-                    break
-            assert json.loads(line).get("ready") == name, line
-            t0 = time.monotonic()
-            if name == "broker":
-                twin.broker.stop()  # SIGTERM, waits for the exit
-            else:
-                twin.opcua.kill()   # SIGKILL
-            stopped[name] = time.monotonic() - t0
-            drv.stdin.write("go\n")
-            drv.stdin.flush()
+        for step in steps:
             line = drv.stdout.readline()
             out.append(line)
-            if name == "broker":
+            assert line.startswith('{"ready"'), f"driver: {''.join(out)[-2000:]}"
+            assert json.loads(line)["ready"] == step["name"], line
+            t0 = time.monotonic()
+            if step["name"] == "broker":
+                twin.broker.stop()  # SIGTERM, waits for the exit
+            elif step["name"] == "stale":
+                twin.publisher.pause.set()
+            else:
+                twin.opcua.kill()   # SIGKILL
+            stopped[step["name"]] = time.monotonic() - t0
+            say("go")
+            out.append(drv.stdout.readline())
+            if step["name"] == "broker":
                 twin.broker.start()
-            drv.stdin.write("go\n")
-            drv.stdin.flush()
+            elif step["name"] == "stale":
+                twin.publisher.pause.clear()
+            say("go")
         rest, _ = drv.communicate(timeout=90)
         out.append(rest)
     finally:
@@ -492,6 +509,7 @@ def health(twin: Twin, tour: dict[str, Any]) -> dict[str, Any]:
             drv.kill()
     res = json.loads("".join(out).strip().splitlines()[-1])
     res["stop_s"] = stopped
+    (twin.workdir / "health.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res)[:4000])
     assert "fatal" not in res, res["fatal"]
     assert not res["page_errors"], res["page_errors"]
@@ -501,16 +519,25 @@ def health(twin: Twin, tour: dict[str, Any]) -> dict[str, Any]:
 def test_badge_red_within_10_s_of_stopping_the_mqtt_broker(health: dict[str, Any]) -> None:
     r = health["sources"]["broker"]
     assert r["before"]["level"] != "down" and r["before"]["sources"]["broker"]["state"] == "connected", r["before"]
-    assert r["red_after_s"] is not None and r["red_after_s"] <= 10.0, r
+    assert r["seen_after_s"] is not None and r["seen_after_s"] <= 10.0, r
     assert r["during"]["sources"]["broker"]["state"] in ("disconnected", "failed"), r["during"]
     assert r["during"]["text"] == "source down" and "broker" in r["during"]["title"], r["during"]
     # and back once the broker is up again
     assert r["recovered_after_s"] is not None and r["after"]["level"] != "down", r
 
 
+def test_badge_amber_when_a_connected_source_goes_stale(health: dict[str, Any]) -> None:
+    r = health["sources"]["stale"]
+    assert r["seen_after_s"] is not None and r["seen_after_s"] <= 10.0, r
+    b = r["during"]["sources"]["broker"]
+    assert b["state"] == "connected" and "stale" in b["text"], b  # connected, but its newest value is old
+    assert r["during"]["text"] == "stale", r["during"]
+    assert r["recovered_after_s"] is not None, r
+
+
 def test_badge_red_within_10_s_of_killing_the_opcua_server(health: dict[str, Any]) -> None:
     r = health["sources"]["simline"]
     assert r["before"]["level"] != "down" and r["before"]["sources"]["simline"]["state"] == "connected", r["before"]
-    assert r["red_after_s"] is not None and r["red_after_s"] <= 10.0, r
+    assert r["seen_after_s"] is not None and r["seen_after_s"] <= 10.0, r
     assert r["during"]["sources"]["simline"]["state"] in ("disconnected", "failed"), r["during"]
     assert r["during"]["sources"]["broker"]["state"] == "connected", r["during"]  # only the OPC-UA source is down

@@ -13,7 +13,8 @@ const LINE_PARAM = PARAMS.get("line");
 const MAX_POINTS = 3000;       // points kept per trace while following live data
 const BUCKETS = 400;           // buckets per series request (the API downsamples: min/mean/max per bucket)
 const STATUS_S = 2;            // status event interval asked of the stream
-const STALE_S = 30;            // a connected source whose newest value is older is "stale" (amber)
+// a connected source whose newest value is older than this is "stale" (amber); ?stale_s=N sets it
+const STALE_S = Math.max(1, Number(PARAMS.get("stale_s")) || 30);
 const TOKEN_KEY = "twin.token", PANELS_KEY = "twin.panels", TZ_KEY = "twin.timezone";
 const QUALITY = ["good", "uncertain", "bad"];
 
@@ -96,7 +97,7 @@ function unitLabel(u) {
 
 // One display unit per quantity: porosity in % everywhere (the model, its card and the targets state a
 // fraction, unit "1"; the measured and predicted tags carry percent); the rest in their canonical unit.
-const TARGET_DISPLAY = {porosity: {unit: "percent", factor: 100}};
+const TARGET_DISPLAY = {porosity: {unit: "percent", factor: 100}, initial_porosity: {unit: "percent", factor: 100}};
 
 function displayOf(output, unit) {
   // {unit, factor} of the page's display of a canonical value; unknown: the canonical unit itself
@@ -468,6 +469,11 @@ async function initSetpointPlot(b, gen) {
     const x = sp.map(q => wall(q.ts)), y = sp.map(q => q.mean);
     const lastS = latest[tag];
     if (!x.length && lastS && isLive()) { x.push(wall(lastS.ts)); y.push(lastS.value); }
+    // a setpoint holds until it changes (sources send it on change): drawn on to the end of the range
+    if (y.length) {
+      const hold = Math.min(b.end - 1, Date.now());  // the range is [start, end)
+      if (wallString(hold) > x[x.length - 1]) { x.push(wallString(hold)); y.push(y[y.length - 1]); }
+    }
     // setpoint changes: a bucket whose values differ, or a bucket that differs from the one before
     let prev = null;
     for (const q of sp) {
@@ -556,6 +562,7 @@ async function loadRange() {
   renderCoverage();
   decorateAll();
   renderExportTags();
+  renderProposal(); renderHistory(); scheduleRender();  // times with or without their date, for this range
   document.body.dataset.plotsReady = "1";
 }
 
@@ -642,7 +649,9 @@ function vline(ms, color, dash, name) {
 }
 
 function topLabel(ms, text, color, hover, name) {
-  return {x: wallString(ms), xref: "x", yref: "paper", y: 1.0, yanchor: "bottom", text, showarrow: false,
+  const right = bounds && ms > (bounds.start + bounds.end) / 2;  // labels stay inside the plot
+  return {x: wallString(ms), xref: "x", yref: "paper", y: 1.0, yanchor: "bottom", xanchor: right ? "right" : "left",
+          text, showarrow: false,
           font: {size: 9, color}, hovertext: hover || text, name};
 }
 
@@ -869,7 +878,9 @@ function noPredictionReason() {
   if (!p) return null;
   const has = lineId && p.latest && p.latest[lineId];
   if (has && !predictionSkipping) return null;
-  return p.last_skip_reason || (has ? null : "no prediction round has run yet");
+  if (has) return p.last_skip_reason;
+  return `none for line ${lineId} since the twin started: predictions are made from the line's current inputs ` +
+    `(a run replayed into the past gets none)` + (p.last_skip_reason ? `; the last skipped round: ${p.last_skip_reason}` : "");
 }
 
 function renderNoPrediction() {
@@ -919,8 +930,13 @@ async function loadModel() {
     modelCard = c;
     const dom = c.domain || {}, units = c.units || {};
     const list = v => Array.isArray(v) ? v : (v && typeof v === "object" ? Object.keys(v) : []);
-    const inputs = list(c.inputs).map(n => `<tr><td>${esc(n)}</td><td class="num">${Array.isArray(dom[n]) ?
-      dom[n].map(fmt).join(" – ") : ""}</td><td>${esc(unitLabel(units[n]))}</td></tr>`).join("");
+    const inputs = list(c.inputs).map(n => {
+      // the card names an input's unit in its name when it has one (initial_thickness_um, wall_speed_mm_s, ..._C)
+      const u = units[n] ?? (n.endsWith("_um") ? "um" : n.endsWith("_mm_s") ? "mm/s" : n.endsWith("_C") ? "degC" : "1");
+      const d = displayOf(n, u);
+      return `<tr data-input="${esc(n)}"><td>${esc(n)}</td><td class="num">${Array.isArray(dom[n]) ?
+        dom[n].map(v => fmt(shown(v, d.factor))).join(" – ") : ""}</td><td>${esc(targetUnitLabel(d.unit))}</td></tr>`;
+    }).join("");
     const outputs = list(c.outputs).map(n => {
       const d = outputDisplay(n);
       return `${esc(n)} (${esc(targetUnitLabel(d.unit))})`;
