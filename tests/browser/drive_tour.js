@@ -116,13 +116,16 @@ async function main() {
     await page.waitForSelector('#no-proposal-reason:not([hidden]), #proposal[data-state="proposed"]', {timeout: 20000});
     s1.proposal_state = await page.getAttribute("#proposal", "data-state");
     s1.no_proposal_visible = await page.isVisible("#no-proposal-reason");
-    s1.no_proposal_text = await page.textContent("#no-proposal-reason");
+    // the text and the status it was made from, read together (a status event arrives every 2 s)
+    const snap = await page.evaluate(() => ({text: document.getElementById("no-proposal-reason").textContent,
+                                             status: window.twin.status()}));
+    s1.no_proposal_text = snap.text;
+    s1.status_seen = snap.status;
     s1.no_proposal_box = await (await page.$("#proposal")).boundingBox();
     s1.no_proposal_reason_box = s1.no_proposal_visible ? await (await page.$("#no-proposal-reason")).boundingBox() : null;
     // what the feedback API says at the same moment
     const api = await context.request.get(opts.base + "/api/v1/feedback/status");
     s1.api_feedback_status = await api.json();
-    s1.status_seen = await page.evaluate(() => window.twin.status());
     s1.sources = await page.$$eval("#sources li[data-source]", ls => ls.map(l => ({source: l.dataset.source,
       state: l.dataset.state, level: l.dataset.level, text: l.textContent})));
     s1.badge = {text: await page.textContent("#live"), level: await page.getAttribute("#live", "data-level")};

@@ -20,9 +20,9 @@ const QUALITY = ["good", "uncertain", "bad"];
 
 // measured vs predicted plots: mean and ±2σ band of the surrogate ensemble, out-of-domain marks
 const PRED_PLOTS = {
-  "plot-porosity": {title: "Porosity: measured vs predicted (raw model)", measured: "calendering.porosity_online",
+  "plot-porosity": {title: "Porosity: measured vs predicted (raw)", measured: "calendering.porosity_online",
                     predicted: "calendering.porosity_predicted", output: "porosity"},
-  "plot-thickness": {title: "Thickness after calender: measured vs predicted (raw model)",
+  "plot-thickness": {title: "Thickness after calender: measured vs predicted (raw)",
                      measured: "calendering.thickness_after", predicted: "calendering.thickness_after_predicted",
                      output: "thickness_after_um"},
   "plot-tortuosity": {title: "Tortuosity factor (predicted)", measured: null,
@@ -47,7 +47,7 @@ const lastSetpoint = {};   // setpoint tag -> value last plotted (setpoint chang
 let slots = {};            // tag id -> [{plot, trace, what}] (what: measured | mean | std | setpoint | panel)
 let predPending = {};      // plot id -> Map(ts -> {mean, std, quality})
 let buffers = {};          // plot id -> {trace index -> {x: [], y: []}}
-let flushTimer = null, renderTimer = null, decorateTimer = null;
+let flushTimer = null, renderTimer = null, decorateTimer = null, coverageTimer = null;
 let lineId = LINE_PARAM;
 let lines = [];
 let streamPoints = 0;      // points appended to plots from the live stream
@@ -612,7 +612,7 @@ function onPlotSample(s, slot) {
       const c = coverage[p[1].output] = coverage[p[1].output] || {inside: 0, n: 0};
       c.n++;
       if (Math.abs(s.value - lp.mean) <= 2 * lp.std) c.inside++;
-      renderCoverage();
+      if (coverageTimer === null) coverageTimer = setTimeout(() => { coverageTimer = null; renderCoverage(); }, 500);
     }
     return;
   }
