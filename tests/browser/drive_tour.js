@@ -219,6 +219,7 @@ async function main() {
     s5.rolls_offered = await page.$$eval("#roll-select option", os => os.map(o => o.textContent));
     await page.waitForSelector("#no-prediction-reason:not([hidden])", {timeout: 10000}).catch(() => {});
     s5.no_prediction = await page.isVisible("#no-prediction-reason") ? await page.textContent("#no-prediction-reason") : null;
+    s5.no_proposal = await page.isVisible("#no-proposal-reason") ? await page.textContent("#no-proposal-reason") : null;
     s5.rolls = {};
     for (const roll of opts.rolls) {
       await chooseRoll(page, roll);

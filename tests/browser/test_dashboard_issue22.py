@@ -326,6 +326,7 @@ def test_replayed_run_browsable_by_its_rolls_and_a_custom_range(tour: dict[str, 
     assert _traces(r2["plots"], "plot-porosity")["measured"]["finite_y"] > 0 and "roll:R-0002" in r2["marks"]["plot-setpoints"]
     # no prediction for the replayed line, and the page says why
     assert rp["no_prediction"] and rp["no_prediction"].startswith("No prediction:") and "pilot-rec" in rp["no_prediction"], rp
+    assert rp["no_proposal"] and "No prediction: none for line pilot-rec" in rp["no_proposal"], rp["no_proposal"]
     c = rp["custom"]
     assert c["range"]["start"] == ms(CUSTOM[0]) and c["range"]["end"] == ms(CUSTOM[1]), c["range"]
     for plot, trace in (("plot-setpoints", "gap_actual"), ("plot-porosity", "measured")):

@@ -888,6 +888,7 @@ function renderNoPrediction() {
   const r = noPredictionReason();
   el.hidden = !r;
   el.innerHTML = r ? `<b>No ${lastPrediction ? "new " : ""}prediction:</b> ${esc(r)}` : "";
+  renderNoProposal();
 }
 
 const METRICS = {r2: ["R²", ">="], mae: ["MAE", "<="], rmse: ["RMSE", "<="], mape_pct: ["MAPE", "<="],
@@ -1038,6 +1039,8 @@ function renderNoProposal() {
       }
     }
   }
+  const np = !open && status ? noPredictionReason() : null;  // no prediction, no proposal: said here too
+  if (np && feedback.enabled !== false) html += `<div><b>No prediction:</b> ${esc(np)}</div>`;
   el.hidden = !html;
   el.innerHTML = html;
 }
@@ -1202,7 +1205,8 @@ function renderHealth() {
       const [lv, word] = sourceLevel(s);
       const gaps = s.gaps != null ? `${s.gaps} gap${s.gaps === 1 ? "" : "s"}` : "gaps not tracked";
       return `<li data-source="${esc(s.name)}" data-state="${esc(s.state)}" data-level="${lv}"` +
-        ` title="${esc(s.last_error || "")}">${esc(s.name)} (${esc(s.kind)}): <b>${esc(word)}</b> · newest value ${esc(age(s.last_delivery_age_s))} ago` +
+        ` title="${esc(s.last_error || "")}">${esc(s.name)} (${esc(s.kind)}): <b>${esc(word)}</b> · ` +
+        (s.last_delivery_age_s == null ? "no value yet" : `newest value ${esc(age(s.last_delivery_age_s))} ago`) +
         ` · ${esc(gaps)} · ${s.reconnects ?? 0} reconnects</li>`;
     }).join("") + (st.problems || []).filter(p => !p.startsWith("source ")).map(p => `<li class="problem" data-level="warn">${esc(p)}</li>`).join("");
     if (streamOpen) {
