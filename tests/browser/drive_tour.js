@@ -47,7 +47,13 @@ async function plotted(page) {
 
 async function layout(page, width) {
   await page.setViewportSize({width, height: 900});
-  await sleep(1500);  // plotly's responsive resize
+  await sleep(300);
+  // plotly's responsive resize: until every plot's svg fits its box again (then the measurement below)
+  await page.waitForFunction(() => [...document.querySelectorAll(".plot")].every(gd => {
+    const s = gd.querySelector("svg.main-svg");
+    return s && Math.abs(s.getBoundingClientRect().width - gd.getBoundingClientRect().width) <= 1;
+  }), null, {timeout: 10000, polling: 100}).catch(() => {});
+  await sleep(300);
   const out = await page.evaluate(sels => {
     const boxes = [];
     for (const sel of sels) {
@@ -224,11 +230,8 @@ async function main() {
     for (const roll of opts.rolls) {
       await chooseRoll(page, roll);
       s5.rolls[roll] = {label: await page.textContent("#range-label"), range: await page.evaluate(() => window.twin.range()),
-                        plots: await plotted(page), marks: await page.evaluate(() => window.twin.marks()),
-                        stream_points: await page.evaluate(() => window.twin.streamPoints())};
+                        plots: await plotted(page), marks: await page.evaluate(() => window.twin.marks())};
     }
-    await sleep(2500);  // the stream goes on meanwhile: a history range does not follow it
-    s5.stream_points_later = await page.evaluate(() => window.twin.streamPoints());
     await page.selectOption("#range-select", "custom");
     await page.fill("#range-start", opts.custom_start);
     await page.fill("#range-end", opts.custom_end);
