@@ -202,8 +202,9 @@ async function main() {
     const s4b = result.steps.history = {};
     const local = ms => new Date(ms).toLocaleString("sv-SE", {timeZone: opts.timezone}).replace(" ", "T");
     await page.selectOption("#range-select", "custom");
-    await page.fill("#range-start", local(Date.now() - 20 * 60000));
-    await page.fill("#range-end", local(Date.now() - 10 * 60000));
+    const now = Math.floor(Date.now() / 1000) * 1000;
+    await page.fill("#range-start", local(now - 20 * 60000));
+    await page.fill("#range-end", local(now - 10 * 60000));
     await page.click("#range-apply");
     await page.waitForFunction(() => document.getElementById("range-label").textContent.startsWith("custom") &&
                                document.body.dataset.plotsReady === "1", null, {timeout: 30000});
