@@ -1192,6 +1192,7 @@ function age(s) {
   return s < 60 ? `${s.toFixed(1)} s` : s < 3600 ? `${(s / 60).toFixed(0)} min` : s < 172800 ? `${(s / 3600).toFixed(1)} h` : `${(s / 86400).toFixed(0)} d`;
 }
 
+let sourcesHtml = "";
 function renderHealth() {
   const badge = document.getElementById("live");
   const list = document.getElementById("sources");
@@ -1201,7 +1202,7 @@ function renderHealth() {
   else if (!st || Date.now() - lastStatusAt > 4 * STATUS_S * 1000) { level = "warn"; text = "no status"; why.push("no status from the twin for a while"); }
   if (st) {
     const srcs = st.sources || [];
-    list.innerHTML = srcs.map(s => {
+    const html = srcs.map(s => {
       const [lv, word] = sourceLevel(s);
       const gaps = s.gaps != null ? `${s.gaps} gap${s.gaps === 1 ? "" : "s"}` : "gaps not tracked";
       return `<li data-source="${esc(s.name)}" data-state="${esc(s.state)}" data-level="${lv}"` +
@@ -1209,6 +1210,7 @@ function renderHealth() {
         (s.last_delivery_age_s == null ? "no value yet" : `newest value ${esc(age(s.last_delivery_age_s))} ago`) +
         ` · ${esc(gaps)} · ${s.reconnects ?? 0} reconnects</li>`;
     }).join("") + (st.problems || []).filter(p => !p.startsWith("source ")).map(p => `<li class="problem" data-level="warn">${esc(p)}</li>`).join("");
+    if (html !== sourcesHtml) { list.innerHTML = html; sourcesHtml = html; }  // no flicker under the pointer
     if (streamOpen) {
       const lv = srcs.map(s => sourceLevel(s)[0]);
       if (lv.includes("down")) { level = "down"; text = "source down"; }
