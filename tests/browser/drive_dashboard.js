@@ -114,18 +114,25 @@ async function main() {
     result.plot_data = await plotData(page);
 
     // 2. a new point through the live stream within 5 s
-    const before = await measuredPoints(page);
-    const streamedBefore = await page.evaluate(() => window.twin.streamPoints());
+    // the plotted points and the stream's count read together (a flush between two reads would pair a
+    // count from after it with points from before it)
+    const snapshot = () => page.evaluate(ids => ({points: Object.fromEntries(ids.map(id => {
+      const tr = (document.getElementById(id).data || []).find(t => t.name === "measured");
+      return [id, tr ? tr.x.length : 0];
+    })), stream: window.twin.streamPoints()}), MEASURED);
+    const first = await snapshot();
+    const before = first.points, streamedBefore = first.stream;
     const tLive = Date.now();
-    let after = before, arrived = null;
+    let last = first, after = before, arrived = null;
     while (Date.now() - tLive < 8000) {
-      after = await measuredPoints(page);
+      last = await snapshot();
+      after = last.points;
       if (MEASURED.every(id => after[id] > before[id])) { arrived = (Date.now() - tLive) / 1000; break; }
       await sleep(100);
     }
     result.live = {before, after, arrived_after_s: arrived,
                    streamed_before: streamedBefore,
-                   streamed_after: await page.evaluate(() => window.twin.streamPoints()),
+                   streamed_after: last.stream,
                    api_requests_meanwhile: requests.filter(r => r.t >= tLive && r.url.includes("/api/")).map(r => r.url)};
 
     // 3. approve the open proposal through the page
@@ -166,6 +173,11 @@ async function main() {
       prop.error = String(e).split("\n")[0];
       prop.page_text = ((await page.textContent("#proposal").catch(() => "")) || "").slice(0, 300);
     }
+
+    // the decided proposal marked on the plots (issue #22)
+    await page.waitForFunction(() => (window.twin.marks()["plot-setpoints"] || []).some(
+      m => m === "proposal:approved" || m === "proposal:applied"), null, {timeout: 8000}).catch(() => {});
+    result.marks_end = await page.evaluate(() => window.twin.marks && window.twin.marks());
 
     // the plots and the domain badge once predictions have had time to arrive
     result.plot_data_end = await plotData(page);

@@ -134,6 +134,9 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, record_property: Any) ->
         assert api.status_code == 200, api.text
         assert api.json()["state"] in ("approved", "applied"), api.json()
         assert prop["state_after"] in ("approved", "applied"), prop
+        # marked on the plots: where it was proposed and where it was decided (issue #22)
+        marks = res["marks_end"]["plot-setpoints"]
+        assert "proposal:proposed" in marks and ("proposal:approved" in marks or "proposal:applied" in marks), marks
 
         # 5. writes without a write-scope token are refused (401/403), with or without a wrong token
         for headers in ({}, {"Authorization": "Bearer not-the-token"}):
