@@ -17,11 +17,17 @@
 Interactive by default (each choice is asked, the suggestion is the default answer); ``--yes``
 takes every suggestion at or above ``--min-confidence`` and every ``--bind ROLE=ADDRESS``.
 
-MQTT seam: when ``connectors.mqtt.discover`` provides ``discover_points(config, seconds)``
-(returning dicts with ``topic`` and optionally ``name``, ``folder``, ``description``, ``unit``,
-``range``, ``writable``, ``data_type``, and ``connector`` -- a dict merged into the written
-``[[connectors]]`` table, e.g. a payload mapping), init uses it; otherwise it listens itself and
-understands plain JSON payloads (``{"value": x, "unit": u, "ts": ...}``, ``{"v": x}``) and plain numbers.
+MQTT: ``connectors.mqtt.discover.discover_points(config, seconds)`` listens (the same listener as
+``twin mqtt discover``, asking Sparkplug B edge nodes seen without a birth for one) and returns one
+dict per point the connector will read: ``topic`` (the address), ``name``, ``folder``,
+``description``, ``unit``, ``range``, ``data_type``, ``sparkplug`` (a Sparkplug B metric), and
+``connector``: the ``[[connectors]]`` settings it needs (``payloads`` mappings for plain numbers and
+custom JSON, ``sparkplug`` with the groups seen, ``missing_timestamp``); rows with ``unmapped`` name
+topics nothing reads. The Sparkplug metric in the role of a setpoint the feedback service may write
+goes on the connector's ``[[connectors.writes.setpoints]]`` (a DCMD); a plain topic's command topic
+cannot be heard, so it gets a commented entry. MQTT seldom states ranges: the feedback service's
+limits then come from ``--limit gap=LO:HI`` (or the question), else the feedback stays off with the
+reason. Without that module, init listens itself and understands the built-in JSON payloads only.
 """
 
 from __future__ import annotations
@@ -209,9 +215,9 @@ def discover_mqtt(opts: InitOptions, say: Callable[[str], None]) -> tuple[list[P
                 unmapped.append(f"{topic} ({r['unmapped']})")
                 continue
             parts = topic.split("/")
-            pts.append(Point(topic, r.get("name") or parts[-1], r.get("folder") or (parts[-2] if len(parts) > 1 else ""),
-                             topic, r.get("description", ""), None, r.get("unit"),
-                             tuple(r["range"]) if r.get("range") else None, bool(r.get("writable")),
+            folder = r.get("folder") or (parts[-2] if len(parts) > 1 else "")
+            pts.append(Point(topic, r.get("name") or parts[-1], folder, topic, r.get("description", ""), None,
+                             r.get("unit"), tuple(r["range"]) if r.get("range") else None, bool(r.get("writable")),
                              r.get("data_type"), "mqtt"))
             if r.get("sparkplug"):
                 spb.append(topic)

@@ -9,10 +9,16 @@ prints TOML to paste into the ``[[connectors]]`` table of the MQTT connector:
 - a plain number -> ``format = "number"``;
 - custom JSON -> the value, timestamp (with its format; naive times get a ``timezone`` line to
   check), quality and unit paths, or a list path with the item's name path;
-- topics with the same structure under one parent are folded into one ``+`` pattern;
+- topics with the same structure under one parent are folded into one ``+`` pattern (when no other
+  topic seen under that parent would match it), listed after the exact topics (the first match wins);
 - Sparkplug B (``spBv1.0/...``): ``[connectors.sparkplug]`` with the groups seen, and each metric of
-  the births (name, alias, data type) as the tag map source address it will have. With
+  the births (name, alias, data type, and its unit and range where the birth states them: the
+  ``engUnit`` / ``engLow`` / ``engHigh`` properties, else a unit in brackets at the end of the
+  metric's description, ``"roll gap [mm]"``) as the tag map source address it will have. With
   ``request_rebirth`` an edge node seen without a birth is asked for one (NCMD Node Control/Rebirth).
+
+:func:`discover_points` is ``twin init --mqtt``'s seam (twin/init.py): the points the connector will
+read with the proposed configuration, found by parsing what arrived with the proposed mappings.
 
 :func:`discover` returns a :class:`Discovery` (topics, classifications, Sparkplug metrics) and
 :func:`proposal_toml` its TOML; the CLI command is :func:`discover_cmd`.
@@ -357,13 +363,18 @@ def _fold(disc: Discovery) -> list[tuple[str, TopicSeen, list[str]]]:
         parent = seen.topic.rsplit("/", 1)[0] if "/" in seen.topic else ""
         sig = json.dumps(seen.mapping, sort_keys=True)
         groups.setdefault((parent, seen.kind, sig), []).append(seen)
+    children: dict[str, set[str]] = {}  # parent -> every topic seen one level below it (what parent/+ matches)
+    for t in disc.topics:
+        if "/" in t:
+            children.setdefault(t.rsplit("/", 1)[0], set()).add(t)
     out = []
     for (parent, _, _), members in sorted(groups.items(), key=lambda kv: kv[1][0].topic):
-        if len(members) > 1 and parent:
-            out.append((parent + "/+", members[0], sorted(m.topic for m in members)))
+        names = {m.topic for m in members}
+        if len(members) > 1 and parent and children.get(parent, set()) <= names:  # + would catch no other topic
+            out.append((parent + "/+", members[0], sorted(names)))
         else:
             out += [(m.topic, m, [m.topic]) for m in members]
-    return out
+    return sorted(out, key=lambda x: ("+" in x[0], x[0]))  # exact topics first: the first match wins
 
 
 def proposal_toml(disc: Discovery) -> str:
@@ -406,7 +417,8 @@ def proposal_toml(disc: Discovery) -> str:
             lines.append("# Sparkplug metrics from the births (tag map source addresses, data type, alias):")
             for addr, (dtype, alias) in sorted(disc.sparkplug_metrics.items()):
                 unit = disc.sparkplug_meta.get(addr, {}).get("unit")
-                lines.append(f"#   {{ mqtt = {_toml(addr)}, unit = {_toml(unit) if unit else chr(34) + '...' + chr(34)} }}"
+                shown = _toml(unit) if unit else '"..."'
+                lines.append(f"#   {{ mqtt = {_toml(addr)}, unit = {shown} }}"
                              f"   # {dtype}" + (f", alias {alias}" if alias is not None else ""))
         for node in sorted(disc.sparkplug_nodes_without_birth):
             lines.append(f"# edge node {node}: data seen but no birth while listening "
@@ -421,7 +433,8 @@ def payload_tables(disc: Discovery) -> list[dict[str, Any]]:
     """The proposed ``[[connectors.payloads]]`` tables (what :func:`proposal_toml` prints, as data)."""
     out = []
     for pattern, rep, _members in _fold(disc):
-        out.append({"topic": pattern, **{k: v for k, v in rep.mapping.items() if not k.startswith("_") and v is not None}})
+        out.append({"topic": pattern,
+                    **{k: v for k, v in rep.mapping.items() if not k.startswith("_") and v is not None}})
     return out
 
 
@@ -463,7 +476,8 @@ def discover_points(config: Any, seconds: float) -> list[dict[str, Any]]:
             if m is not None:
                 rs, _dead = mapper.parse(m, topic_b, sample, recv)
             else:
-                rs, _dead = parse_payload(topic_b, sample, recv, fill_receive_time=True, batch_suffix=config.batch_topic_suffix)
+                rs, _dead = parse_payload(topic_b, sample, recv, fill_receive_time=True,
+                                          batch_suffix=config.batch_topic_suffix)
                 builtin_without_ts |= any(r.source_ts_ns == recv for r in rs)
             got += rs
         if not got:

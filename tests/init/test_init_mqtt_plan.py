@@ -73,7 +73,8 @@ def _points(sp_address: str, sp_range: tuple[float, float] | None = None) -> lis
     return [p("G/E/calender/RollGap", "roll gap, actual", "mm"), p(sp_address, "roll gap setpoint", "mm", sp_range),
             p("G/E/calender/RollTemp", "", "degF"), p("G/E/calender/Speed", "web speed", "m/min"),
             p("G/E/qcs/ThicknessIn", "thickness gauge, incoming web", "um"),
-            p("G/E/coater/CoatWeight", "", "g/m2"), p("G/E/qcs/Porosity", "online porosity gauge after the calender", "%")]
+            p("G/E/coater/CoatWeight", "", "g/m2"),
+            p("G/E/qcs/Porosity", "online porosity gauge after the calender", "%")]
 
 
 def _write(tmp_path: Path, opts: InitOptions, points: list[Point], extra: dict) -> tuple[dict, object]:
@@ -126,3 +127,18 @@ def test_an_unknown_limit_name_is_refused() -> None:
     opts = InitOptions(mqtt="mqtt://h:1", yes=True, limits={"speed": "1:2"})
     with pytest.raises(InitError, match="--limit speed=...: unknown setpoint"):
         make_plan(_points("G/E/calender/RollGapSP"), opts, None, lambda _m: None)
+
+
+def test_a_folded_pattern_catches_no_other_topic_and_comes_after_the_exact_ones() -> None:
+    from connectors.mqtt.discover import TopicSeen, classify, payload_tables
+
+    disc = Discovery("h", 1, 1.0)
+    for topic, body in {"a/l/x": b"1.5", "a/l/y": b"2.5", "a/l/z": b'{"value": 1, "ts": "2026-12-03T10:00:00Z"}',
+                        "b/l/x": b"1", "b/l/y": b"2", "b/m": b'{"v": 3, "t": 1796292000}'}.items():
+        seen = TopicSeen(topic, 1, [body])
+        seen.kind, seen.mapping, seen.note = classify(topic, body)
+        disc.topics[topic] = seen
+    tables = payload_tables(disc)
+    # a/l/+ would turn the built-in a/l/z into numbers: a/l/x and a/l/y stay exact; b/l/+ folds
+    assert [t["topic"] for t in tables] == ["a/l/x", "a/l/y", "b/m", "b/l/+"]
+    assert tables[2] == {"topic": "b/m", "value": "v", "timestamp": "t", "timestamp_format": "epoch_s"}
