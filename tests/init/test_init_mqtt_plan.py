@@ -142,3 +142,27 @@ def test_a_folded_pattern_catches_no_other_topic_and_comes_after_the_exact_ones(
     # a/l/+ would turn the built-in a/l/z into numbers: a/l/x and a/l/y stay exact; b/l/+ folds
     assert [t["topic"] for t in tables] == ["a/l/x", "a/l/y", "b/m", "b/l/+"]
     assert tables[2] == {"topic": "b/m", "value": "v", "timestamp": "t", "timestamp_format": "epoch_s"}
+
+
+def test_interactive_set_up_asks_for_the_limits_a_setpoint_does_not_state(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    def ask(question: str, default: str) -> str:
+        asked.append(question)
+        return "0.05:0.15 mm" if question.startswith("limits of the gap setpoint") else default
+
+    sp = "G/E/calender/RollGapSP"
+    opts = InitOptions(mqtt="mqtt://127.0.0.1:1883", out=tmp_path / "twin.toml")
+    plan = make_plan(_points(sp), opts, ask, lambda _m: None)
+    assert plan.feedback and plan.limits == {"gap": pytest.approx((50.0, 150.0))}
+    assert any(q.startswith(f"limits of the gap setpoint {sp} (it states no range)") for q in asked)
+
+
+def test_an_unreachable_broker_is_a_clear_error(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+    from twin.init import run_init
+
+    opts = InitOptions(mqtt=f"mqtt://127.0.0.1:{free_port()}", yes=True, listen_s=0.5, out=tmp_path / "twin.toml")
+    with pytest.raises(InitError, match="cannot listen to the MQTT broker 127.0.0.1:"):
+        run_init(opts, ask=None, say=lambda _m: None)
+    assert not (tmp_path / "twin.toml").exists()
