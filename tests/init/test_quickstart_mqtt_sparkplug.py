@@ -191,7 +191,7 @@ def test_quickstart_against_a_sparkplug_b_line_with_plain_and_json_topics(mosqui
                 rows = {r["tag"]: r for r in get(api_port, "/api/v1/latest")}
                 need = ("calendering.gap_actual", "calendering.roll_temperature", "calendering.roll_speed",
                         "coating.areal_loading", "coating.dry_thickness", "calendering.line_load",
-                        "calendering.porosity_online", "calendering.thickness_after")
+                        "calendering.porosity_online", "calendering.thickness_after", "calendering.roll_force")
                 return rows if all(k in rows for k in need) else None
 
             rows = wait_for("stored values", latest, 60, proc)
@@ -203,6 +203,13 @@ def test_quickstart_against_a_sparkplug_b_line_with_plain_and_json_topics(mosqui
             assert rows["calendering.roll_speed"]["value"] == pytest.approx(6.0)
             assert rows["calendering.line_load"]["value"] == pytest.approx(1300.0)
             assert rows["calendering.thickness_after"]["value"] == pytest.approx(71.0)
+            assert rows["calendering.roll_force"]["value"] == pytest.approx(12.5)  # the second plain number
+            # the custom JSON's own timestamp ("t", whole seconds, UTC), not the receive time
+            t_json = datetime.fromisoformat(rows["coating.areal_loading"]["ts"].replace("Z", "+00:00"))
+            assert t_json.microsecond == 0 and abs((datetime.now(timezone.utc) - t_json).total_seconds()) < 30
+            # nothing the mappings read became a dead letter (data before the twin's first birth may)
+            codes = {d["reason_code"] for d in get(api_port, "/api/v1/dead-letters?limit=1000")}
+            assert codes <= {"sparkplug_no_birth"}, codes
 
             step("curl -s http://127.0.0.1:8000/api/v1/predictions/latest")
             preds = wait_for("a prediction", lambda: get(api_port, "/api/v1/predictions/latest")["predictions"], 60,
