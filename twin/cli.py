@@ -110,6 +110,8 @@ def init_cmd(
     no_feedback: bool = typer.Option(False, "--no-feedback", help="do not enable the feedback service"),
     manipulate: list[str] = typer.Option([], "--manipulate", help="setpoints the feedback may propose: gap, "
                                          "roll_temperature (repeatable; default gap)"),
+    limit: list[str] = typer.Option([], "--limit", help="NAME=LO:HI[unit]: limits of a setpoint the feedback may "
+                                    "write, for one that states no range (gap=40:200 in um, or gap=0.04:0.2mm)"),
     store: Path = typer.Option(Path("var/twin.sqlite"), "--store", help="embedded store file (relative: to --out)"),
     port: int = typer.Option(8000, "--port", help="API and dashboard port"),
 ) -> None:
@@ -122,12 +124,19 @@ def init_cmd(
         if not sep or not k or not v:
             _fail(f"--bind {b!r}: expected ROLE=ADDRESS")
         binds[k.strip()] = v.strip()
+    limits: dict[str, str] = {}
+    for b in limit:
+        k, sep, v = b.partition("=")
+        if not sep or not k or not v:
+            _fail(f"--limit {b!r}: expected NAME=LO:HI[unit]")
+        limits[k.strip()] = v.strip()
     opts = InitOptions(opcua=opcua, mqtt=mqtt, out=out, tagmap=tagmap, line_id=line_id, yes=yes, force=force,
                        security=security, mode=mode, pki=pki, username=username, password=password,
                        trust_server=trust_server, roots=list(root), listen_s=listen,
                        mqtt_topics=list(topic) or ["#"], min_confidence=min_confidence, binds=binds,
                        predictor=not no_predictor, feedback=not no_feedback,
-                       manipulate=list(manipulate) or ["gap"], store_path=store, api_port=port)
+                       manipulate=list(manipulate) or ["gap"], store_path=store, api_port=port,
+                       limits=limits)
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
     def say(msg: str) -> None:

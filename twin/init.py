@@ -17,11 +17,17 @@
 Interactive by default (each choice is asked, the suggestion is the default answer); ``--yes``
 takes every suggestion at or above ``--min-confidence`` and every ``--bind ROLE=ADDRESS``.
 
-MQTT seam: when ``connectors.mqtt.discover`` provides ``discover_points(config, seconds)``
-(returning dicts with ``topic`` and optionally ``name``, ``folder``, ``description``, ``unit``,
-``range``, ``writable``, ``data_type``, and ``connector`` -- a dict merged into the written
-``[[connectors]]`` table, e.g. a payload mapping), init uses it; otherwise it listens itself and
-understands plain JSON payloads (``{"value": x, "unit": u, "ts": ...}``, ``{"v": x}``) and plain numbers.
+MQTT: ``connectors.mqtt.discover.discover_points(config, seconds)`` listens (the same listener as
+``twin mqtt discover``, asking Sparkplug B edge nodes seen without a birth for one) and returns one
+dict per point the connector will read: ``topic`` (the address), ``name``, ``folder``,
+``description``, ``unit``, ``range``, ``data_type``, ``sparkplug`` (a Sparkplug B metric), and
+``connector``: the ``[[connectors]]`` settings it needs (``payloads`` mappings for plain numbers and
+custom JSON, ``sparkplug`` with the groups seen, ``missing_timestamp``); rows with ``unmapped`` name
+topics nothing reads. The Sparkplug metric in the role of a setpoint the feedback service may write
+goes on the connector's ``[[connectors.writes.setpoints]]`` (a DCMD); a plain topic's command topic
+cannot be heard, so it gets a commented entry. MQTT seldom states ranges: the feedback service's
+limits then come from ``--limit gap=LO:HI`` (or the question), else the feedback stays off with the
+reason. Without that module, init listens itself and understands the built-in JSON payloads only.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ class InitOptions:
     feedback: bool = True
     manipulate: list[str] = field(default_factory=lambda: ["gap"])
     max_step: dict[str, float] = field(default_factory=lambda: {"gap": 5.0, "roll_temperature": 2.0})
+    limits: dict[str, str] = field(default_factory=dict)  # manipulable -> "LO:HI[unit]" (--limit gap=40:200)
     store_path: Path = Path("var/twin.sqlite")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -160,6 +167,9 @@ def discover_opcua(opts: InitOptions, say: Callable[[str], None], ask: Ask | Non
     return [point_from_browsed(n) for n in numeric_or_text]
 
 
+SPARKPLUG_POINTS = "__sparkplug_points__"  # key of discover_mqtt's extra: addresses that are Sparkplug metrics
+
+
 def _mqtt_discoverer() -> Callable[..., Any] | None:
     try:
         from connectors.mqtt import discover as mod  # connectors/mqtt/discover.py, when present
@@ -190,18 +200,35 @@ def discover_mqtt(opts: InitOptions, say: Callable[[str], None]) -> tuple[list[P
                               password=opts.password)
     found = _mqtt_discoverer()
     if found is not None:
-        rows = list(found(cfg, opts.listen_s))
+        try:
+            rows = list(found(cfg, opts.listen_s))
+        except OSError as err:
+            raise InitError(f"cannot listen to the MQTT broker {cfg.host}:{cfg.port}: {err}") from err
         extra: dict[str, Any] = {}
         pts = []
+        spb: list[str] = []
+        unmapped = []
         for r in rows:
             extra.update(r.get("connector") or {})
             topic = r["topic"]
+            if r.get("unmapped"):
+                unmapped.append(f"{topic} ({r['unmapped']})")
+                continue
             parts = topic.split("/")
-            pts.append(Point(topic, r.get("name") or parts[-1], r.get("folder") or (parts[-2] if len(parts) > 1 else ""),
-                             topic, r.get("description", ""), None, r.get("unit"),
-                             tuple(r["range"]) if r.get("range") else None, bool(r.get("writable")),
+            folder = r.get("folder") or (parts[-2] if len(parts) > 1 else "")
+            pts.append(Point(topic, r.get("name") or parts[-1], folder, topic, r.get("description", ""), None,
+                             r.get("unit"), tuple(r["range"]) if r.get("range") else None, bool(r.get("writable")),
                              r.get("data_type"), "mqtt"))
-        say(f"listened to {u.hostname}:{cfg.port} ({opts.listen_s:g} s, connectors.mqtt.discover): {len(pts)} topics")
+            if r.get("sparkplug"):
+                spb.append(topic)
+        if spb:
+            extra[SPARKPLUG_POINTS] = spb
+        say(f"listened to {u.hostname}:{cfg.port} ({opts.listen_s:g} s, connectors.mqtt.discover): {len(pts)} points"
+            + (f" ({len(spb)} Sparkplug B metrics)" if spb else "")
+            + (f", {len(unmapped)} topics with other payloads (not mapped: see `twin mqtt discover`)" if unmapped
+               else ""))
+        for line in unmapped[:20]:
+            say(f"  not mapped: {line}")
         return pts, extra
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -259,6 +286,7 @@ class Plan:
     predictor: bool
     feedback: bool
     notes: list[str] = field(default_factory=list)
+    limits: dict[str, tuple[float, float]] = field(default_factory=dict)  # manipulable -> (lo, hi), canonical
 
 
 ROLE_KEYS: dict[str, RoleSpec] = {
@@ -314,6 +342,9 @@ def make_plan(points: Sequence[Point], opts: InitOptions, ask: Ask | None, say: 
                                     f"{s.step}.{ans.lower()}", "", "")
                     _retarget(s, spec)
                     accepted[s.point.address] = True
+    for key in opts.limits:
+        if key not in FEEDBACK_SETPOINT_ROLES:
+            raise InitError(f"--limit {key}=...: unknown setpoint; known: {', '.join(FEEDBACK_SETPOINT_ROLES)}")
     for key, addr in opts.binds.items():
         full = BIND_ALIASES.get(key, key)
         if full not in ROLE_KEYS:
@@ -370,13 +401,52 @@ def make_plan(points: Sequence[Point], opts: InitOptions, ask: Ask | None, say: 
                 manips.remove(m)
     missing_fb = [spec.term + "/" + spec.role for k, (spec, s) in roles.items()
                   if (k.startswith("feedback.") or k == "measured.porosity") and s is None]
-    if not manips:
+    limits: dict[str, tuple[float, float]] = {}
+    for m in list(manips):
+        s = roles[f"setpoint.{m}"][1]
+        assert s is not None
+        text = opts.limits.get(m)
+        if text is None and s.range is None and ask is not None and opts.feedback:
+            text = ask(f"limits of the {m} setpoint {s.point.address} (it states no range), LO:HI in "
+                       f"{s.canonical_unit} or with a unit (0.04:0.2mm); empty: none", "").strip() or None
+        if text is not None:
+            limits[m] = parse_limit(m, text, s.canonical_unit)
+        elif s.range is None:
+            manips.remove(m)
+            missing_fb.append(f"limits of the {m} setpoint ({s.point.address} states no range: give --limit "
+                              f"{m}=LO:HI in {s.canonical_unit}, or with a unit such as {m}=0.04:0.2mm)")
+    if not manips and not any(x.startswith("limits of") for x in missing_fb):
         missing_fb.append("a writable setpoint (CalenderGap/setpoint or CalenderRollTemperature/setpoint)")
     feedback = opts.feedback and predictor and not missing_fb
     if opts.feedback and not feedback:
         why = ", ".join(missing_fb) if missing_fb else "the predictor is disabled"
         notes.append(f"feedback disabled: {why}")
-    return Plan(sugg, accepted, roles, manips, predictor, feedback, notes)
+    return Plan(sugg, accepted, roles, manips, predictor, feedback, notes, limits)
+
+
+def parse_limit(name: str, text: str, canonical: str) -> tuple[float, float]:
+    """``--limit gap=40:200`` (canonical unit) or ``gap=0.04:0.2mm`` (converted by pint) -> (lo, hi) canonical."""
+    import re
+
+    from twin.semantic import _conv
+
+    hit = re.fullmatch(r"\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*:\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*(\S.*)?",
+                       text)
+    if hit is None:
+        raise InitError(f"--limit {name}={text}: expected LO:HI with an optional unit (40:200 or 0.04:0.2mm)")
+    try:
+        lo, hi = float(hit.group(1)), float(hit.group(2))
+    except ValueError as err:
+        raise InitError(f"--limit {name}={text}: {err}") from err
+    unit = (hit.group(3) or "").strip()
+    if unit and unit != canonical:
+        conv = _conv((lo, hi), unit, canonical)
+        if conv is None:
+            raise InitError(f"--limit {name}={text}: {unit!r} does not convert to {canonical}")
+        lo, hi = conv
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InitError(f"--limit {name}={text}: LO must be below HI")
+    return lo, hi
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -505,13 +575,7 @@ def render_config(plan: Plan, opts: InitOptions, tagmap_rel: str, extra_connecto
                 "allowed_nodes = [" + ", ".join(_q(a) for a in writes) + "]"
                 + "   # the only nodes the feedback service may write (each write needs approval)", ""]
     else:
-        u = urlparse(opts.mqtt or "")
-        prefixes = sorted({a.split("/", 1)[0] + "/#" for a in mapped}) or list(opts.mqtt_topics)
-        out += ["[[connectors]]", 'kind = "mqtt"', 'name = "broker"', f"host = {_q(u.hostname or '')}",
-                f"port = {u.port or 1883}", "topics = [" + ", ".join(_q(t) for t in prefixes) + "]"]
-        for k, v in extra_connector.items():
-            out.append(f"{k} = {json.dumps(v, ensure_ascii=False)}")
-        out.append("")
+        out += _mqtt_connector(plan, opts, mapped, extra_connector)
     out += ["# Surrogate predictions of the calendered electrode. Each model input is bound to an ontology term and",
             "# role (twin/roles.py): the tag map's tag with that parameter and role feeds it, whatever its id.",
             "[predictor]", f"enabled = {'true' if plan.predictor else 'false'}"]
@@ -537,11 +601,96 @@ def render_config(plan: Plan, opts: InitOptions, tagmap_rel: str, extra_connecto
         unit = s.canonical_unit if s is not None else ""
         out += ["[[feedback.manipulables]]", f'name = "{m}"',
                 f'setpoint_tag = "{spec.term}/{spec.role}"'.ljust(52) + f"# {_ref_comment(s)}",
+                *([f"min = {_num(plan.limits[m][0])}", f"max = {_num(plan.limits[m][1])}".ljust(52)
+                   + f"# {unit}, given with --limit"] if m in plan.limits else []),
                 f"max_step = {_num(opts.max_step.get(m, 5.0))}".ljust(52)
                 + f"# {unit} per proposal; limits: the tag's range (min / max to narrow it)",
                 "auto_apply = false"]
     out.append("")
     return "\n".join(out)
+
+
+def _tv(v: Any) -> str:
+    """A TOML value (inline tables for dicts)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return _num(v) if isinstance(v, float) else str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_tv(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_q(str(k))} = {_tv(x)}" for k, x in v.items()) + " }"
+    return _q(str(v))
+
+
+def _limits_in(plan: Plan, m: str, s: Suggestion, unit: str | None) -> tuple[float, float] | None:
+    """The manipulable's limits (given, else the tag's range), canonical -> ``unit``."""
+    from twin.semantic import _conv
+
+    lim = plan.limits.get(m) or s.range
+    if lim is None or not unit or unit == s.canonical_unit:
+        return lim
+    return _conv(lim, s.canonical_unit, unit)
+
+
+def _mqtt_connector(plan: Plan, opts: InitOptions, mapped: list[str], extra_connector: dict[str, Any]) -> list[str]:
+    """The [[connectors]] table of an MQTT line: plain topics, payload mappings, Sparkplug B, setpoint writes."""
+    u = urlparse(opts.mqtt or "")
+    extra = dict(extra_connector)
+    spb = set(extra.pop(SPARKPLUG_POINTS, []))
+    spb_cfg = extra.pop("sparkplug", None)
+    payloads = extra.pop("payloads", [])
+    plain = [a for a in mapped if a not in spb]
+    topics = sorted({a.split("/", 1)[0] + "/#" for a in plain})
+    if not topics:
+        topics = [f"spBv1.0/{g}/#" for g in spb_cfg["groups"]] if spb_cfg else list(opts.mqtt_topics)
+    out = ["[[connectors]]", 'kind = "mqtt"', 'name = "broker"', f"host = {_q(u.hostname or '')}",
+           f"port = {u.port or 1883}",
+           f"topics = {_tv(topics)}" + ("   # plain topics; Sparkplug B: [connectors.sparkplug] groups" if spb else "")]
+    if opts.username:
+        out.append(f"username = {_q(opts.username)}          # password: TWIN_CONNECTORS__0__PASSWORD")
+    for k, v in extra.items():
+        out.append(f"{k} = {_tv(v)}" + ("   # readings of the built-in format without \"ts\" get the receive time"
+                                       if k == "missing_timestamp" else ""))
+    if payloads:
+        out += ["# Payload field mappings proposed from the messages seen (connectors/mqtt/README.md, \"Payload field",
+                "# mapping\"); the first pattern that matches a topic wins. Check the time zone of timestamps without",
+                "# an offset, and the unit of plain numbers (the tag map's source unit, else the canonical unit)."]
+    for t in payloads:
+        out.append("[[connectors.payloads]]")
+        for k, v in t.items():
+            note = "   # of timestamps without an offset: the zone the source writes them in" if k == "timezone" else ""
+            out.append(f"{k} = {_tv(v)}{note}")
+    if spb_cfg:
+        out += ["# Sparkplug B host application: births, aliases, sequence numbers (a gap asks the edge node for a",
+                "# rebirth), deaths; host_id publishes the twin's STATE (connectors/mqtt/README.md, \"Sparkplug B\")",
+                "[connectors.sparkplug]"] + [f"{k} = {_tv(v)}" for k, v in spb_cfg.items()]
+    setpoints, todo = [], []
+    for m in plan.manipulables if plan.feedback else []:
+        s = plan.roles[f"setpoint.{m}"][1]
+        if s is None:
+            continue
+        lim = _limits_in(plan, m, s, s.unit)
+        if s.point.address in spb:
+            sp = ["[[connectors.writes.setpoints]]", f"address = {_q(s.point.address)}",
+                  "sparkplug = true                  # written with a DCMD, confirmed by the metric's next value"]
+            if lim is not None:
+                sp += [f"min = {_num(lim[0])}", f"max = {_num(lim[1])}" + (f"   # {s.unit}" if s.unit else "")]
+            setpoints.append(sp)
+        else:
+            todo.append(s.point.address)
+    if setpoints or todo:
+        out += ["# Setpoints the feedback service may write (each write needs approval; nothing else is ever",
+                "# published as a command). docs/feedback.md, \"MQTT write-back\".", "[connectors.writes]",
+                "confirm_timeout_s = 5.0"]
+        for sp in setpoints:
+            out += sp
+        for a in todo:
+            out += [f"# {a} is a plain MQTT topic: the controller's command topic is not known. To let the",
+                    "# feedback service write it, add:", "# [[connectors.writes.setpoints]]", f"# address = {_q(a)}",
+                    '# command_topic = "..."            # where the controller takes the new value']
+    out.append("")
+    return out
 
 
 def tagmap_for_browse(nodes: Sequence[Any], source_url: str, *, min_confidence: float = 0.5) -> tuple[str, Plan]:

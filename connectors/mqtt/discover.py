@@ -9,10 +9,16 @@ prints TOML to paste into the ``[[connectors]]`` table of the MQTT connector:
 - a plain number -> ``format = "number"``;
 - custom JSON -> the value, timestamp (with its format; naive times get a ``timezone`` line to
   check), quality and unit paths, or a list path with the item's name path;
-- topics with the same structure under one parent are folded into one ``+`` pattern;
+- topics with the same structure under one parent are folded into one ``+`` pattern (when no other
+  topic seen under that parent would match it), listed after the exact topics (the first match wins);
 - Sparkplug B (``spBv1.0/...``): ``[connectors.sparkplug]`` with the groups seen, and each metric of
-  the births (name, alias, data type) as the tag map source address it will have. With
+  the births (name, alias, data type, and its unit and range where the birth states them: the
+  ``engUnit`` / ``engLow`` / ``engHigh`` properties, else a unit in brackets at the end of the
+  metric's description, ``"roll gap [mm]"``) as the tag map source address it will have. With
   ``request_rebirth`` an edge node seen without a birth is asked for one (NCMD Node Control/Rebirth).
+
+:func:`discover_points` is ``twin init --mqtt``'s seam (twin/init.py): the points the connector will
+read with the proposed configuration, found by parsing what arrived with the proposed mappings.
 
 :func:`discover` returns a :class:`Discovery` (topics, classifications, Sparkplug metrics) and
 :func:`proposal_toml` its TOML; the CLI command is :func:`discover_cmd`.
@@ -21,6 +27,7 @@ prints TOML to paste into the ``[[connectors]]`` table of the MQTT connector:
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -62,6 +69,8 @@ class Discovery:
     topics: dict[str, TopicSeen] = field(default_factory=dict)
     sparkplug_groups: set[str] = field(default_factory=set)
     sparkplug_metrics: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # address -> (type, alias)
+    # address -> what the birth says about the metric: device, name, description, unit, range (engUnit ...)
+    sparkplug_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     sparkplug_nodes_without_birth: set[str] = field(default_factory=set)
     rebirths_requested: int = 0
     messages: int = 0
@@ -264,7 +273,11 @@ def _sparkplug(disc: Discovery, topic: str, payload: bytes, births: dict[tuple[s
         try:
             import pysparkplug as spb
 
-            birth = (spb.DBirth if device else spb.NBirth).decode(payload)
+            from connectors.mqtt.sparkplug import strip_unsupported
+
+            raw, _aliases, _dropped = strip_unsupported(bytes(payload), set())  # DataSets etc.: the rest counts
+            birth = (spb.DBirth if device else spb.NBirth).decode(raw)
+            props = _birth_properties(raw)
         except Exception:  # noqa: BLE001 - a bad birth is left out of the proposal
             return
         births[(group, edge)] = True
@@ -273,7 +286,12 @@ def _sparkplug(disc: Discovery, topic: str, payload: bytes, births: dict[tuple[s
             if not m.name or m.name == "bdSeq" or m.name.startswith("Node Control/"):
                 continue
             addr = f"{group}/{edge}/{device}/{m.name}" if device else f"{group}/{edge}/{m.name}"
+            if addr not in disc.sparkplug_metrics and len(disc.sparkplug_metrics) >= MAX_TOPICS:
+                continue
             disc.sparkplug_metrics[addr] = (m.datatype.name, m.alias)
+            desc = (m.metadata.description or "") if m.metadata is not None else ""
+            disc.sparkplug_meta[addr] = {"group": group, "edge": edge, "device": device, "name": m.name,
+                                         "description": desc[:256], **metric_unit_range(props.get(m.name, {}), desc)}
     elif mtype in ("NDATA", "DDATA") and (group, edge) not in births:
         disc.sparkplug_nodes_without_birth.add(f"{group}/{edge}")
         if client is not None:
@@ -282,6 +300,48 @@ def _sparkplug(disc: Discovery, topic: str, payload: bytes, births: dict[tuple[s
             births[(group, edge)] = False  # asked once
             client.publish(f"spBv1.0/{group}/NCMD/{edge}", rebirth_command(int(time.time() * 1000)), qos=0)
             disc.rebirths_requested += 1
+
+
+ENG_UNIT_KEYS = ("engunit", "engunits", "unit", "units", "eu")
+ENG_LOW_KEYS = ("englow", "eulow", "min", "low")
+ENG_HIGH_KEYS = ("enghigh", "euhigh", "max", "high")
+_UNIT_IN_TEXT = re.compile(r"\[([^\[\]]{1,32})\]\s*$")
+
+
+def _birth_properties(raw: bytes) -> dict[str, dict[str, Any]]:
+    """metric name -> {property key (lower case): scalar value} of a birth's PropertySets (Sparkplug B
+    carries engineering units and limits there, e.g. Ignition's engUnit / engLow / engHigh; pysparkplug
+    0.6 does not decode them, so they are read from the protobuf)."""
+    from pysparkplug import _protobuf as pb
+
+    out: dict[str, dict[str, Any]] = {}
+    for m in pb.Payload.FromString(raw).metrics:
+        if not m.name or not m.HasField("properties"):
+            continue
+        vals: dict[str, Any] = {}
+        for key, pv in zip(m.properties.keys, m.properties.values):
+            which = pv.WhichOneof("value")
+            if which in ("int_value", "long_value", "float_value", "double_value", "boolean_value", "string_value") \
+                    and not pv.is_null:
+                vals[str(key).lower()[:64]] = getattr(pv, which)
+        out[m.name] = vals
+    return out
+
+
+def metric_unit_range(props: dict[str, Any], description: str) -> dict[str, Any]:
+    """unit and range of a Sparkplug metric: its properties (engUnit, engLow, engHigh), else a unit in
+    brackets at the end of its description ("roll gap, actual [mm]")."""
+    out: dict[str, Any] = {"unit": None, "range": None}
+    unit = next((props[k] for k in ENG_UNIT_KEYS if isinstance(props.get(k), str) and props[k].strip()), None)
+    if unit is None:
+        hit = _UNIT_IN_TEXT.search(description or "")
+        unit = hit.group(1) if hit else None
+    out["unit"] = unit.strip()[:64] if unit else None
+    lo = next((props[k] for k in ENG_LOW_KEYS if _scalar_number(props.get(k))), None)
+    hi = next((props[k] for k in ENG_HIGH_KEYS if _scalar_number(props.get(k))), None)
+    if lo is not None and hi is not None and float(lo) < float(hi):
+        out["range"] = (float(lo), float(hi))
+    return out
 
 
 # -- the proposal ---------------------------------------------------------------------------------------
@@ -303,13 +363,18 @@ def _fold(disc: Discovery) -> list[tuple[str, TopicSeen, list[str]]]:
         parent = seen.topic.rsplit("/", 1)[0] if "/" in seen.topic else ""
         sig = json.dumps(seen.mapping, sort_keys=True)
         groups.setdefault((parent, seen.kind, sig), []).append(seen)
+    children: dict[str, set[str]] = {}  # parent -> every topic seen one level below it (what parent/+ matches)
+    for t in disc.topics:
+        if "/" in t:
+            children.setdefault(t.rsplit("/", 1)[0], set()).add(t)
     out = []
     for (parent, _, _), members in sorted(groups.items(), key=lambda kv: kv[1][0].topic):
-        if len(members) > 1 and parent:
-            out.append((parent + "/+", members[0], sorted(m.topic for m in members)))
+        names = {m.topic for m in members}
+        if len(members) > 1 and parent and children.get(parent, set()) <= names:  # + would catch no other topic
+            out.append((parent + "/+", members[0], sorted(names)))
         else:
             out += [(m.topic, m, [m.topic]) for m in members]
-    return out
+    return sorted(out, key=lambda x: ("+" in x[0], x[0]))  # exact topics first: the first match wins
 
 
 def proposal_toml(disc: Discovery) -> str:
@@ -351,8 +416,10 @@ def proposal_toml(disc: Discovery) -> str:
         if disc.sparkplug_metrics:
             lines.append("# Sparkplug metrics from the births (tag map source addresses, data type, alias):")
             for addr, (dtype, alias) in sorted(disc.sparkplug_metrics.items()):
-                lines.append(f"#   {{ mqtt = {_toml(addr)}, unit = \"...\" }}   # {dtype}"
-                             + (f", alias {alias}" if alias is not None else ""))
+                unit = disc.sparkplug_meta.get(addr, {}).get("unit")
+                shown = _toml(unit) if unit else '"..."'
+                lines.append(f"#   {{ mqtt = {_toml(addr)}, unit = {shown} }}"
+                             f"   # {dtype}" + (f", alias {alias}" if alias is not None else ""))
         for node in sorted(disc.sparkplug_nodes_without_birth):
             lines.append(f"# edge node {node}: data seen but no birth while listening "
                          "(run again with --rebirth to ask it for one)")
@@ -360,6 +427,91 @@ def proposal_toml(disc: Discovery) -> str:
         lines.append("# nothing arrived: check the topics, the broker address and that the line publishes")
     lines.append(f"# kinds seen: {dict(sorted(kinds.items()))}")
     return "\n".join(lines) + "\n"
+
+
+def payload_tables(disc: Discovery) -> list[dict[str, Any]]:
+    """The proposed ``[[connectors.payloads]]`` tables (what :func:`proposal_toml` prints, as data)."""
+    out = []
+    for pattern, rep, _members in _fold(disc):
+        out.append({"topic": pattern,
+                    **{k: v for k, v in rep.mapping.items() if not k.startswith("_") and v is not None}})
+    return out
+
+
+_STRING_TYPES = ("STRING", "TEXT", "UUID")
+
+
+def discover_points(config: Any, seconds: float) -> list[dict[str, Any]]:
+    """``twin init --mqtt``'s seam (twin/init.py): listen with :func:`discover` (asking Sparkplug edge nodes
+    seen without a birth for one) and return one dict per point the MQTT connector will read with the
+    proposed configuration: ``topic`` (the reading's address, the tag map's ``mqtt`` source), ``name``,
+    ``folder``, ``description``, ``unit``, ``range``, ``data_type``, ``sparkplug`` (a Sparkplug metric:
+    writable with DCMD) and ``connector``: the settings of the ``[[connectors]]`` table (``payloads``,
+    ``sparkplug``, ``missing_timestamp``), the same in every row. Points are found by parsing the
+    messages that arrived with the proposed mappings (the connector's own parsers), so init proposes
+    only addresses the running twin produces. Topics nothing reads come as rows with ``unmapped`` (the
+    reason) instead. Raises OSError if the broker cannot be reached."""
+    from connectors.mqtt.config import PayloadMapping, TimestampPolicy
+    from connectors.mqtt.mapping import PayloadMapper
+    from connectors.mqtt.payload import parse_payload
+
+    disc = discover(config.host, config.port, seconds, list(config.topics), username=config.username,
+                    password=config.password, request_rebirth=True, batch_suffix=config.batch_topic_suffix)
+    tables = payload_tables(disc)
+    mapper = PayloadMapper([PayloadMapping.model_validate(t) for t in tables], TimestampPolicy.RECEIVE_TIME)
+    recv = 1  # a receive time no real timestamp equals: tells readings without a timestamp apart
+    seen: dict[str, tuple[Any, str | None]] = {}
+    unmapped: dict[str, str] = {}
+    builtin_without_ts = False
+    for t in sorted(disc.topics.values(), key=lambda x: x.topic):
+        if t.kind == "sparkplug" or t.topic.startswith("$"):
+            continue
+        if t.kind == "unknown":
+            unmapped[t.topic] = t.note or "unknown payload"
+            continue
+        topic_b = t.topic.encode()
+        m = mapper.match(topic_b) if t.kind in ("number", "json", "list") else None
+        got = []
+        for sample in t.samples:
+            if m is not None:
+                rs, _dead = mapper.parse(m, topic_b, sample, recv)
+            else:
+                rs, _dead = parse_payload(topic_b, sample, recv, fill_receive_time=True,
+                                          batch_suffix=config.batch_topic_suffix)
+                builtin_without_ts |= any(r.source_ts_ns == recv for r in rs)
+            got += rs
+        if not got:
+            unmapped[t.topic] = "no reading in the payloads seen"
+        for r in got:
+            if len(seen) < MAX_TOPICS:
+                seen[r.address] = (r.value, r.unit)
+    connector: dict[str, Any] = {}
+    if builtin_without_ts:
+        connector["missing_timestamp"] = "receive_time"
+    if tables:
+        connector["payloads"] = tables
+    if disc.sparkplug_groups:
+        connector["sparkplug"] = {"enabled": True, "groups": sorted(disc.sparkplug_groups), "host_id": "pilotline-twin"}
+    rows: list[dict[str, Any]] = []
+    for address, (value, unit) in sorted(seen.items()):
+        parts = address.split("/")
+        rows.append({"topic": address, "name": parts[-1], "folder": parts[-2] if len(parts) > 1 else "",
+                     "unit": unit, "data_type": "String" if isinstance(value, str) else "Double",
+                     "connector": connector})
+    for address, (dtype, _alias) in sorted(disc.sparkplug_metrics.items()):
+        meta = disc.sparkplug_meta.get(address, {})
+        name_parts = str(meta.get("name") or address.rsplit("/", 1)[-1]).split("/")
+        folder = name_parts[-2] if len(name_parts) > 1 else (meta.get("device") or meta.get("edge") or "")
+        rows.append({"topic": address, "name": name_parts[-1], "folder": folder,
+                     "description": meta.get("description", ""), "unit": meta.get("unit"), "range": meta.get("range"),
+                     "data_type": "String" if dtype in _STRING_TYPES else "Double", "sparkplug": True,
+                     "connector": connector})
+    for topic, why in sorted(unmapped.items()):
+        rows.append({"topic": topic, "unmapped": why, "connector": connector})
+    for node in sorted(disc.sparkplug_nodes_without_birth):
+        rows.append({"topic": f"spBv1.0/{node}", "unmapped": "Sparkplug edge node seen without a birth (asked for a "
+                     "rebirth; listen longer)", "connector": connector})
+    return rows
 
 
 # -- the command ------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ Topics ``spBv1.0/<group>/<type>/<edge node>[/<device>]``:
 - **Sequence numbers** (``seq``, 0..255, wrapping): every message of an edge node after its NBIRTH
   carries the next number. A gap, a data message before any birth, or an unknown alias makes the
   host send ``spBv1.0/<group>/NCMD/<edge node>`` with ``Node Control/Rebirth = true`` (at most once
-  per ``rebirth_min_interval_s`` per node); the node answers with a new NBIRTH and DBIRTHs.
+  per ``rebirth_min_interval_s`` per node; a request held back by that interval goes out with the
+  node's next message after it, and a node that did not answer is asked again at its next gap); the
+  node answers with a new NBIRTH and DBIRTHs.
 - **NDEATH / DDEATH**: the node (with its devices) or the device is offline; with ``stale_on_death``
   each of its metrics' last value is repeated once with quality ``bad`` at the time of the death, so
   the predictor and the feedback service stop using it. An NDEATH whose ``bdSeq`` is behind the one
@@ -118,6 +120,7 @@ class _Node:
     births: dict[str | None, Any] = field(default_factory=dict)  # device (None: the node) -> Birth
     last: dict[str, tuple[Any, str | None]] = field(default_factory=dict)  # address -> (value, device)
     awaiting_rebirth: bool = False
+    rebirth_held: bool = False  # a request held back by rebirth_min_interval_s: sent with the next message after it
     last_rebirth_req: float = -1e18
     stale_devices: set[str] = field(default_factory=set)
     unsupported: set[int] = field(default_factory=set)  # aliases of metrics of types that are not decoded
@@ -191,8 +194,10 @@ class SparkplugHost:
         now = time.monotonic()
         node.awaiting_rebirth = True
         if now - node.last_rebirth_req < self.config.rebirth_min_interval_s:
+            node.rebirth_held = True
             return
         node.last_rebirth_req = now
+        node.rebirth_held = False
         self.counters["sparkplug_rebirth_requests"] += 1
         log.info("sparkplug %s: rebirth request to %s/%s (%s)", self.connector, group, edge, why)
         try:
@@ -204,9 +209,14 @@ class SparkplugHost:
     def _check_seq(self, group: str, edge: str, node: _Node, seq: int | None) -> None:
         if seq is None:
             return
-        if node.seq is not None and not node.awaiting_rebirth and seq != (node.seq + 1) % 256:
-            self.counters["sparkplug_seq_gaps"] += 1
-            self._request_rebirth(group, edge, node, f"sequence gap: expected {(node.seq + 1) % 256}, got {seq}")
+        gap = node.seq is not None and seq != (node.seq + 1) % 256
+        if gap or node.rebirth_held:  # (in sequence, nothing held back: no clock read)
+            due = time.monotonic() - node.last_rebirth_req >= self.config.rebirth_min_interval_s
+            if gap and (not node.awaiting_rebirth or due):  # awaiting a rebirth that did not come: ask again
+                self.counters["sparkplug_seq_gaps"] += 1
+                self._request_rebirth(group, edge, node, f"sequence gap: expected {(node.seq + 1) % 256}, got {seq}")
+            elif node.rebirth_held and due:
+                self._request_rebirth(group, edge, node, "a request held back by rebirth_min_interval_s")
         node.seq = seq
 
     def _readings(self, topic: str, group: str, edge: str, device: str | None, node: _Node, payload: Any,
@@ -291,7 +301,7 @@ class SparkplugHost:
             node.births.clear()  # an NBIRTH starts a new session: every device is born again after it
             node.unsupported.clear()
             node.seq = birth.seq
-            node.awaiting_rebirth = False
+            node.awaiting_rebirth = node.rebirth_held = False
             node.online = True
             node.stale_devices.clear()
             node.bd_seq = next((int(m.value) for m in birth.metrics if m.name == "bdSeq" and m.value is not None),
@@ -355,7 +365,7 @@ class SparkplugHost:
             node.online = False
             node.births.clear()
             node.seq = None
-            node.awaiting_rebirth = False
+            node.awaiting_rebirth = node.rebirth_held = False
             return stale, []
         self.counters["sparkplug_deaths"] += 1
         self._check_seq(group, edge, node, getattr(death, "seq", None))

@@ -43,7 +43,8 @@ class Publisher(threading.Thread):
         while not self.halt.is_set():
             for topic, (value, unit) in TOPICS.items():
                 c.publish(topic, json.dumps({"value": value, "unit": unit}), qos=1)
-            c.publish("acme/l1/Misc/Counter", "17", qos=1)  # a plain number: not what the connector reads today
+            c.publish("acme/l1/Misc/Counter", "17", qos=1)  # a plain number: mapped with format = "number"
+            c.publish("acme/l1/Misc/Blob", b"\x00\x01\xfe", qos=1)  # binary: nothing reads it
             time.sleep(0.2)
         c.loop_stop()
         c.disconnect()
@@ -56,10 +57,10 @@ def test_init_listens_and_maps_mqtt_topics(mosquitto, tmp_path: Path) -> None:  
         res = twin(["init", "--mqtt", f"mqtt://127.0.0.1:{mosquitto.port}", "--listen", "2", "--out", "twin.toml",
                     "--yes", "--no-feedback", "--port", str(free_port())], tmp_path)
         assert res.returncode == 0, res.stderr
-        assert "1 topics with other payloads" in res.stderr  # acme/l1/Misc/Counter, reported, not mapped
+        assert "1 topics with other payloads" in res.stderr  # acme/l1/Misc/Blob, reported, not mapped
         tm = tomllib.loads((tmp_path / "tagmap.toml").read_text())
         by_topic = {t["sources"][0]["mqtt"]: t for t in tm["tags"]}
-        assert set(by_topic) == set(TOPICS)
+        assert set(by_topic) == set(TOPICS) | {"acme/l1/Misc/Counter"}
         temp = by_topic["acme/l1/Calender/RollTemp"]
         assert (temp["parameter"], temp["canonical_unit"], temp["sources"][0]["unit"]) == \
             ("CalenderRollTemperature", "degC", "degF")
@@ -67,6 +68,7 @@ def test_init_listens_and_maps_mqtt_topics(mosquitto, tmp_path: Path) -> None:  
         cfg = tomllib.loads((tmp_path / "twin.toml").read_text())
         conn = cfg["connectors"][0]
         assert conn["kind"] == "mqtt" and conn["topics"] == ["acme/#"] and conn["missing_timestamp"] == "receive_time"
+        assert conn["payloads"] == [{"topic": "acme/l1/Misc/Counter", "format": "number"}]
         assert cfg["predictor"]["enabled"] and not cfg["feedback"]["enabled"]
         res = twin(["check-config", "twin.toml", "--connect"], tmp_path)
         assert res.returncode == 0, res.stderr
