@@ -47,7 +47,7 @@ INPUTS = list(DESIGN_RANGES)
 DESIGN_RANGES_V2: dict[str, tuple[float, float, str, str]] = {
     k: v for k, v in DESIGN_RANGES.items() if k != "wall_speed_mm_s"}
 #: DEMParamsV2 fields every v2 run of the data set uses (protocol and numerics), recorded in provenance
-V2_PROTOCOL: dict = {"wall_speed_mm_s": 60.0, "release_end_MPa": 2.5}
+V2_PROTOCOL: dict = {"wall_speed_mm_s": 30.0, "release_end_MPa": 2.5}
 #: ContactV2 fields of the data set (calibration), recorded in provenance: the stress level of the effective
 #: solid (E 50 GPa, Y 1.5 GPa at 25 degC, surface energy 1.5 J/m2) puts the line loads of the porosity floor
 #: in the range of real calenders (docs/physics.md §7)

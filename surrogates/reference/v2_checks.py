@@ -98,6 +98,25 @@ def specs(kind: str) -> list[dict]:
                 out.append(dict(key=f"qs2_{name}_v4_p{j}", model="v2", contact=cj,
                                 params=dict(base, wall_speed_mm_s=v / 4, release_speed_mm_s=5.0 / 4)))
         return out
+    if kind == "qs3":  # the three points at half the first wall speed (30 mm/s vs 7.5 mm/s), with copies
+        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
+
+        out = []
+        for name in ("centre", "low", "high"):
+            base = {**QS_POINTS[name], **V2_PROTOCOL, "wall_speed_mm_s": 30.0}
+            for j in (0, 1, 2):
+                cj = dict(V2_CONTACT, stress_scale=V2_CONTACT.get("stress_scale", 1.0) * (1 + j * 1e-4))
+                out.append(dict(key=f"qs3_{name}_v30_p{j}", model="v2", params=base, contact=cj))
+                out.append(dict(key=f"qs3_{name}_v7.5_p{j}", model="v2", contact=cj,
+                                params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25)))
+            out.append(dict(key=f"qs3_{name}_dt2", model="v2", params=dict(base, dt_safety=0.075),
+                            contact=dict(V2_CONTACT)))
+        # which speed moves the tortuosity factor: compression at 30 mm/s with the slow release (1.25 mm/s)
+        base = {**QS_POINTS["centre"], **V2_PROTOCOL, "wall_speed_mm_s": 30.0, "release_speed_mm_s": 1.25}
+        for j in (0, 1):
+            cj = dict(V2_CONTACT, stress_scale=V2_CONTACT.get("stress_scale", 1.0) * (1 + j * 1e-4))
+            out.append(dict(key=f"qs3_centre_v30r1.25_p{j}", model="v2", params=base, contact=cj))
+        return out
     if kind == "tiny":  # the protocol study on the test system (docs/physics.md §7.4); every field explicit
         return json.loads((Path(__file__).with_name("v2_tiny_specs.json")).read_text())
     if kind == "qsrelax":  # the same speed check with relaxation to convergence (0.02 um per 200 us)
@@ -120,43 +139,63 @@ def _load(path: Path) -> dict[str, dict]:
     return out
 
 
-def qs2_table(path: Path = Path("bench/results/physics_v2_qs2.jsonl")) -> str:
-    """Markdown: the speed and time-step checks of the data-set settings, judged against the chaotic scatter
-    of the same run (stress scale perturbed by 1e-4)."""
+def qs_table(path: Path, prefix: str = "qs3", base: str = "v30", slow: str = "v7.5") -> str:
+    """Markdown: the speed check (every wall speed quartered) and the time-step check, judged against the chaotic
+    scatter of the same run (copies with the stress scale perturbed by 1e-4: ``_p1``, ``_p2``)."""
     r = _load(path)
-    rows = ["| point | base: ε / τ / SB % / p_max MPa | v/4: ε / τ / SB % / p_max MPa | Δε, Δτ (v/4 − base) | "
-            "perturbed copies of base, v/4: ε (n) | Δε of the means ± 2 s.e. | half step: Δp_max, Δε, Δτ | "
-            "CPU s base / v4 / dt2 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def runs(name: str, tag: str) -> list[dict]:
+        keys = [f"{prefix}_{name}_{tag}", f"{prefix}_{name}_{tag}_p0", f"{prefix}_{name}_{tag}_p1",
+                f"{prefix}_{name}_{tag}_p2"]
+        return [r[k] for k in keys if k in r]
+
+    def mean_sd(xs: list[float]) -> str:  # mean ± standard deviation of the copies
+        return f"{np.mean(xs):.4f} ± {np.std(xs, ddof=1):.4f}" if len(xs) > 1 else (f"{xs[0]:.4f}" if xs else "–")
+
+    rows = [f"| point | ε at {base} (n) | ε at {slow} (n) | Δε of the means ± 2 s.e. | τ at {base} / {slow} | "
+            f"Δτ ± 2 s.e. | spring-back % {base} / {slow} | p_max MPa {base} / {slow} | half step: Δp_max, Δε, Δτ | "
+            f"DEM CPU s {base} / {slow} / half step |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in QS_POINTS:
-        b, v4, dt2 = (r.get(f"qs2_{name}_{k}") for k in ("base", "v4", "dt2"))
-        if b is None:
+        b, v = runs(name, base), runs(name, slow)
+        if not b:
             continue
-
-        def cell(d):
-            return (f"{d['porosity']:.4f} / {d['tortuosity_factor']:.3f} / {d['springback_pct']:.1f} / "
-                    f"{d['pmax_MPa']:.0f}") if d else "–"
-
-        bs = [d["porosity"] for d in [b] + [r.get(f"qs2_{name}_base_p{j}") for j in (1, 2)] if d]
-        vs = [d["porosity"] for d in [v4] + [r.get(f"qs2_{name}_v4_p{j}") for j in (1, 2)] if d]
-        d_eps = f"{v4['porosity'] - b['porosity']:+.4f}, {v4['tortuosity_factor'] - b['tortuosity_factor']:+.3f}" if v4 else "–"
-        copies = f"{np.mean(bs):.4f} ({len(bs)}), {np.mean(vs):.4f} ({len(vs)})" if vs else "–"
-        if len(bs) > 1 and len(vs) > 1:
-            se = float(np.sqrt(np.var(bs, ddof=1) / len(bs) + np.var(vs, ddof=1) / len(vs)))
-            means = f"{np.mean(vs) - np.mean(bs):+.4f} ± {2 * se:.4f}"
+        be, ve = [d["porosity"] for d in b], [d["porosity"] for d in v]
+        bt, vt = [d["tortuosity_factor"] for d in b], [d["tortuosity_factor"] for d in v]
+        if len(be) > 1 and len(ve) > 1:
+            se = float(np.sqrt(np.var(be, ddof=1) / len(be) + np.var(ve, ddof=1) / len(ve)))
+            de = f"{np.mean(ve) - np.mean(be):+.4f} ± {2 * se:.4f}"
+        elif ve:
+            de = f"{np.mean(ve) - np.mean(be):+.4f} (single runs)"
         else:
-            means = "–"
-        half = (f"{100 * (dt2['pmax_MPa'] / b['pmax_MPa'] - 1):+.1f} %, {dt2['porosity'] - b['porosity']:+.4f}, "
-                f"{dt2['tortuosity_factor'] - b['tortuosity_factor']:+.3f}") if dt2 else "–"
-        cpu = " / ".join(f"{d['dem_cpu_s']:.0f}" if d else "–" for d in (b, v4, dt2))
-        rows.append(f"| {name} (CD {b['params']['compaction_degree']:.2f}) | {cell(b)} | {cell(v4)} | {d_eps} | "
-                    f"{copies} | {means} | {half} | {cpu} |")
+            de = "–"
+        dt2 = r.get(f"{prefix}_{name}_dt2")
+        b0 = b[0]
+        half = (f"{100 * (dt2['pmax_MPa'] / b0['pmax_MPa'] - 1):+.1f} %, {dt2['porosity'] - b0['porosity']:+.4f}, "
+                f"{dt2['tortuosity_factor'] - b0['tortuosity_factor']:+.3f}") if dt2 else "–"
+        tau = f"{mean_sd(bt)} / {mean_sd(vt)}" if vt else f"{mean_sd(bt)} / –"
+        if len(bt) > 1 and len(vt) > 1:
+            se_t = float(np.sqrt(np.var(bt, ddof=1) / len(bt) + np.var(vt, ddof=1) / len(vt)))
+            dtau = f"{np.mean(vt) - np.mean(bt):+.3f} ± {2 * se_t:.3f}"
+        else:
+            dtau = f"{np.mean(vt) - np.mean(bt):+.3f}" if vt else "–"
+        sb = f"{np.mean([d['springback_pct'] for d in b]):.1f} / " + (
+            f"{np.mean([d['springback_pct'] for d in v]):.1f}" if v else "–")
+        pm = f"{np.mean([d['pmax_MPa'] for d in b]):.0f} / " + (f"{np.mean([d['pmax_MPa'] for d in v]):.0f}" if v else "–")
+        cpu = (f"{np.mean([d['dem_cpu_s'] for d in b]):.0f} / "
+               + (f"{np.mean([d['dem_cpu_s'] for d in v]):.0f}" if v else "–") + " / "
+               + (f"{dt2['dem_cpu_s']:.0f}" if dt2 else "–"))
+        rows.append(f"| {name} (CD {b0['params']['compaction_degree']:.2f}) | {mean_sd(be)} ({len(be)}) | "
+                    f"{mean_sd(ve)} ({len(ve)}) | {de} | {tau} | {dtau} | {sb} | {pm} | {half} | {cpu} |")
     return "\n".join(rows)
 
 
 def main(argv: list[str]) -> None:
     kind = argv[0]
-    if kind == "table":
-        print(qs2_table(Path(argv[1]) if len(argv) > 1 else Path("bench/results/physics_v2_qs2.jsonl")))
+    if kind == "table":  # python -m surrogates.reference.v2_checks table qs3|qs2
+        which = argv[1] if len(argv) > 1 else "qs3"
+        tags = {"qs3": ("v30", "v7.5"), "qs2": ("base", "v4")}[which]
+        print(qs_table(Path(f"bench/results/physics_v2_{which}.jsonl"), which, *tags))
         return
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path(f"bench/results/physics_v2_{kind}.jsonl")
     only = argv[argv.index("--only") + 1].split(",") if "--only" in argv else None
