@@ -65,7 +65,7 @@ def npm_version(pkg: str) -> str | None:
 def versions() -> dict[str, Any]:
     def out(cmd: list[str]) -> str | None:
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=HERE)
             return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr).strip() else None
         except (OSError, subprocess.TimeoutExpired):
             return None
@@ -362,6 +362,91 @@ def make_flows(url: str, nodes: list[str], db: Path, batched: bool) -> list[dict
     return flows(url, nodes, str(db), batched, PERIOD_MS)
 
 
+class ThingsBoardGateway(SqliteTable):
+    """ThingsBoard IoT gateway (PyPI thingsboard-gateway): its OPC-UA connector (subscriptions, one device with
+    every variable as a time series, timestamp = the source timestamp), SQLite local storage, MQTT to a local
+    mosquitto standing in for the ThingsBoard platform; tb_subscriber.py stores what arrives there. CPU and RSS
+    are the sum of the gateway, mosquitto and the subscriber (the gateway alone in cpu_gateway_s)."""
+
+    name = "thingsboard-gateway"
+
+    def start(self, src: Source, workdir: Path) -> None:
+        self.n = src.n
+        self.prepare_db(workdir / "tb-platform.sqlite")
+        cfg = workdir / "tb" / "config"
+        cfg.mkdir(parents=True)
+        (workdir / "tb" / "logs").mkdir()
+        (workdir / "tb" / "data").mkdir()
+        port = free_port()
+        self.broker = subprocess.Popen(["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.sub = subprocess.Popen([sys.executable, str(HERE / "tb_subscriber.py"), str(port), str(self.db)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.sub.stdout is not None
+        self.sub.stdout.readline()
+        (cfg / "tb_gateway.json").write_text(json.dumps({
+            "thingsboard": {"host": "127.0.0.1", "port": port, "remoteShell": False, "remoteConfiguration": False,
+                            "statistics": {"enable": False, "statsSendPeriodInSeconds": 3600},
+                            "security": {"type": "accessToken", "accessToken": "bench"}, "qos": 1,
+                            "reportStrategy": {"type": "ON_RECEIVED"}, "checkConnectorsConfigurationInSeconds": 3600,
+                            "minPackSendDelayMS": 50, "minPackSizeToSend": 500, "maxPayloadSizeBytes": 8196},
+            "storage": {"type": "sqlite", "data_file_path": str(workdir / "tb" / "data" / "data.db"),
+                        "messages_ttl_check_in_hours": 1, "messages_ttl_in_days": 7},
+            "grpc": {"enabled": False},
+            "connectors": [{"type": "opcua", "name": "OPC-UA", "configuration": "opcua.json"}],
+        }, indent=1))
+        (cfg / "opcua.json").write_text(json.dumps({
+            "server": {"url": src.url, "timeoutInMillis": 5000, "scanPeriodInMillis": 3600000, "pollPeriodInMillis": 5000,
+                       "enableSubscriptions": True, "subCheckPeriodInMillis": 100, "subDataMaxBatchSize": 1000,
+                       "subDataMinBatchCreationTimeMs": 200, "subscriptionProcessBatchSize": 2000,
+                       "sessionTimeoutInMillis": 120000, "showMap": False, "security": "None",
+                       "identity": {"type": "anonymous"}},
+            "mapping": [{"deviceNodeSource": "path", "deviceNodePattern": "Root\\.Objects\\.Bench",
+                         "deviceInfo": {"deviceNameExpression": "bench", "deviceNameExpressionSource": "constant",
+                                        "deviceProfileExpression": "default",
+                                        "deviceProfileExpressionSource": "constant"},
+                         "attributes": [], "rpc_methods": [], "attributes_updates": [],
+                         "timeseries": [{"key": f"V{i:05d}", "type": "identifier", "value": "${%s}" % var_id(i),
+                                         "timestampLocation": "sourceTimestamp"} for i in range(src.n)]}],
+        }, indent=1))
+        (cfg / "logs.json").write_text(json.dumps({
+            "version": 1, "disable_existing_loggers": False,
+            "formatters": {"f": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+            "handlers": {"file": {"class": "logging.FileHandler", "formatter": "f",
+                                  "filename": str(workdir / "tb.log")}},
+            "root": {"level": "WARNING", "handlers": ["file"]},
+        }))
+        self.log = open(workdir / "tb.out", "w")
+        self.proc = subprocess.Popen([str(HERE / ".venv-tb" / "bin" / "python"), "-c",
+                                      "from thingsboard_gateway.tb_gateway import daemon; daemon()"],
+                                     cwd=workdir / "tb", env={**os.environ, "TB_GW_CONFIG_DIR": str(cfg)},
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def pids(self) -> list[int]:
+        own = super().pids()
+        extra = [p.pid for p in (getattr(self, "broker", None), getattr(self, "sub", None)) if p and p.poll() is None]
+        return own + extra if own else []
+
+    def stop(self) -> None:
+        super().stop()
+        for p in (self.sub, self.broker):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
 # ----------------------------------------------------------------------------------------------- one run
 class Watcher(threading.Thread):
     """Polls the probe variables every POLL_S and records when each change became visible in the store."""
@@ -497,7 +582,7 @@ def restart_report(c: Contender, src: Source, t_kill: float, seen: list[tuple[in
 
 
 def tail(workdir: Path) -> str:
-    for name in ("twin.log", "nodered.log", "tb.log"):
+    for name in ("twin.log", "nodered.log", "tb.log", "tb.out"):
         p = workdir / name
         if p.exists():
             return p.read_text()[-1500:]
@@ -508,6 +593,7 @@ CONTENDERS = {
     "twin": lambda: Twin(),
     "node-red-batched": lambda: NodeRed(batched=True),
     "node-red-per-message": lambda: NodeRed(batched=False),
+    "thingsboard-gateway": lambda: ThingsBoardGateway(),
 }
 
 
