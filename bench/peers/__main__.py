@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = ROOT / "bench" / "results"
 TB_VERSION = "3.8.5"
+TB_ASYNCUA = "1.1.5"  # what the gateway's OPC-UA connector pip-installs at its first start; installed up front
 HZ = 10.0
 PERIOD_MS = 1000.0 / HZ
 PROBES = 16
@@ -54,7 +55,8 @@ def setup() -> None:
     have = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.metadata as m;"
                            "print(m.version('thingsboard-gateway'))"], capture_output=True, text=True).stdout.strip()
     if have != TB_VERSION:
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"thingsboard-gateway=={TB_VERSION}"], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"thingsboard-gateway=={TB_VERSION}",
+                        f"asyncua=={TB_ASYNCUA}"], check=True)
 
 
 def npm_version(pkg: str) -> str | None:
@@ -85,6 +87,8 @@ def versions() -> dict[str, Any]:
         "sqlite (python)": sqlite3.sqlite_version,
         "thingsboard-gateway": out([str(tb), "-c", "import importlib.metadata as m;"
                                     "print(m.version('thingsboard-gateway'))"]) if tb.exists() else None,
+        "asyncua (thingsboard-gateway venv)": out([str(tb), "-c", "import importlib.metadata as m;"
+                                                    "print(m.version('asyncua'))"]) if tb.exists() else None,
         "mosquitto": out(["mosquitto", "-h"]),
     }
 
@@ -501,7 +505,8 @@ def wait_storing(c: Contender, seconds: float) -> bool:
     return False
 
 
-def measure(c: Contender, n: int, seconds: float, workdir: Path, restart: bool) -> dict[str, Any]:
+def measure(c: Contender, n: int, seconds: float, workdir: Path, restart: bool,
+            after_restart_s: float = 15.0) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     src = Source(n, workdir)
     row: dict[str, Any] = {"contender": c.name, "offered_per_s": round(n * HZ), "variables": n}
@@ -523,7 +528,7 @@ def measure(c: Contender, n: int, seconds: float, workdir: Path, restart: bool) 
             src.kill()
             time.sleep(2.0)
             src.start()
-            time.sleep(max(0.0, seconds / 2 - 2.0))
+            time.sleep(after_restart_s)
         else:
             time.sleep(seconds)
         pids = list(set(pids) | set(c.pids()))
@@ -560,14 +565,15 @@ def measure(c: Contender, n: int, seconds: float, workdir: Path, restart: bool) 
             "max_ms": round(max(lat), 1) if lat else None,
         })
         if restart:
-            row["restart"] = restart_report(c, src, t_kill, w.seen, n)
+            row["restart"] = restart_report(c, src, t_kill, w.seen, n, t1)
         return row
     finally:
         c.stop()
         src.stop()
 
 
-def restart_report(c: Contender, src: Source, t_kill: float, seen: list[tuple[int, int, float]], n: int) -> dict:
+def restart_report(c: Contender, src: Source, t_kill: float, seen: list[tuple[int, int, float]], n: int,
+                   t1: float) -> dict:
     """After the source is killed and restarted: when did the first change made after the restart become visible,
     and how many changes the server made while it was up were never stored (around the restart)."""
     after = [(seen_t, k) for _, k, seen_t in seen if k * PERIOD_MS / 1000 >= src.ready_at]
@@ -575,10 +581,13 @@ def restart_report(c: Contender, src: Source, t_kill: float, seen: list[tuple[in
     conn = c.connect()
     assert conn is not None
     lost = n * len(steps) - c.distinct_in(conn, min(steps), max(steps) + 1) if steps else None
+    later = [k for k, t in src.steps() if src.ready_at * 1000 <= t < t1 * 1000]
+    lost_later = n * len(later) - c.distinct_in(conn, min(later), max(later) + 1) if later else None
     conn.close()
     return {"down_s": round(src.ready_at - t_kill, 2),
             "first_new_change_visible_after_restart_s": round(min(after)[0] - src.ready_at, 2) if after else None,
-            "lost_in_3s_before_kill_to_5s_after_restart": lost}
+            "lost_in_3s_before_kill_to_5s_after_restart": lost,
+            "made_after_restart": n * len(later), "lost_after_restart": lost_later}
 
 
 def tail(workdir: Path) -> str:
@@ -608,11 +617,15 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
     ap.add_argument("--restart-load", type=int, default=None, help="load with a source restart (default: first)")
+    ap.add_argument("--after-restart-s", type=float, default=15.0, help="window after the restarted server listens")
+    ap.add_argument("--restart-only", action="store_true", help="only the restart runs -> peers_restart.json")
     ap.add_argument("--setup-only", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "peers.json")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
     args = ap.parse_args()
     setup()
+    if args.restart_only and args.out == RESULTS / "peers.json":
+        args.out = RESULTS / "peers_restart.json"
     if args.setup_only:
         print(json.dumps(versions(), indent=2))
         return 0
@@ -630,7 +643,7 @@ def main() -> int:
             n = max(1, round(load / HZ))
             for rep in range(args.reps):
                 order = names if rep % 2 == 0 else names[::-1]  # alternate, and swap the order per repetition
-                for name in order:
+                for name in ([] if args.restart_only else order):
                     row = measure(CONTENDERS[name](), n, args.seconds, base / f"{load}-{rep}-{name}",
                                   restart=False)
                     row.update(rep=rep, loadavg_after=loadavg())
@@ -639,7 +652,7 @@ def main() -> int:
             if load == restart_load:
                 for name in names:
                     row = measure(CONTENDERS[name](), n, max(args.seconds, 10.0), base / f"{load}-restart-{name}",
-                                  restart=True)
+                                  restart=True, after_restart_s=args.after_restart_s)
                     row.update(rep="restart", loadavg_after=loadavg())
                     print(json.dumps(row), flush=True)
                     runs.append(row)
@@ -654,7 +667,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "platform": sys.platform, "loadavg_start": la0, "loadavg_end": loadavg(),
                     "note": "source, contender and watcher on the same host; other jobs running"},
         "versions": versions(),
-        "method": {"hz": HZ, "publishing_interval_ms": PERIOD_MS, "probes": PROBES, "poll_ms": POLL_S * 1000},
+        "method": {"after_restart_s": args.after_restart_s, "hz": HZ, "publishing_interval_ms": PERIOD_MS, "probes": PROBES, "poll_ms": POLL_S * 1000},
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

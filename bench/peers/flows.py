@@ -20,6 +20,7 @@ INSERT = "INSERT INTO samples(node, ts, value) VALUES ($node, $ts, $value)"
 
 TO_PARAMS = """
 const dv = msg.payload;
+if (!dv || !dv.sourceTimestamp) return null;  // the client's first message is the subscription id
 msg.params = { $node: msg.topic, $ts: dv.sourceTimestamp.getTime(), $value: dv.value.value };
 return msg;
 """
@@ -38,6 +39,7 @@ context.set('timer', setInterval(flush, %(period)d));
 
 BATCH = """
 const dv = msg.payload;
+if (!dv || !dv.sourceTimestamp) return null;  // the client's first message is the subscription id
 const rows = context.get('rows');
 rows.push("('" + msg.topic + "'," + dv.sourceTimestamp.getTime() + "," + dv.value.value + ")");
 if (rows.length >= 1000) context.get('flush')();
