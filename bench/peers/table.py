@@ -48,7 +48,7 @@ def render(res: dict[str, Any], restart: dict[str, Any] | None = None) -> str:
            "change reported (exception-based monitored items), 100 ms publishing interval. Every contender stores "
            "durably in SQLite (WAL, synchronous NORMAL: safe against a process crash, like the twin's default). "
            "Contenders run alternately (order reversed in the second repetition), "
-           f"{res['runs'][0].get('seconds', '?') and ''}a {int(round(runs[0]['seconds']))} s window per run after a 2 s "
+           f"a {int(round(runs[0]['seconds']))} s window per run after a 2 s "
            "warm-up; the set-up installs them from npm and PyPI into git-ignored folders.", "",
            f"Machine: {m['cpus']} cores shared with other jobs; load average (1/5/15 min) "
            f"{'/'.join(str(x) for x in m['loadavg_start'])} at the start, "
