@@ -36,6 +36,7 @@ from bench.common import percentile
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+SHARED_NODE_OPCUA = ROOT / "tests" / "init" / "node" / "node_modules" / "node-opcua"
 RESULTS = ROOT / "bench" / "results"
 TB_VERSION = "3.8.5"
 TB_ASYNCUA = "1.1.5"  # what the gateway's OPC-UA connector pip-installs at its first start; installed up front
@@ -163,8 +164,12 @@ class Source:
         return f"opc.tcp://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        env = dict(os.environ)
+        if not (HERE / "node_modules" / "node-opcua").exists() and SHARED_NODE_OPCUA.exists():
+            # the test suite's node-opcua (scripts/test.sh installs it for tests/init) serves the source too
+            env["NODE_PATH"] = str(SHARED_NODE_OPCUA.parent)
         self.proc = subprocess.Popen(["node", str(HERE / "source_server.js"), str(self.port), str(self.n), str(HZ),
-                                      str(self.steplog)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                      str(self.steplog)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         assert self.proc.stdout is not None
         seen = []
         while True:  # node-opcua prints warnings on stdout before READY

@@ -1,6 +1,6 @@
 """Smoke test of the peer benchmark (bench/peers): the twin against the node-opcua source for a few seconds,
-with the exact loss count and the store read back. Needs node-opcua in bench/peers/node_modules (installed by
-``python -m bench.peers --setup-only``); skipped otherwise."""
+with the exact loss count and the store read back. Needs node-opcua: bench/peers/node_modules (installed by
+``python -m bench.peers --setup-only``) or the test suite's tests/init/node (installed by scripts/test.sh)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.peers.__main__ import HERE, Twin, measure
+from bench.peers.__main__ import HERE, SHARED_NODE_OPCUA, Twin, measure
 
 
 def test_twin_stores_every_change_of_the_node_opcua_source(tmp_path: Path) -> None:
-    if shutil.which("node") is None or not (HERE / "node_modules" / "node-opcua").exists():
-        pytest.skip("node-opcua is not installed in bench/peers (python -m bench.peers --setup-only)")
+    if shutil.which("node") is None or not ((HERE / "node_modules" / "node-opcua").exists()
+                                            or SHARED_NODE_OPCUA.exists()):
+        pytest.skip("node-opcua is not installed (python -m bench.peers --setup-only, or scripts/test.sh)")
     row = measure(Twin(), 50, 4.0, tmp_path / "run", restart=False)
     assert "error" not in row, row
     assert row["source_steps"] >= 20  # the source ran at several Hz at least
