@@ -90,6 +90,10 @@ class DEMParamsV2(DEMParams):
     # servo only: > 0 ends the release once the wall pressure falls below this (MPa), the contact-loss point of
     # a quasi-static unloading; the layer's state there is the released state (see docs/physics.md §7)
     release_end_MPa: float = 0.5
+    # at p_end the wall stops for release_wait_us; if the still-expanding layer pushes it above p_end again, the
+    # release continues (at most release_wait_max_us of waiting): the wall cannot outrun a slow recovery
+    release_wait_us: float = 0.0
+    release_wait_max_us: float = 2000.0
     release_chunk_um: float = 0.02
 
 
@@ -262,7 +266,8 @@ class _SimV2(_Sim):
         d_frame = v_comp * frame_every * self.dt if frame_every else float("inf")
         d_frame = max(d_frame, n_chunk * speed * self.dt)
         self._set_wall_motion(z_start, speed)
-        done, free, next_frame, z = 0, 0.0, d_frame, z_start
+        done, free, next_frame, z, waited = 0, 0.0, d_frame, z_start, 0.0
+        z_first = z_start
         while z < z_target:
             self.run(n_chunk)
             done += n_chunk
@@ -271,17 +276,29 @@ class _SimV2(_Sim):
             self.curve.append((self.time_us(), z, pr))
             free = free + n_chunk * speed * self.dt if pr <= 0.0 else 0.0
             if p.release_end_MPa > 0 and pr < p.release_end_MPa:
-                self._release_end = (self.time_us(), z, pr)
-                if record:
-                    self._frame(phase, z)
-                break
-            if record and z - z_start >= next_frame:
+                # the wall waits for the layer: stop it and let the layer catch up; if it pushes the wall above
+                # p_end again the release goes on, else this is the contact-loss point
+                caught_up = False
+                if p.release_wait_us > 0 and waited < p.release_wait_max_us:
+                    self.cmd(f"variable dz equal {z - self.wall_z0:.8g}")
+                    self.run(int(p.release_wait_us / self.dt))
+                    waited += p.release_wait_us
+                    pr = self.wall_pressure_MPa()
+                    caught_up = pr >= p.release_end_MPa
+                if not caught_up:
+                    self._release_end = (self.time_us(), z, pr, waited)
+                    if record:
+                        self._frame(phase, z)
+                    break
+                z_start, done = z, 0
+                self._set_wall_motion(z_start, speed)
+            if record and z - z_first >= next_frame:
                 next_frame += d_frame
                 if pr > 0.0 or free <= d_frame:  # loaded, or the first frame after unloading
                     self._frame(phase, z)
             if free >= p.release_free_um:
                 break
-        self._release_travel_um = z - z_start
+        self._release_travel_um = z - z_first
         self.wall_z = z
         self.cmd(f"variable dz equal {z - self.wall_z0:.8g}")
         if z < z_target:

@@ -117,6 +117,16 @@ def specs(kind: str) -> list[dict]:
             cj = dict(V2_CONTACT, stress_scale=V2_CONTACT.get("stress_scale", 1.0) * (1 + j * 1e-4))
             out.append(dict(key=f"qs3_centre_v30r1.25_p{j}", model="v2", params=base, contact=cj))
         return out
+    if kind == "qs4":  # the servo release waits for the layer at p_end (release_wait_us 20): 30 vs 7.5 mm/s
+        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
+
+        out = []
+        for name in ("high", "centre", "low"):
+            base = {**QS_POINTS[name], **V2_PROTOCOL, "wall_speed_mm_s": 30.0, "release_wait_us": 20.0}
+            out.append(dict(key=f"qs4_{name}_v30_p0", model="v2", params=base, contact=dict(V2_CONTACT)))
+            out.append(dict(key=f"qs4_{name}_v7.5_p0", model="v2", contact=dict(V2_CONTACT),
+                            params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25)))
+        return out
     if kind == "tiny":  # the protocol study on the test system (docs/physics.md §7.4); every field explicit
         return json.loads((Path(__file__).with_name("v2_tiny_specs.json")).read_text())
     if kind == "qsrelax":  # the same speed check with relaxation to convergence (0.02 um per 200 us)
