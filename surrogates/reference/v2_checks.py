@@ -127,6 +127,13 @@ def specs(kind: str) -> list[dict]:
             out.append(dict(key=f"qs4_{name}_v7.5_p0", model="v2", contact=dict(V2_CONTACT),
                             params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25)))
         return out
+    if kind == "qs5":  # the high point with a weaker release drag (100 us instead of 30 us): 30 vs 7.5 mm/s
+        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
+
+        base = {**QS_POINTS["high"], **V2_PROTOCOL, "wall_speed_mm_s": 30.0, "drag_release_us": 100.0}
+        return [dict(key="qs5_high_v30_p0", model="v2", params=base, contact=dict(V2_CONTACT)),
+                dict(key="qs5_high_v7.5_p0", model="v2", contact=dict(V2_CONTACT),
+                     params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25))]
     if kind == "tiny":  # the protocol study on the test system (docs/physics.md §7.4); every field explicit
         return json.loads((Path(__file__).with_name("v2_tiny_specs.json")).read_text())
     if kind == "qsrelax":  # the same speed check with relaxation to convergence (0.02 um per 200 us)
