@@ -9,15 +9,8 @@
 // 401 and the page opens its token dialog), enter the token, and wait for the proposal's state on the
 // page to change; take a full-page screenshot.
 "use strict";
-const path = require("path");
 
-let chromium;
-try {
-  ({chromium} = require(path.join(__dirname, "node", "node_modules", "playwright-core")));
-} catch (e) {
-  console.log(JSON.stringify({fatal: "playwright-core is not installed in tests/browser/node: run scripts/setup.sh"}));
-  process.exit(3);
-}
+const {chromium} = require("./pw");
 
 const opts = JSON.parse(process.argv[2]);
 const result = {console_errors: [], page_errors: []};

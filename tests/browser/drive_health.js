@@ -11,16 +11,9 @@
 //
 // The last stdout line is the whole result as one JSON object.
 "use strict";
-const path = require("path");
 const readline = require("readline");
 
-let chromium;
-try {
-  ({chromium} = require(path.join(__dirname, "node", "node_modules", "playwright-core")));
-} catch (e) {
-  console.log(JSON.stringify({fatal: "playwright-core is not installed in tests/browser/node: run scripts/setup.sh"}));
-  process.exit(3);
-}
+const {chromium} = require("./pw");
 
 const opts = JSON.parse(process.argv[2]);
 const result = {page_errors: [], sources: {}};

@@ -9,15 +9,8 @@
 // /docs: the Swagger UI title and number of operation blocks; /redoc: the ReDoc title and number of
 // operation sections; other pages: the document title and body text length.
 "use strict";
-const path = require("path");
 
-let chromium;
-try {
-  ({chromium} = require(path.join(__dirname, "node", "node_modules", "playwright-core")));
-} catch (e) {
-  console.log(JSON.stringify({fatal: "playwright-core is not installed in tests/browser/node: run scripts/setup.sh"}));
-  process.exit(3);
-}
+const {chromium} = require("./pw");
 
 const opts = JSON.parse(process.argv[2]);
 const base = new URL(opts.base);

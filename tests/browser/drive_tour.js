@@ -15,13 +15,7 @@
 const fs = require("fs");
 const path = require("path");
 
-let chromium;
-try {
-  ({chromium} = require(path.join(__dirname, "node", "node_modules", "playwright-core")));
-} catch (e) {
-  console.log(JSON.stringify({fatal: "playwright-core is not installed in tests/browser/node: run scripts/setup.sh"}));
-  process.exit(3);
-}
+const {chromium} = require("./pw");
 
 const opts = JSON.parse(process.argv[2]);
 const base = new URL(opts.base);

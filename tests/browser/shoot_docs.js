@@ -7,7 +7,7 @@
 // Writes OUTDIR/dashboard-<width>.png; prints one JSON line (scroll width per width, files).
 "use strict";
 const path = require("path");
-const {chromium} = require(path.join(__dirname, "node", "node_modules", "playwright-core"));
+const {chromium} = require("./pw");
 
 const opts = JSON.parse(process.argv[2]);
 
