@@ -49,6 +49,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from twin.predictor import line_to_model_inputs, outputs_to_line
 from twin.roles import bind_feedback
 from twin.samples import Quality, Sample, now_ns, ns_to_iso
 from twin.supervise import RoundFailures
@@ -424,11 +425,10 @@ class Optimizer:
         """Model input rows for candidate setpoints: a gap setpoint moves the actual gap by the same amount
         (the roll displacement at the new load is a second-order effect the gain absorbs); a roll
         temperature setpoint is the steady-state roll temperature."""
-        from twin.predictor import line_to_model_inputs
-
         p = self.predictor
         model = p.model
-        base = line_to_model_inputs(values, p.config, p.rve_thickness(), model.domain.get("wall_speed_mm_s"))
+        base = line_to_model_inputs(values, p.config, p.rve_thickness(), model.domain.get("wall_speed_mm_s"),
+                                    p.porosity_kind)
         names = list(model.input_names)
         x = np.tile(np.array([base[n] for n in names], dtype=np.float64), (len(cand), 1))
         h0 = values["dry_thickness"]
@@ -452,6 +452,7 @@ class Optimizer:
             scale = values["dry_thickness"] / self.predictor.rve_thickness()
             for a in (mean, std, spread):
                 a[:, k] *= scale
+        outputs_to_line(self.predictor.config, self.predictor.porosity_kind, names, mean, std, spread)
         return Candidates(cand, mean, std, spread, np.asarray(res.ood, dtype=bool))
 
     def cost(self, c: Candidates, cr: Correction, raw_now: np.ndarray, spread_now: np.ndarray,

@@ -7,7 +7,10 @@ the pipeline (same commit path, same live stream). Out-of-domain inputs are flag
 carry quality UNCERTAIN and the reasons are kept with the prediction.
 
 Mapping from line measurements to the DEM-trained model's inputs (documented in docs/surrogates.md):
-- initial porosity  eps0 = 1 - M / (rho_s * h0)   (areal loading M, dry thickness h0, solid density rho_s)
+- initial porosity  eps0 = 1 - M / (rho_s * h0)   (areal loading M, dry thickness h0, skeletal density rho_s:
+  the gauge's total porosity), converted to the model's porosity kind (ontology.definitions: a DEM-trained model
+  whose card says ``porosity_kind = "macro"`` takes and returns the macro-porosity; its porosity output is
+  converted back to the line's total porosity before it is written or compared with a target)
 - compaction degree  Pi  = 1 - gap / h0          (seed 003, eq. 3; gap actual)
 - compression speed  v_z = (h0 - gap) * v_web / L, L = sqrt(R * (h0 - gap))   (nip geometry)
 - the DEM is a representative volume of fixed thickness: the model runs at the RVE thickness
@@ -30,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ontology.definitions import LINE_RECIPE, Recipe
 from twin.samples import Quality, Sample, now_ns, ns_to_iso
 from twin.supervise import RoundFailures
 
@@ -66,8 +70,15 @@ class PredictorConfig(BaseModel):
     models_dir: Path = Field(ROOT / "surrogates" / "models", description="model registry folder")
     model: str = Field("calendering", description="model family in the registry")
     step: str = Field("calendering", description="step whose predicted tags are written")
-    am_fraction: float = Field(0.96, gt=0, lt=1, description="active-material mass fraction of the recipe")
-    solid_density_g_cm3: float = Field(4.34, gt=0, description="skeletal density of the dry coating")
+    am_fraction: float = Field(LINE_RECIPE.am_fraction, gt=0, lt=1,
+                               description="active-material mass fraction of the recipe (rest: carbon-binder domain)")
+    solid_density_g_cm3: float | None = Field(None, gt=0, description=(
+        "skeletal density of the dry coating (g/cm3, every pore excluded: the gauge's total porosity); "
+        "unset: from the recipe (ontology.definitions.Recipe at am_fraction, NMC / carbon black / PVDF)"))
+    model_porosity: Literal["auto", "total", "macro"] = Field("auto", description=(
+        "porosity kind the model takes and returns: 'auto' reads the model card's porosity_kind (a card "
+        "without one is taken as is, no conversion: the v1 model); 'macro' converts the line's total porosity "
+        "with the recipe's apparent and skeletal densities (docs/physics.md, definitions)"))
     roll_radius_mm: float = Field(200.0, gt=0, description="calender roll radius")
     foil_thickness_um: float = Field(15.0, ge=0, description="current collector thickness inside the measured "
                                      "roll gap (the gap gauge measures roll to roll; coating gap = gap - foil)")
@@ -134,8 +145,44 @@ class InputError(ValueError):
     """The line state cannot feed the model (missing or stale input)."""
 
 
+def recipe(cfg: PredictorConfig) -> Recipe:
+    return Recipe(am_fraction=cfg.am_fraction)
+
+
+def skeletal_density(cfg: PredictorConfig) -> float:
+    return cfg.solid_density_g_cm3 if cfg.solid_density_g_cm3 is not None else recipe(cfg).skeletal_density
+
+
+def porosity_kind(cfg: PredictorConfig, card: dict[str, Any] | None) -> str:
+    """The model's porosity kind: configured, else the card's ``porosity_kind``, else "total" (no conversion)."""
+    if cfg.model_porosity != "auto":
+        return cfg.model_porosity
+    return str((card or {}).get("porosity_kind", "total"))
+
+
+def porosity_to_line(cfg: PredictorConfig, kind: str) -> float:
+    """d eps_total / d eps_model: 1 for a total-porosity model, rho_apparent / rho_skeletal for a macro one
+    (eps_total = 1 - (1 - eps_macro) * rho_apparent / rho_skeletal)."""
+    if kind != "macro":
+        return 1.0
+    return recipe(cfg).apparent_density / skeletal_density(cfg)
+
+
+def outputs_to_line(cfg: PredictorConfig, kind: str, names: Sequence[str], mean: np.ndarray,
+                    *spreads: np.ndarray) -> None:
+    """Convert the model's porosity column (last axis) to the line's total porosity, in place."""
+    a = porosity_to_line(cfg, kind)
+    if a == 1.0 or "porosity" not in names:
+        return
+    k = list(names).index("porosity")
+    mean[..., k] = 1.0 - (1.0 - mean[..., k]) * a
+    for s in spreads:
+        s[..., k] *= a
+
+
 def line_to_model_inputs(values: dict[str, float], cfg: PredictorConfig, rve_thickness_um: float,
-                         wall_speed_domain: tuple[float, float] | None = None) -> dict[str, float]:
+                         wall_speed_domain: tuple[float, float] | None = None,
+                         kind: str = "total") -> dict[str, float]:
     """Map line measurements (canonical units) to the model's inputs. Raises InputError.
 
     The roll gap gauge measures roll to roll, so the coating's gap is ``gap - foil``; the imposed
@@ -144,7 +191,9 @@ def line_to_model_inputs(values: dict[str, float], cfg: PredictorConfig, rve_thi
     v_web, t_roll = values["roll_speed"], values["roll_temperature"]
     if h0 <= 0 or gap <= 0:
         raise InputError(f"dry thickness {h0} um and coating gap {gap} um (gap - foil) must be positive")
-    eps0 = 1.0 - 10.0 * m / (cfg.solid_density_g_cm3 * h0)
+    eps0 = 1.0 - 10.0 * m / (skeletal_density(cfg) * h0)
+    if kind == "macro":
+        eps0 = 1.0 - (1.0 - eps0) / porosity_to_line(cfg, kind)
     pi = 1.0 - gap / h0
     if cfg.speed_mapping == "quasi_static" and wall_speed_domain is not None:
         v_z = float(wall_speed_domain[0])
@@ -196,6 +245,11 @@ class Predictor:
     def input_tags(self) -> dict[str, str]:
         """Model input name -> tag id (resolved by twin.roles against the daemon's tag map)."""
         return dict(self._inputs) if self._inputs is not None else self.config.inputs.model_dump()
+
+    @property
+    def porosity_kind(self) -> str:
+        """"total" or "macro": what the loaded model's porosity input and output mean (ontology.definitions)."""
+        return porosity_kind(self.config, getattr(self.model, "card", None))
 
     def rve_thickness(self) -> float:
         lo, hi = self.model.domain["initial_thickness_um"]
@@ -284,7 +338,7 @@ class Predictor:
         try:
             values, newest = self.gather(line_id, now)
             x = line_to_model_inputs(values, self.config, self.rve_thickness(),
-                                     self.model.domain.get("wall_speed_mm_s"))
+                                     self.model.domain.get("wall_speed_mm_s"), self.porosity_kind)
         except InputError as err:
             self._skip(str(err))
             return None
@@ -293,8 +347,10 @@ class Predictor:
         res = self.model.predict(arr)
         latency = (time.perf_counter() - t0) * 1e3
         names = list(self.model.output_names)
-        mean = {n: float(res.mean[0, i]) for i, n in enumerate(names)}
-        std = {n: float(res.std[0, i]) for i, n in enumerate(names)}
+        m_arr, s_arr = np.array(res.mean[0], dtype=np.float64), np.array(res.std[0], dtype=np.float64)
+        outputs_to_line(self.config, self.porosity_kind, names, m_arr, s_arr)
+        mean = {n: float(m_arr[i]) for i, n in enumerate(names)}
+        std = {n: float(s_arr[i]) for i, n in enumerate(names)}
         scale = values["dry_thickness"] / x["initial_thickness_um"]
         if "thickness_after_um" in mean:
             mean["thickness_after_um"] *= scale

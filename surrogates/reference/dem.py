@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ontology.definitions import RHO_CBD_APPARENT, RHO_NMC
+
 # --------------------------------------------------------------------------------------------
 # LAMMPS loading
 # --------------------------------------------------------------------------------------------
@@ -114,8 +116,8 @@ class Material:
     tangential: str = "nohistory"  # "nohistory" (viscous-Coulomb) | "mindlin" (elastic history)
     rolling_friction: float = 0.0  # > 0 adds an SDS rolling resistance
     damping_ratio: float = 0.5
-    rho_am: float = 4.75
-    rho_cbd: float = 0.95
+    rho_am: float = RHO_NMC  # g/cm3 (ontology.definitions: one set of densities from the line to the model)
+    rho_cbd: float = RHO_CBD_APPARENT  # apparent: the CBD's nanopores count as solid -> the DEM's porosity is macro
     d50_am_um: float = 7.0
     sigma_ln_am: float = 0.25
     d_am_min_um: float = 4.0

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ontology.definitions import LINE_RECIPE
+
 # --------------------------------------------------------------------------------------------
 # parameters
 
@@ -61,9 +63,12 @@ def composite_density(fractions: Mapping[str, tuple[float, float]]) -> float:
     return total / sum(w / rho for w, rho in fractions.values())
 
 
-#: NMC811 / carbon black / PVDF 94:3:3 by mass (typical pilot-line cathode) -> 4.35 g/cm3.
+#: NMC811 / carbon black / PVDF 94:3:3 by mass (typical pilot-line cathode) -> 4.34 g/cm3 skeletal; the one
+#: recipe of the line (ontology.definitions.LINE_RECIPE). The simulated line's porosities are total porosities.
 DEFAULT_COMPOSITION: dict[str, tuple[float, float]] = {
-    "NMC811": (0.94, 4.75), "carbon_black": (0.03, 1.90), "PVDF": (0.03, 1.78)}
+    "NMC811": (LINE_RECIPE.am_fraction, LINE_RECIPE.rho_am),
+    "carbon_black": ((1 - LINE_RECIPE.am_fraction) * LINE_RECIPE.carbon_share, LINE_RECIPE.rho_carbon),
+    "PVDF": ((1 - LINE_RECIPE.am_fraction) * (1 - LINE_RECIPE.carbon_share), LINE_RECIPE.rho_binder)}
 
 
 @dataclass(frozen=True)
