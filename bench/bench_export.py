@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 
 from bench.common import write_result
-from twin.samples import Quality, Sample
+from core.samples import Quality, Sample
 from twin.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from connectors.opcua.config import OpcUaConnectorConfig  # noqa: E402
 from connectors.opcua.connector import OpcUaConnector  # noqa: E402
-from twin.samples import now_ns  # noqa: E402
+from core.samples import now_ns  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "opcua.json"
 

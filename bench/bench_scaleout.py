@@ -112,7 +112,7 @@ def outbox_bench(tmp: Path, n: int = 200_000) -> dict[str, Any]:
     from ontology.tagmap import TagMap
     from tests.scaleout.cluster import TAGMAP
     from twin.config import InfluxStoreConfig
-    from twin.samples import Quality, Sample
+    from core.samples import Quality, Sample
     from twin.store.influx import InfluxStore
 
     cfg = InfluxStoreConfig(url="http://127.0.0.1:9", write_api="v1", outbox_path=tmp / "outbox-bench.sqlite")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import percentile, write_result
-from twin.samples import Quality, Sample
+from core.samples import Quality, Sample
 from twin.store.sqlite import Durability, SQLiteStore
 
 T0 = 1_790_000_000 * 10**9

@@ -28,7 +28,7 @@ from connectors.replay.config import ReplayFormat
 from connectors.replay.connector import read_rows
 from ontology.tagmap import TagMap
 from ontology.validate import Tagger
-from twin.samples import RawReading, SourceKind
+from core.samples import RawReading, SourceKind
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ROOT / "twin" / "defaults" / "tagmap.toml"

@@ -1,7 +1,7 @@
 """The one connector contract.
 
 A connector is an async context manager whose ``batches()`` is an async iterator of
-:class:`twin.samples.RawBatch`::
+:class:`core.samples.RawBatch`::
 
     async with connector:                 # connects (and reconnects by itself, inside)
         async for batch in connector.batches():
@@ -37,14 +37,14 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from twin.samples import RawBatch, safe_text
-from twin.supervise import RateLimitedLog
+from core.samples import RawBatch, safe_text
+from core.supervise import RateLimitedLog
 
 log = logging.getLogger("twin.connectors")
 
 
 def storable_text(value: object, limit: int) -> str:
-    """Text that every store accepts (:func:`twin.samples.safe_text`), with ``repr`` for non-strings
+    """Text that every store accepts (:func:`core.samples.safe_text`), with ``repr`` for non-strings
     (a payload object reads better as its repr). Never raises."""
     if not isinstance(value, str):
         try:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ontology.tagmap import Binding, Tag, TagMap, Traceability, ValueType
 from ontology.units import UnitError, affine
-from twin.samples import (DEAD_LETTER_PAYLOAD_CHARS, TS_MAX_NS, TS_MIN_NS, DeadLetter, Quality, RawReading,
+from core.samples import (DEAD_LETTER_PAYLOAD_CHARS, TS_MAX_NS, TS_MIN_NS, DeadLetter, Quality, RawReading,
                           RollEvent, Sample, SourceKind, safe_text, text_ok)
 
 REASON_CODES = (

@@ -30,7 +30,7 @@ from twin.api import create_app
 from twin.config import load_config
 from twin.daemon import Daemon
 from twin.predictor import predicted_tag_specs
-from twin.samples import Quality, Sample
+from core.samples import Quality, Sample
 
 T0 = 1_790_000_000 * 10**9
 S = 10**9

@@ -14,7 +14,7 @@ from tests.conftest import write_config
 from twin.api import create_app
 from twin.config import load_config
 from twin.daemon import Daemon
-from twin.samples import DeadLetter, Quality, Sample, SourceKind, ns_to_iso
+from core.samples import DeadLetter, Quality, Sample, SourceKind, ns_to_iso
 
 T0 = 1_790_000_000 * 10**9
 S = 10**9

@@ -22,7 +22,7 @@ from twin import export
 from twin.api import create_app
 from twin.config import load_config
 from twin.daemon import Daemon
-from twin.samples import Quality, Sample
+from core.samples import Quality, Sample
 from twin.store.base import StoredSample
 
 T0 = 1_790_000_000 * 10**9 + 123_456_789  # nanoseconds matter: they must survive both formats

@@ -29,7 +29,7 @@ import pytest
 
 from ontology.tagmap import TagMap
 from twin.predictor import predicted_tag_specs
-from twin.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
+from core.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
 from twin.store.influx import LineProtocol, tag_info_from_tagmap
 
 ROOT = Path(__file__).resolve().parents[1]

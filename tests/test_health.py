@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import Mosquitto, write_config
 from tests.integration.test_mqtt import Publisher, single, start_daemon, wait_count
 from twin.api import create_app
-from twin.supervise import Supervisor, TaskState, full_jitter
+from core.supervise import Supervisor, TaskState, full_jitter
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ async def test_supervisor_restarts_a_failing_task_and_reports_it(caplog: pytest.
 
     sup = Supervisor(on_failure=lambda h, e: failures.append(f"{h.name}:{e}"), initial_s=0.01, max_s=0.05,
                      recent_s=0.2)
-    with caplog.at_level(logging.ERROR, logger="twin.supervise"):
+    with caplog.at_level(logging.ERROR, logger="core.supervise"):
         task = sup.spawn("consume:x", work, stage="consumer")
         await asyncio.sleep(0.15)
         h = sup.tasks["consume:x"]

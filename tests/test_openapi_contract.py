@@ -32,7 +32,7 @@ from schemathesis.generation import GenerationMode
 from twin.api import create_app
 from twin.config import ApiToken, load_config
 from twin.daemon import Daemon
-from twin.samples import Quality, Sample, now_ns
+from core.samples import Quality, Sample, now_ns
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ROOT / "twin" / "defaults"

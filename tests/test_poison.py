@@ -22,7 +22,7 @@ from ontology.validate import Tagger, TraceState
 from twin.config import PipelineConfig
 from twin.metrics import Metrics
 from twin.pipeline import Pipeline
-from twin.samples import (DEAD_LETTER_PAYLOAD_CHARS, TS_MAX_NS, DeadLetter, Quality, RawBatch, RawReading,
+from core.samples import (DEAD_LETTER_PAYLOAD_CHARS, TS_MAX_NS, DeadLetter, Quality, RawBatch, RawReading,
                           Redelivery, Sample, SourceKind, now_ns, parse_time_ns, safe_text)
 from twin.store.sqlite import SQLiteStore
 

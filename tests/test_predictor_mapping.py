@@ -62,7 +62,7 @@ def test_dead_letters_reach_the_live_stream(tmp_path) -> None:  # noqa: ANN001
     from twin.config import PipelineConfig
     from twin.metrics import Metrics
     from twin.pipeline import Pipeline
-    from twin.samples import RawBatch, RawReading, SourceKind
+    from core.samples import RawBatch, RawReading, SourceKind
     from twin.store.sqlite import SQLiteStore
 
     async def run() -> list[dict]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from twin.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
+from core.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
 from twin.store import base as store_base
 from twin.store.base import Store
 from twin.store.sqlite import SQLiteStore
@@ -134,7 +134,7 @@ WRITER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[2])
 from twin.store.sqlite import SQLiteStore
-from twin.samples import Sample, Quality
+from core.samples import Sample, Quality
 s = SQLiteStore(sys.argv[1])
 T0 = 1_790_000_000 * 10**9
 i = 0

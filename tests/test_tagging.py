@@ -10,7 +10,7 @@ from ontology.tagmap import TagMap, TagMapError
 from ontology.units import UnitError, affine
 from ontology.validate import Tagger
 from tests.conftest import DEFAULTS
-from twin.samples import DeadLetter, Quality, RawReading, RollEvent, Sample, SourceKind
+from core.samples import DeadLetter, Quality, RawReading, RollEvent, Sample, SourceKind
 
 T = 1_790_000_000 * 10**9
 

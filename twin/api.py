@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from twin import apidocs
 from twin.export import make_router as export_router
-from twin.samples import now_ns, ns_to_iso, parse_time_ns
+from core.samples import now_ns, ns_to_iso, parse_time_ns
 from twin.state import sample_json
 
 _log = logging.getLogger("twin.api")

@@ -25,10 +25,10 @@ from ontology.validate import Tagger
 from twin.config import TwinConfig
 from twin.metrics import Metrics
 from twin.pipeline import Pipeline
-from twin.samples import RawBatch, now_ns
+from core.samples import RawBatch, now_ns
 from twin.state import LineState
 from twin.store.base import Store, open_store
-from twin.supervise import Supervisor, TaskHealth
+from core.supervise import Supervisor, TaskHealth
 
 log = logging.getLogger("twin.daemon")
 

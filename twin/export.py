@@ -36,7 +36,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from twin.jsonld import CONTEXT, roll_document
-from twin.samples import TS_MAX_NS, TS_MIN_NS, now_ns, parse_time_ns
+from core.samples import TS_MAX_NS, TS_MIN_NS, now_ns, parse_time_ns
 from twin.store.base import StoredSample
 
 _log = logging.getLogger("twin.export")

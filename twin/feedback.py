@@ -51,8 +51,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from twin.predictor import line_to_model_inputs, outputs_to_line
 from twin.roles import bind_feedback
-from twin.samples import Quality, Sample, now_ns, ns_to_iso
-from twin.supervise import RoundFailures
+from core.samples import Quality, Sample, now_ns, ns_to_iso
+from core.supervise import RoundFailures
 
 log = logging.getLogger("twin.feedback")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twin.samples import ns_to_iso
+from core.samples import ns_to_iso
 
 NS = "https://w3id.org/pilotline-twin/ontology#"
 DATA = "https://w3id.org/pilotline-twin/data/"

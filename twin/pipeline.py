@@ -20,7 +20,7 @@ Poison isolation (docs/store.md, "Failed commits"):
 - a **transient** error (locked database, disk, network) is retried with capped back-off while the
   daemon runs (``stats.store_failing_since_ns`` etc. show it; /healthz says degraded); at shutdown
   after ``shutdown_commit_attempts`` attempts the pipeline gives up and says, per connector, what was
-  not stored and whether its source redelivers it (:class:`twin.samples.Redelivery`);
+  not stored and whether its source redelivers it (:class:`core.samples.Redelivery`);
 - an unexpected exception while tagging a delivery never ends the consumer: the traceback is logged
   (rate-limited), ``stats.internal_errors`` counts it, the delivery's readings become
   ``internal_error`` dead letters and the delivery is acknowledged after their commit.
@@ -39,11 +39,11 @@ from typing import Any, NamedTuple
 from ontology.validate import Tagger, payload_text
 from twin.config import PipelineConfig
 from twin.metrics import Metrics
-from twin.samples import (DeadLetter, RawBatch, Redelivery, RollEvent, Sample, SourceKind, now_ns,
+from core.samples import (DeadLetter, RawBatch, Redelivery, RollEvent, Sample, SourceKind, now_ns,
                           ns_to_iso, safe_text)
 from twin.state import LineState
 from twin.store.base import Store, StoreErrorKind, WriteResult, classify_store_error
-from twin.supervise import RateLimitedLog
+from core.supervise import RateLimitedLog
 
 log = logging.getLogger("twin.pipeline")
 

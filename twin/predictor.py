@@ -34,8 +34,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ontology.definitions import LINE_RECIPE, Recipe
-from twin.samples import Quality, Sample, now_ns, ns_to_iso
-from twin.supervise import RoundFailures
+from core.samples import Quality, Sample, now_ns, ns_to_iso
+from core.supervise import RoundFailures
 
 log = logging.getLogger("twin.predictor")
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twin.samples import RollEvent, Sample, ns_to_iso
+from core.samples import RollEvent, Sample, ns_to_iso
 
 
 @dataclass

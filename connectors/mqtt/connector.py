@@ -55,7 +55,7 @@ from connectors.mqtt.mapping import PayloadMapper
 from connectors.mqtt.payload import MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, parse_payload
 from connectors.mqtt.writes import (SetpointWriteError, WriteResult, check_value, coerce_sparkplug, json_command,
                                     matches, number_command)
-from twin.samples import DeadLetter, RawBatch, Redelivery, SourceKind, now_ns, ns_to_iso
+from core.samples import DeadLetter, RawBatch, Redelivery, SourceKind, now_ns, ns_to_iso
 
 log = logging.getLogger("twin.connectors.mqtt")
 

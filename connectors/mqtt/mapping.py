@@ -28,7 +28,7 @@ from connectors.base import storable_text
 from connectors.mqtt.config import PayloadFormat, PayloadMapping, TimestampPolicy
 from connectors.mqtt.payload import (MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, MAX_TEXT, MAX_UNIT, TS_MAX_NS, TS_MIN_NS, _dead,
                                      _short, text_problem)
-from twin.samples import DeadLetter, Quality, RawReading, SourceKind
+from core.samples import DeadLetter, Quality, RawReading, SourceKind
 
 _SOURCE = SourceKind.MQTT
 _MISSING = object()

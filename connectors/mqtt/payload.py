@@ -38,7 +38,7 @@ import math
 from typing import Any
 
 from connectors.base import storable_text
-from twin.samples import DeadLetter, Quality, RawReading, SourceKind, parse_time_ns
+from core.samples import DeadLetter, Quality, RawReading, SourceKind, parse_time_ns
 
 _SOURCE = SourceKind.MQTT
 

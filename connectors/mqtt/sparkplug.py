@@ -47,7 +47,7 @@ from typing import Any
 from connectors.base import error_text, storable_text
 from connectors.mqtt.config import SparkplugConfig
 from connectors.mqtt.payload import MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_TEXT, _dead, text_problem
-from twin.samples import DeadLetter, Quality, RawReading, SourceKind
+from core.samples import DeadLetter, Quality, RawReading, SourceKind
 
 log = logging.getLogger("twin.connectors.mqtt.sparkplug")
 

@@ -86,7 +86,7 @@ from connectors.opcua.errors import (
     SetpointWriteError,
     UntrustedServerCertificate,
 )
-from twin.samples import DeadLetter, Quality, RawBatch, RawReading, SourceKind, now_ns, ns_to_iso
+from core.samples import DeadLetter, Quality, RawBatch, RawReading, SourceKind, now_ns, ns_to_iso
 
 log = logging.getLogger("twin.connectors.opcua")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from connectors.base import Connector
 from connectors.replay.config import ReplayConnectorConfig, ReplayFormat, ReplaySpeed, Repeat, TimestampMode
-from twin.samples import (DeadLetter, Quality, RawBatch, RawReading, Redelivery, SourceKind, now_ns, parse_time_ns,
+from core.samples import (DeadLetter, Quality, RawBatch, RawReading, Redelivery, SourceKind, now_ns, parse_time_ns,
                           safe_text)
 
 log = logging.getLogger("twin.connectors.replay")

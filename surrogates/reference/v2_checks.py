@@ -134,6 +134,21 @@ def specs(kind: str) -> list[dict]:
         return [dict(key="qs5_high_v30_p0", model="v2", params=base, contact=dict(V2_CONTACT)),
                 dict(key="qs5_high_v7.5_p0", model="v2", contact=dict(V2_CONTACT),
                      params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25))]
+    if kind == "qs6":  # the high point with a weaker release drag still (300 us): 30 vs 7.5 mm/s
+        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
+
+        base = {**QS_POINTS["high"], **V2_PROTOCOL, "wall_speed_mm_s": 30.0, "drag_release_us": 300.0}
+        return [dict(key="qs6_high_v30_p0", model="v2", params=base, contact=dict(V2_CONTACT)),
+                dict(key="qs6_high_v7.5_p0", model="v2", contact=dict(V2_CONTACT),
+                     params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25))]
+    if kind == "qs7":  # the high point: which speed moves it, the compression's or the release's
+        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
+
+        base = {**QS_POINTS["high"], **V2_PROTOCOL, "wall_speed_mm_s": 30.0}
+        return [dict(key="qs7_high_v30r1.25_p0", model="v2", contact=dict(V2_CONTACT),
+                     params=dict(base, release_speed_mm_s=1.25)),
+                dict(key="qs7_high_v7.5r5_p0", model="v2", contact=dict(V2_CONTACT),
+                     params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=5.0))]
     if kind == "tiny":  # the protocol study on the test system (docs/physics.md §7.4); every field explicit
         return json.loads((Path(__file__).with_name("v2_tiny_specs.json")).read_text())
     if kind == "qsrelax":  # the same speed check with relaxation to convergence (0.02 um per 200 us)

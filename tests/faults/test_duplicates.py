@@ -22,7 +22,7 @@ from tests.faults.procs import (LINE, DaemonProcess, LedgerPublisher, base_us, d
                                 mqtt_connector, outcome, reading, stored_count, stored_rows, table_row, wait_until,
                                 write_result)
 
-from twin.samples import parse_time_ns
+from core.samples import parse_time_ns
 
 pytestmark = pytest.mark.integration
 

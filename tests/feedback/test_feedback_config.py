@@ -49,7 +49,7 @@ def test_feedback_without_the_predictor_is_refused(tmp_path: Path) -> None:
 
 def test_history_windows_and_last_change() -> None:
     from twin.feedback import History
-    from twin.samples import Quality, Sample
+    from core.samples import Quality, Sample
 
     h = History({"calendering.gap_setpoint"})
     vals = [85.0, 85.0, 85.0 + 1e-9, 90.0, 90.0, 88.0, 88.0]

@@ -27,7 +27,7 @@ from tests.conftest import mosquitto_binary, wait_port
 from tests.influx.conftest import v1_config
 from tests.influx.servers import InfluxD, free_port
 from twin.config import check_config
-from twin.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
+from core.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
 from twin.store.influx import InfluxStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import pytest
 
 from tests.influx.conftest import v1_config, v2_config
 from tests.influx.servers import InfluxD, VictoriaMetrics
-from twin.samples import Quality, Sample
+from core.samples import Quality, Sample
 from twin.store.influx import InfluxStore
 
 pytestmark = pytest.mark.integration
@@ -182,7 +182,7 @@ import sys
 sys.path.insert(0, sys.argv[3])
 from twin.config import InfluxStoreConfig
 from twin.store.influx import InfluxStore
-from twin.samples import Sample, Quality
+from core.samples import Sample, Quality
 cfg = InfluxStoreConfig(url=sys.argv[1], write_api="v1", outbox_path=sys.argv[2], batch_size=500,
                         max_in_flight_batches=1, flush_interval_ms=20)
 s = InfluxStore(cfg)

@@ -9,7 +9,7 @@ from tests.conftest import write_config
 from tests.init.test_roles import tagmap_file
 from twin.config import load_config
 from twin.daemon import Daemon
-from twin.samples import Sample, now_ns
+from core.samples import Sample, now_ns
 
 VALUES = {"acme.qcs_thk_in": (100.0, "um"), "acme.qcs_cw": (22.8, "mg/cm**2"), "acme.cal_gap_pv": (85.0, "um"),
           "acme.cal_speed": (6.0, "m/min"), "acme.cal_temp": (50.0, "degC")}

@@ -23,7 +23,7 @@ from connectors.mqtt.connector import MqttConnector
 from connectors.replay.config import ReplayConnectorConfig
 from connectors.replay.connector import ReplayConnector
 from tests.conftest import Mosquitto
-from twin.samples import DeadLetter, RawBatch, RawReading, SourceKind
+from core.samples import DeadLetter, RawBatch, RawReading, SourceKind
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ def _own_types_only(batch: RawBatch) -> None:
         assert isinstance(r.value, (int, float, str, bool, type(None))), type(r.value)
         for name in r._fields:
             v = getattr(r, name)
-            assert type(v).__module__.split(".")[0] in ("builtins", "twin"), (name, type(v))
+            assert type(v).__module__.split(".")[0] in ("builtins", "core"), (name, type(v))
     for d in batch.dead_letters:
         assert isinstance(d, DeadLetter) and d.reason
 

@@ -236,7 +236,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from connectors.mqtt.payload import MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, MAX_ROLL, MAX_UNIT, parse_payload  # noqa: E402
-from twin.samples import RawReading as _RawReading  # noqa: E402
+from core.samples import RawReading as _RawReading  # noqa: E402
 
 _any_text = st.text(st.characters(blacklist_categories=()), max_size=40)  # surrogates and NUL included
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**400, 10**400), st.floats(), _any_text,

@@ -20,7 +20,7 @@ from connectors.replay.connector import ReplayConnector
 from tests.conftest import DEFAULTS, RECORDED, write_config
 from twin.config import load_config
 from twin.daemon import Daemon
-from twin.samples import parse_time_ns
+from core.samples import parse_time_ns
 from twin.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration

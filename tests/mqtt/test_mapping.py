@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from connectors.mqtt.config import MqttConnectorConfig, PayloadMapping, TimestampPolicy
 from connectors.mqtt.mapping import PayloadMapper, topic_regex
 from connectors.mqtt.payload import parse_payload
-from twin.samples import Quality, RawReading
+from core.samples import Quality, RawReading
 
 RECV = 1_796_000_000_000_000_000
 

@@ -11,7 +11,7 @@ from pysparkplug import _protobuf as pb
 
 from connectors.mqtt.config import SparkplugConfig
 from connectors.mqtt.sparkplug import SparkplugHost
-from twin.samples import Quality
+from core.samples import Quality
 
 RECV = 1_796_000_000_000_000_000
 T = 1_796_000_000_000  # ms

@@ -18,7 +18,7 @@ from connectors.mqtt.writes import SetpointWriteError
 from tests.conftest import Mosquitto
 from tests.mqtt.conftest import running_twin, values, wait_for
 from twin.feedback import Proposal, Setting
-from twin.samples import now_ns, ns_to_iso
+from core.samples import now_ns, ns_to_iso
 
 pytestmark = pytest.mark.integration
 

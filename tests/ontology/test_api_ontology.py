@@ -14,7 +14,7 @@ from tests.conftest import DEFAULTS, write_config
 from twin.api import create_app
 from twin.config import load_config
 from twin.daemon import Daemon
-from twin.samples import Quality, RawReading, RollEvent, Sample, SourceKind
+from core.samples import Quality, RawReading, RollEvent, Sample, SourceKind
 
 T0 = 1_790_000_000 * 10**9
 S = 10**9

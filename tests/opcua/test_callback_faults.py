@@ -13,7 +13,7 @@ import pytest
 from connectors.opcua.connector import OpcUaConnector
 from tests.conftest import free_port
 from tests.opcua.conftest import sample_config
-from twin.samples import DeadLetter, RawReading
+from core.samples import DeadLetter, RawReading
 from twin.simline.opcua_server import SimLineServer
 
 pytestmark = pytest.mark.integration

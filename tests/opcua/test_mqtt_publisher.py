@@ -10,7 +10,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.mqtt.payload import parse_payload
-from twin.samples import Quality, now_ns
+from core.samples import Quality, now_ns
 from twin.simline.model import SIGNALS, LineSimulation, make_scenario
 from twin.simline.mqtt_publisher import MqttLinePublisher, payloads
 

@@ -11,7 +11,7 @@ import pytest
 from connectors.opcua.connector import OpcUaConnector
 from tests.conftest import free_port
 from tests.opcua.conftest import sample_config
-from twin.samples import now_ns
+from core.samples import now_ns
 
 pytestmark = pytest.mark.integration
 

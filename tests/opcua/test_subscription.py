@@ -14,7 +14,7 @@ from connectors.opcua.config import DeadbandType, OpcUaConnectorConfig
 from connectors.opcua.connector import OpcUaConnector
 from tests.conftest import free_port
 from tests.opcua.conftest import collect, sample_config
-from twin.samples import Quality, SourceKind, now_ns
+from core.samples import Quality, SourceKind, now_ns
 from twin.simline.model import SIGNALS
 from twin.simline.opcua_server import SimLineServer
 

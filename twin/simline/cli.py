@@ -81,7 +81,7 @@ def simulate_line(
         _fail(f"--scenario {scenario!r}: expected one of {', '.join(SCENARIOS)}")
     scen = make_scenario(scenario, start_s=scenario_start_s)
     if csv is not None:
-        from twin.samples import now_ns
+        from core.samples import now_ns
 
         dt = 1.0 / rate_hz
         n = write_csv(csv, simulate(duration_s, dt, seed=seed, scenario=scen), now_ns() - int(duration_s * 1e9))

@@ -818,7 +818,7 @@ def write_csv(path: str | Path, outputs: Iterable[Outputs], start_ns: int,
               signals: Iterable[Signal] = SIGNALS) -> int:
     """Write a wide CSV (``timestamp`` ISO 8601 UTC + one column per signal, see ``Signal.column``),
     gzip-compressed when the name ends in .gz. Returns the number of rows."""
-    from twin.samples import ns_to_iso
+    from core.samples import ns_to_iso
 
     sigs = list(signals)
     path = Path(path)

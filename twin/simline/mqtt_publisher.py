@@ -22,7 +22,7 @@ import threading
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from twin.samples import now_ns, ns_to_iso
+from core.samples import now_ns, ns_to_iso
 from twin.simline.model import SIGNALS, LineSimulation, Outputs
 
 log = logging.getLogger("twin.simline.mqtt")

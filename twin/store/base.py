@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twin.samples import DeadLetter, RollEvent, Sample
+from core.samples import DeadLetter, RollEvent, Sample
 
 
 class StoreErrorKind(str, enum.Enum):

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from twin.samples import DeadLetter, RollEvent, Sample
+from core.samples import DeadLetter, RollEvent, Sample
 from twin.store.base import Bucket, Store, StoredSample, WriteResult
 
 

@@ -28,9 +28,9 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from twin.samples import now_ns
+from core.samples import now_ns
 
-log = logging.getLogger("twin.supervise")
+log = logging.getLogger("core.supervise")
 
 
 class TaskState(str, enum.Enum):
