@@ -26,6 +26,9 @@ import numpy as np
 from surrogates.reference.dataset import DEFAULT_DIR, DESIGN_RANGES, TABLE_NAME, load_dataset
 
 INPUTS: list[str] = list(DESIGN_RANGES)
+#: the v2 reference (docs/physics.md §7) runs every point at one wall speed (a protocol constant, its results do
+#: not depend on it): its models take the other five inputs, in the same order
+INPUTS_V2: list[str] = [k for k in INPUTS if k != "wall_speed_mm_s"]
 #: model input -> its values from the data set. The incoming electrode enters as the line measures it, not as
 #: the packing targets of the design: ``initial_thickness_um`` is the thickness of the packed layer before the
 #: calender (the line's dried-thickness gauge), and ``initial_porosity`` is the porosity from areal mass and that
@@ -75,12 +78,30 @@ DOMAIN: dict[str, tuple[float, float]] = {k: (float(v[0]), float(v[1])) for k, v
 MEASURED_INPUTS = ("initial_porosity", "initial_thickness_um")
 
 
-def training_domain(x: np.ndarray) -> dict[str, tuple[float, float]]:
+def inputs_of(d: dict[str, np.ndarray]) -> list[str]:
+    """The model inputs a data set supports: all six where the wall speed varies (v1), else the five of v2."""
+    ws = d.get("wall_speed_mm_s")
+    if ws is not None and len(ws) and float(np.ptp(np.asarray(ws, dtype=np.float64))) > 0.0:
+        return list(INPUTS)
+    return list(INPUTS_V2)
+
+
+def _inputs_for(x: np.ndarray) -> list[str]:
+    n = np.asarray(x).shape[1]
+    if n == len(INPUTS):
+        return list(INPUTS)
+    if n == len(INPUTS_V2):
+        return list(INPUTS_V2)
+    raise ValueError(f"{n} input columns: neither v1 ({len(INPUTS)}) nor v2 ({len(INPUTS_V2)})")
+
+
+def training_domain(x: np.ndarray, inputs: list[str] | None = None) -> dict[str, tuple[float, float]]:
     """Domain of the runtime's out-of-domain flag: the design box for the inputs the design sets exactly, the
     span of the training runs (rounded outward to 3 decimals) for the measured ones."""
-    out = dict(DOMAIN)
+    inputs = inputs or _inputs_for(x)
+    out = {k: DOMAIN[k] for k in inputs}
     for k in MEASURED_INPUTS:
-        v = np.asarray(x, dtype=np.float64)[:, INPUTS.index(k)]
+        v = np.asarray(x, dtype=np.float64)[:, inputs.index(k)]
         out[k] = (math.floor(float(v.min()) * 1000.0) / 1000.0, math.ceil(float(v.max()) * 1000.0) / 1000.0)
     return out
 #: held-out corner of the design (extrapolation probe): input -> (low, high)
@@ -109,9 +130,10 @@ def dataset_sha256(path: Path | str | None = None) -> str:
     return h.hexdigest()
 
 
-def matrices(d: dict[str, np.ndarray], idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs [n, 6] and targets [n, 9] as float32 (rows ``idx`` or all)."""
-    x = np.stack([np.asarray(FEATURES[k](d), dtype=np.float64) for k in INPUTS], axis=1)
+def matrices(d: dict[str, np.ndarray], idx: np.ndarray | None = None,
+             inputs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs [n, 6] (v1) or [n, 5] (v2, see ``inputs_of``) and targets [n, 9] as float32 (rows ``idx`` or all)."""
+    x = np.stack([np.asarray(FEATURES[k](d), dtype=np.float64) for k in (inputs or inputs_of(d))], axis=1)
     y = np.stack([np.asarray(d[k], dtype=np.float64) for k in OUTPUTS], axis=1)
     if idx is not None:
         x, y = x[idx], y[idx]
@@ -127,7 +149,7 @@ def design_groups(d: dict[str, np.ndarray]) -> np.ndarray:
 
 def in_corner(x: dict[str, np.ndarray] | np.ndarray, corner: dict[str, tuple[float, float]] = CORNER) -> np.ndarray:
     if isinstance(x, np.ndarray):
-        x = {k: x[:, i] for i, k in enumerate(INPUTS)}
+        x = {k: x[:, i] for i, k in enumerate(_inputs_for(x))}
     m = np.ones(len(next(iter(x.values()))), dtype=bool)
     for k, (lo, hi) in corner.items():
         v = np.asarray(x[k], dtype=np.float64)

@@ -128,7 +128,7 @@ def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | 
     from surrogates.train.export import export_onnx, onnx_predict  # noqa: PLC0415
 
     tmpdir = tempfile.TemporaryDirectory(prefix="surrogate-eval-")
-    onnx_path = export_onnx(model, Path(tmpdir.name) / "model.onnx", D.INPUTS, D.OUTPUTS)
+    onnx_path = export_onnx(model, Path(tmpdir.name) / "model.onnx", D.inputs_of(d), D.OUTPUTS)
     metrics: dict[str, Any] = {}
     rel: dict[str, Any] = {}
     for name in ("fit", "test", "corner", "ood"):
@@ -153,10 +153,13 @@ def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | 
         "family": cfg.family, "version": version, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": ("Deep-ensemble surrogate of the DEM calendering reference (issue #5 data set): calendering inputs "
                     "-> structure metrics after release, with predictive uncertainty and an out-of-domain flag."),
-        "inputs": D.INPUTS, "outputs": D.OUTPUTS, "units": D.UNITS,
+        "inputs": D.inputs_of(d), "outputs": D.OUTPUTS, "units": D.UNITS,
+        # the DEM resolves pores between particles, the CBD's nanopores count as solid (ontology.definitions):
+        # the predictor converts the line's total porosity to this and back
+        "porosity_kind": "macro",
         "domain": {k: list(v) for k, v in D.training_domain(
             D.matrices(d, np.concatenate([split.train, split.val]) if cfg.refit else split.train)[0]).items()},
-        "input_definitions": D.INPUT_DEFINITIONS,
+        "input_definitions": {k: D.INPUT_DEFINITIONS[k] for k in D.inputs_of(d)},
         "derived_features": _derived_features(),
         "domain_exclusions": [{"name": "held-out corner", "bounds": {k: list(v) for k, v in D.CORNER.items()},
                                "reason": "held out of training to probe extrapolation (high compaction and roll "
@@ -188,7 +191,8 @@ def export(result: dict[str, Any], out: Path, tol: float | None = None) -> Path:
 
     card = result["card"]
     x_test, _ = D.matrices(result["data"], result["split"].test)
-    return write_model(result["model"], Path(out) / card["family"] / card["version"], x_test, card, D.INPUTS,
+    return write_model(result["model"], Path(out) / card["family"] / card["version"], x_test, card,
+                       D.inputs_of(result["data"]),
                        D.OUTPUTS, tol=PARITY_TOL if tol is None else tol)
 
 

@@ -178,3 +178,36 @@ def test_noise_weighted_loss_option() -> None:
     assert w[0] == pytest.approx(w[1])  # error in units of each output's noise sd
     with pytest.raises(ValueError, match="unknown loss"):
         train(PipelineConfig(loss="huber", hparams=SMOKE.hparams, subset=5, members=2))
+
+
+def test_a_v2_data_set_trains_a_model_without_the_wall_speed(tmp_path: Path) -> None:
+    """The v2 reference runs every point at one wall speed: the model takes the five other inputs, its card says
+    its porosity is the DEM's macro-porosity, and the runtime and the predictor's mapping work with it."""
+    import pyarrow.parquet as pq
+
+    from twin.predictor import PredictorConfig, line_to_model_inputs
+
+    table = pq.read_table(D.dataset_path()).to_pandas()
+    table["wall_speed_mm_s"] = 30.0  # as the v2 generator records it
+    data = tmp_path / "dem_v2"
+    data.mkdir()
+    table.to_parquet(data / "dem_runs.parquet")
+    d = D.load(data)
+    assert D.inputs_of(d) == D.INPUTS_V2 and "wall_speed_mm_s" not in D.INPUTS_V2
+    assert D.matrices(d)[0].shape[1] == 5 and D.INPUTS_V2 == [k for k in D.INPUTS if k != "wall_speed_mm_s"]
+    cfg = PipelineConfig(version="v2smoke", data=data, members=3, subset=20, calib_folds=3, refit=True,
+                         hparams={"width": 16, "depth": 1, "activation": "tanh", "lr": 3e-3, "weight_decay": 1e-3,
+                                  "epochs": 150})
+    res = train(cfg)
+    card = res["card"]
+    assert card["inputs"] == D.INPUTS_V2 and card["porosity_kind"] == "macro"
+    assert "wall_speed_mm_s" not in card["domain"] and set(card["input_definitions"]) == set(D.INPUTS_V2)
+    path = export(res, tmp_path / "models")
+    m = ModelRegistry(tmp_path / "models").load("calendering", "v2smoke")
+    assert m.input_names == D.INPUTS_V2
+    line = {"dry_thickness": 80.0, "areal_loading": 20.0, "gap": 15.0 + 56.0, "roll_speed": 10.0,
+            "roll_temperature": 60.0}
+    x = line_to_model_inputs(line, PredictorConfig(), 48.0, m.domain.get("wall_speed_mm_s"), kind="macro")
+    out = m.predict_dict(x)
+    assert 0.0 < out["mean"]["porosity"] < 1.0 and np.isfinite(list(out["std"].values())).all()
+    assert path.name == "v2smoke"
