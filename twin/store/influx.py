@@ -46,7 +46,7 @@ from urllib.parse import urlencode
 
 import urllib3
 
-from connectors.base import Backoff
+from core.retry import Backoff
 from core.samples import TS_MAX_NS, TS_MIN_NS, DeadLetter, RollEvent, Sample
 from twin.store.base import Bucket, Store, StoredSample, WriteResult
 from twin.store.outbox import Outbox
