@@ -201,7 +201,7 @@ class InfluxStore(Store):
                  start_sender: bool = True) -> None:
         """``config`` is :class:`twin.config.InfluxStoreConfig`; ``tagmap`` (or ``tag_info``) supplies
         the step / kind / role tags (without it ``step`` is the tag id's first part)."""
-        from twin.config import InfluxWriteApi, RollStorage
+        from twin.store.config import InfluxWriteApi, RollStorage
 
         self.config = c = config
         _quiet_client_logs()
@@ -686,7 +686,7 @@ class InfluxStore(Store):
         return out[:limit]
 
     def apply_retention(self, samples_before_ns: int, dead_letters_before_ns: int) -> int:
-        from twin.config import InfluxRetention
+        from twin.store.config import InfluxRetention
 
         if self.config.retention is not InfluxRetention.DELETE:
             return 0  # the bucket's (retention policy's) own retention applies
