@@ -72,9 +72,3 @@ def make_router() -> APIRouter:
         return page
 
     return router
-
-
-def install(app: FastAPI) -> None:
-    """:func:`mount_static` and :func:`make_router` on ``app``."""
-    mount_static(app)
-    app.include_router(make_router())
