@@ -1,4 +1,4 @@
-"""Real time-series servers for the tests, each on free loopback ports in a temporary folder.
+"""Real time-series servers for the tests and benchmarks, each on free loopback ports in a temporary folder.
 
 - :class:`InfluxD`: Debian's ``influxd`` 1.6.7 (the v1 HTTP API: ``/write``, ``/query`` with InfluxQL,
   ``/ping``; no ``/api/v2``), started from a generated config file (HTTP and RPC bound to loopback,
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,11 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from twin.testing.peers import free_port
 
 
 def _binary(name: str, *extra: str) -> str:

@@ -1,7 +1,7 @@
 """Several daemon workers as real processes (``python -m twin.cli run``), one config file, each worker
 told apart by environment overrides: its MQTT client id (so the broker keeps its persistent session
 under it), its outbox file, its writer id and its API port. Used by tests/scaleout and
-bench/bench_scaleout.py."""
+bench/bench_scaleout.py (re-exported by tests/scaleout/cluster.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.influx.servers import free_port
+from twin.testing.peers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 TAGMAP = ROOT / "twin" / "defaults" / "tagmap.toml"
 
 
