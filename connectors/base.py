@@ -63,7 +63,7 @@ def error_text(err: BaseException, limit: int = 500) -> str:
     exception can: a huge int in its arguments, a broken __str__)."""
     try:
         text = f"{type(err).__name__}: {err}"
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - str() of an exception can raise anything; this must not
         text = type(err).__name__
     return storable_text(text, limit)
 

@@ -52,7 +52,7 @@ _POLICY_CODES = {ua.StatusCodes.BadSecurityPolicyRejected, ua.StatusCodes.BadSec
 def _status_name(code: int) -> str:
     try:
         return ua.StatusCode(code).name
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a code asyncua does not know: shown in hex
         return f"0x{code:08X}"
 
 
@@ -218,5 +218,5 @@ async def close_client(client: Client) -> None:
     try:
         client.uaclient.request_disconnect()
         client.disconnect_socket()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - closing must not raise (the socket may be gone)
         pass

@@ -73,7 +73,8 @@ def make_router(daemon: Any) -> APIRouter:
 
     @router.get("/api/v1/latest", response_model=list[LatestItem], summary="Newest value per tag")
     async def latest(line: str | None = Query(None, description="line id"),
-                     tag: list[str] | None = Query(None, description="restrict to these tag ids")) -> list[dict[str, Any]]:
+                     tag: list[str] | None = Query(None, description="restrict to these tag ids"),
+                     ) -> list[dict[str, Any]]:
         rows = await asyncio.to_thread(daemon.store.latest, line, tag)
         return [sample_json(r) for r in rows]
 

@@ -155,8 +155,8 @@ def rolls(line_id: str | None) -> str:
 
 
 def audit(ref: str | None, line_id: str | None, limit: int) -> str:
-    return (f'SELECT "body", "actor", "kind", "ref", "line" FROM "{AUDIT}"' + where(_eq("ref", ref), _eq("line", line_id))
-            + f" ORDER BY time DESC LIMIT {int(limit)}")
+    return (f'SELECT "body", "actor", "kind", "ref", "line" FROM "{AUDIT}"'
+            + where(_eq("ref", ref), _eq("line", line_id)) + f" ORDER BY time DESC LIMIT {int(limit)}")
 
 
 def delete_before(measurement: str, before_ns: int) -> str:
