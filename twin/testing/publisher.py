@@ -40,7 +40,7 @@ class AckingPublisher:
                         clean_session=clean_session)
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(0)  # unlimited: nothing is dropped on the publisher's side
-        c.reconnect_delay_set(*reconnect_delay)
+        c.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]  # the stub says int; paho takes float seconds
         c.on_publish = self._on_publish
         c.connect(host, port)
         c.loop_start()
