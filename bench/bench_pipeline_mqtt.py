@@ -24,38 +24,29 @@ T0 = 1_790_000_000
 
 
 def publisher(port: int, n: int, batch: int, ready: "mp.synchronize.Event", start: "mp.Value") -> None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+    """The load generator (its own process): the shared QoS-1 publisher (twin/testing/publisher.py),
+    at most 2000 messages unacknowledged."""
+    from twin.testing.publisher import AckingPublisher
 
-    acked = [0]
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub")
-    c.max_inflight_messages_set(1000)
-    c.on_publish = lambda *a: acked.__setitem__(0, acked[0] + 1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
+    pub = AckingPublisher(port, "bench-pub", clean_session=True)
     tags = ["gap_actual", "line_load", "roll_speed", "roll_temperature", "thickness_after"]
     ready.wait()
     start.value = time.time()
-    msgs = 0
     for i in range(0, n, batch):
         items = [{"topic": f"pilot/pilot-1/calendering/{tags[j % 5]}", "ts": T0 + j * 0.001,
                   "value": 60.0 + (j % 50) * 0.1} for j in range(i, min(n, i + batch))]
         if batch == 1:
             it = items[0]
-            c.publish(it.pop("topic"), json.dumps(it), qos=1)
+            pub.publish(it.pop("topic"), json.dumps(it))
         else:
-            c.publish("pilot/pilot-1/batch", json.dumps({"readings": items}), qos=1)
-        msgs += 1
-        while msgs - acked[0] > 2000:
-            time.sleep(0.001)
-    while acked[0] < msgs:
-        time.sleep(0.01)
-    c.disconnect()
-    c.loop_stop()
+            pub.publish("pilot/pilot-1/batch", json.dumps({"readings": items}))
+        pub.wait_window(2000)
+    pub.wait_all_acked(timeout=3600)
+    pub.close()
 
 
 async def run(readings: int, batch: int) -> dict[str, float]:
-    from tests.conftest import Mosquitto, write_config
+    from twin.testing.peers import Mosquitto, write_config
     from twin.config import load_config
     from twin.daemon import Daemon
 

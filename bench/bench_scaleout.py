@@ -26,33 +26,26 @@ from bench.common import write_result
 
 
 def publisher(port: int, payloads: list[tuple[str, str]], ready: Any, go: Any, start: Any, cpu: Any) -> None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+    """The load generator (its own process): the shared QoS-1 publisher (twin/testing/publisher.py),
+    at most 2000 messages unacknowledged."""
+    from twin.testing.publisher import AckingPublisher
 
-    acked = [0]
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-scaleout-pub")
-    c.max_inflight_messages_set(1000)
-    c.on_publish = lambda *a: acked.__setitem__(0, acked[0] + 1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
+    pub = AckingPublisher(port, "bench-scaleout-pub", clean_session=True)
     ready.set()
     go.wait()
     start.value = time.time()
     cpu0 = time.process_time()
-    for k, (topic, body) in enumerate(payloads):
-        c.publish(topic, body, qos=1)
-        while k + 1 - acked[0] > 2000:
-            time.sleep(0.001)
-    while acked[0] < len(payloads):
-        time.sleep(0.01)
+    for topic, body in payloads:
+        pub.publish(topic, body)
+        pub.wait_window(2000)
+    pub.wait_all_acked(timeout=3600)
     cpu.value = time.process_time() - cpu0
-    c.disconnect()
-    c.loop_stop()
+    pub.close()
 
 
 def run(n_workers: int, readings: int, batch: int, rep: int, tmp: Path, broker: Any, influx: Any) -> dict[str, Any]:
-    from tests.scaleout.cluster import Worker, cluster_config, proc_cpu_seconds
-    from tests.scaleout.workload import messages
+    from twin.testing.scaleout_cluster import Worker, cluster_config, proc_cpu_seconds
+    from twin.testing.scaleout_workload import messages
 
     name = f"bench{n_workers}r{rep}"
     influx.query(f'CREATE DATABASE "{name}"', method="POST", db=name)
@@ -110,7 +103,7 @@ def outbox_bench(tmp: Path, n: int = 200_000) -> dict[str, Any]:
     import os
 
     from ontology.tagmap import TagMap
-    from tests.scaleout.cluster import TAGMAP
+    from twin.testing.scaleout_cluster import TAGMAP
     from twin.config import InfluxStoreConfig
     from core.samples import Quality, Sample
     from twin.store.influx import InfluxStore
@@ -146,8 +139,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
     a = ap.parse_args()
 
-    from tests.conftest import Mosquitto
-    from tests.influx.servers import InfluxD
+    from twin.testing.influx_servers import InfluxD
+    from twin.testing.peers import Mosquitto
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scaleout-"))
     outbox = outbox_bench(tmp)

@@ -8,13 +8,14 @@ A connector is an async context manager whose ``batches()`` is an async iterator
             ...                           # the pipeline stores the batch, then calls batch.ack()
 
 Inside, each connector owns a :class:`BoundedBatchQueue` with a named :class:`OverflowPolicy` and
-:class:`ConnectorCounters` (received, rejected, dropped). Reconnects use :class:`Backoff` (jittered
-exponential). Library objects (asyncua, paho) never leave the connector's folder.
+:class:`ConnectorCounters` (received, rejected, dropped). Reconnects use :class:`core.retry.Backoff`
+(exponential, equal jitter: uniform in [cap/2, cap]; re-exported here as ``connectors.base.Backoff``). Library objects (asyncua, paho) never leave the
+connector's folder.
 
 Supervision: the connector's task runs ``_run`` under :meth:`Connector._runner`. If ``_run`` raises
 unexpectedly, the traceback is logged (rate-limited), the restart is counted in
 ``counters.extra["task_restarts"]`` with the error in ``counters.last_error``, and ``_run`` starts
-again after a jittered exponential delay (:attr:`Connector.RESTART_INITIAL_S` ..
+again after an exponential delay with equal jitter (:attr:`Connector.RESTART_INITIAL_S` ..
 :attr:`Connector.RESTART_MAX_S`). A ``_run`` that returns (a finite source such as replay that
 delivered everything, or a connector that is closing) is not restarted.
 
@@ -32,15 +33,18 @@ import abc
 import asyncio
 import enum
 import logging
-import random
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from core.retry import Backoff
 from core.samples import RawBatch, safe_text
 from core.supervise import RateLimitedLog
 
 log = logging.getLogger("twin.connectors")
+
+__all__ = ["Backoff", "BoundedBatchQueue", "Connector", "ConnectorCounters", "OverflowPolicy", "error_text",
+           "storable_text"]
 
 
 def storable_text(value: object, limit: int) -> str:
@@ -59,7 +63,7 @@ def error_text(err: BaseException, limit: int = 500) -> str:
     exception can: a huge int in its arguments, a broken __str__)."""
     try:
         text = f"{type(err).__name__}: {err}"
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - str() of an exception can raise anything; this must not
         text = type(err).__name__
     return storable_text(text, limit)
 
@@ -155,29 +159,6 @@ class BoundedBatchQueue:
         batch = self._items.popleft()
         self._not_full.set()
         return batch
-
-
-class Backoff:
-    """Jittered exponential backoff, "equal jitter" (AWS architecture blog, "Exponential Backoff
-    And Jitter"): the n-th delay is uniform in [cap/2, cap] with cap = min(maximum_s,
-    initial_s * factor**n). Half of each delay is kept, so a peer that refuses at once is never
-    retried in a tight loop; the other half spreads many clients apart."""
-
-    def __init__(self, initial_s: float = 0.5, maximum_s: float = 30.0, factor: float = 2.0,
-                 rng: random.Random | None = None) -> None:
-        self.initial_s = initial_s
-        self.maximum_s = maximum_s
-        self.factor = factor
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        cap = min(self.maximum_s, self.initial_s * (self.factor ** min(self.attempt, 64)))
-        self.attempt += 1
-        return self._rng.uniform(cap / 2, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Connector(abc.ABC):

@@ -8,7 +8,8 @@ and the feedback service's loops) runs under a :class:`Supervisor`. When one rai
   (``on_failure`` callback: the daemon feeds ``twin_internal_errors_total{stage}`` and
   ``twin_task_restarts_total{task}``);
 - the task is restarted after a back-off drawn with *full jitter* (uniform in ``[0, cap]``, cap doubling
-  from ``initial_s`` to ``max_s``; the cap resets once a run has lasted ``reset_after_s``);
+  from ``initial_s`` to ``max_s``; the cap resets once a run has lasted ``reset_after_s``;
+  :func:`core.retry.backoff_delay` with ``Jitter.FULL``);
 - :meth:`Supervisor.health` reports each task's state, restarts and last error, and
   :meth:`Supervisor.degraded` names the tasks that are failing now or failed recently, which /healthz turns
   into "degraded".
@@ -28,6 +29,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from core.retry import Jitter, backoff_delay
 from core.samples import now_ns
 
 log = logging.getLogger("core.supervise")
@@ -120,9 +122,9 @@ class RoundFailures:
 
 
 def full_jitter(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Back-off before retry ``attempt`` (0-based): uniform in [0, min(max_s, initial_s * 2**attempt)]."""
-    cap = min(max_s, initial_s * (2.0 ** min(attempt, 62)))
-    return rng.uniform(0.0, cap)
+    """Back-off before retry ``attempt`` (0-based): uniform in [0, min(max_s, initial_s * 2**attempt)]
+    (:func:`core.retry.backoff_delay` with ``Jitter.FULL``)."""
+    return backoff_delay(attempt, initial_s, max_s, rng, jitter=Jitter.FULL)
 
 
 class Supervisor:

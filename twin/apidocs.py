@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import fastapi_offline
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -32,14 +32,20 @@ def static_dir() -> Path:
     return Path(fastapi_offline.__file__).parent / "static"
 
 
-def install(app: FastAPI) -> None:
-    """Mount the bundles and add ``/docs``, ``/docs/oauth2-redirect`` and ``/redoc``. Create the app with
-    ``docs_url=None, redoc_url=None``, and call this before a mount of ``/static`` (a mount matches by
-    prefix, so ``/static`` mounted first would answer ``/static/apidocs/...`` with 404)."""
+def mount_static(app: FastAPI) -> None:
+    """Mount the bundles under ``/static/apidocs``. Call this before a mount of ``/static`` (a mount
+    matches by prefix, so ``/static`` mounted first would answer ``/static/apidocs/...`` with 404)."""
     app.mount(STATIC_URL, StaticFiles(directory=static_dir()), name="apidocs")
 
-    @app.get("/docs", include_in_schema=False)
+
+def make_router() -> APIRouter:
+    """``/docs``, ``/docs/oauth2-redirect`` and ``/redoc`` (not in the schema). Create the app with
+    ``docs_url=None, redoc_url=None`` and call :func:`mount_static` too."""
+    router = APIRouter()
+
+    @router.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
+        app = request.app
         root = request.scope.get("root_path", "")
         page = get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
@@ -51,15 +57,18 @@ def install(app: FastAPI) -> None:
         page.headers["Content-Security-Policy"] = CSP
         return page
 
-    @app.get(OAUTH2_REDIRECT_URL, include_in_schema=False)
+    @router.get(OAUTH2_REDIRECT_URL, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
-    @app.get("/redoc", include_in_schema=False)
+    @router.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
+        app = request.app
         root = request.scope.get("root_path", "")
         page = get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
                               redoc_js_url=f"{root}{STATIC_URL}/redoc.standalone.js",
                               redoc_favicon_url=f"{root}{STATIC_URL}/favicon.png", with_google_fonts=False)
         page.headers["Content-Security-Policy"] = CSP
         return page
+
+    return router

@@ -14,7 +14,7 @@ API (small on purpose; engineer ``faults`` imports it too):
 - :class:`HealthSampler` polls /healthz every ``interval_s`` in a thread and records every answer
   and the peak RSS, for "the daemon stays healthy throughout".
 - :class:`StoreReader`: counts and keys of samples and dead letters in the store file.
-- :class:`MqttPublisher`: a QoS 1 publisher that counts the broker's acknowledgements.
+- :class:`MqttPublisher`: the shared QoS 1 publisher (twin/testing/publisher.py) that counts the broker's acknowledgements.
 - :func:`write_results` writes ``bench/results/faults_<case>.json`` (commit, date, versions of
   mosquitto and Python read from the binaries, and the counts).
 """
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import DEFAULTS, ROOT, free_port, mosquitto_binary
+from twin.testing.publisher import AckingPublisher
 
 PY = sys.executable
 RESULTS = ROOT / "bench" / "results"
@@ -326,49 +327,8 @@ class HealthSampler:
         return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
-# --- a publisher -------------------------------------------------------------------------------
-class MqttPublisher:
-    """A paho QoS 1 publisher that counts PUBACKs (message ids wrap at 65535, so counts, not ids).
-
-    ``publish`` never raises for a payload the broker may refuse (that is the broker's business);
-    ``wait_all_acked`` waits until every published message was acknowledged by the broker."""
-
-    def __init__(self, port: int, client_id: str = "faults-publisher") -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.published = 0
-        self.acked = 0
-        self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
-                                  clean_session=False)
-        self.client.max_inflight_messages_set(1000)
-        self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.1, 1)
-        self.client.on_publish = self._on_publish
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
-        with self._lock:  # (never take this lock around client.publish: paho holds its own mutex here)
-            self.acked += 1
-
-    def publish(self, topic: str, payload: bytes | str) -> None:
-        self.client.publish(topic, payload, qos=1)
-        self.published += 1
-
-    def wait_all_acked(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self.acked >= self.published:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"broker acknowledged {self.acked} of {self.published} messages")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+# --- a publisher: the shared one (twin/testing/publisher.py) ----------------------------------
+MqttPublisher = AckingPublisher  # a QoS 1 publisher that counts PUBACKs (message ids wrap, so counts)
 
 
 # --- the store ---------------------------------------------------------------------------------

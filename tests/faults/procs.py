@@ -23,14 +23,12 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from tests.conftest import free_port, mosquitto_binary, wait_port
+from twin.testing.publisher import AckingPublisher
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -71,70 +69,17 @@ def batch_message(items: list[dict[str, Any]], line: str = LINE) -> tuple[str, s
 
 
 # -- the publisher with a ledger ---------------------------------------------------------------
-class LedgerPublisher:
-    """A paho QoS-1 publisher (persistent session, unlimited local queue, its own retries) that
-    records which keys each message carried and which messages the broker acknowledged (PUBACK).
-    A message published while the broker is down waits in paho's queue and goes out on reconnect."""
+class LedgerPublisher(AckingPublisher):
+    """The shared QoS-1 publisher (twin/testing/publisher.py: persistent session, unlimited local queue,
+    its own retries) with a ledger of which keys each message carried and which messages the broker
+    acknowledged (PUBACK). A message published while the broker is down waits in paho's queue and goes
+    out on reconnect."""
 
     def __init__(self, port: int, client_id: str) -> None:
-        self.acked_mids: set[int] = set()
-        self.ack_time: dict[int, float] = {}  # mid -> time.monotonic() of the broker's first PUBACK
-        self.mid_keys: dict[int, list[Key]] = {}
-        self.sent_keys: dict[Key, float] = {}
-        self.messages = 0
-        self._lock = threading.Lock()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
-                        clean_session=False)
-        c.max_inflight_messages_set(1000)
-        c.max_queued_messages_set(0)
-        c.reconnect_delay_set(0.05, 0.5)
-        c.on_publish = self._on_publish
-        c.connect("127.0.0.1", port)
-        c.loop_start()
-        self.client = c
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
-        with self._lock:
-            self.acked_mids.add(mid)
-            self.ack_time.setdefault(mid, time.monotonic())
-
-    def publish(self, topic: str, body: str | bytes, keys: dict[Key, float] | Iterable[Key] = ()) -> None:
-        # never take self._lock around client.publish: paho calls _on_publish under its own mutex
-        info = self.client.publish(topic, body, qos=1)
-        ks = list(keys)
-        self.mid_keys[info.mid] = ks
-        if isinstance(keys, dict):
-            self.sent_keys.update(keys)
-        self.messages += 1
-
-    def acked_count(self) -> int:
-        with self._lock:
-            return len(self.acked_mids)
-
-    def acked_keys(self) -> set[Key]:
-        with self._lock:
-            acked = set(self.acked_mids)
-        return {k for mid in acked for k in self.mid_keys.get(mid, ())}
-
-    def ack_times(self, keys: set[Key]) -> list[float]:
-        """When the broker acknowledged the messages that carried ``keys``."""
-        with self._lock:
-            times = dict(self.ack_time)
-        return [times[mid] for mid, ks in self.mid_keys.items() if mid in times and keys.intersection(ks)]
+        super().__init__(port, client_id, reconnect_delay=(0.05, 0.5))
 
     def wait_all_acked(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.acked_count() >= self.messages:
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"the broker acknowledged {self.acked_count()} of {self.messages} messages")
-
-    def close(self) -> None:
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+        super().wait_all_acked(timeout)
 
 
 def produce(pub: LedgerPublisher, messages: list[tuple[str, str, dict[Key, float]]], rate_msgs: float,

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import abc
 import enum
+import importlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from core.samples import DeadLetter, RollEvent, Sample
+from twin.store.config import StoreBackend, StoreConfig
 
 
 class StoreErrorKind(str, enum.Enum):
@@ -183,17 +185,17 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def open_store(config: Any, base_dir: Any = None, *, tagmap: Any = None) -> Store:
-    """Open the backend the config names (``config`` is twin.config.StoreConfig). ``tagmap`` lets the
-    InfluxDB backend tag samples with their step / parameter kind / role."""
-    from twin.config import StoreBackend
-
+def open_store(config: StoreConfig, base_dir: Any = None, *, tagmap: Any = None) -> Store:
+    """Open the backend the config names (:data:`BACKENDS`: backend name -> "module:class", imported
+    when it is opened, so a daemon on the embedded store never loads the InfluxDB client). ``tagmap``
+    lets the InfluxDB backend tag samples with their step / parameter kind / role."""
+    target = BACKENDS.get(config.backend.value)
+    if target is None:
+        raise ValueError(f"store backend {config.backend.value!r} is not available in this build")
+    module, _, name = target.partition(":")
+    cls = getattr(importlib.import_module(module), name)
     if config.backend is StoreBackend.EMBEDDED:
-        from twin.store.sqlite import SQLiteStore
-
-        return SQLiteStore(config.embedded.path, durability=config.embedded.durability)
-    if config.backend is StoreBackend.INFLUXDB:
-        from twin.store.influx import InfluxStore
-
-        return InfluxStore(config.influxdb, tagmap=tagmap)
-    raise ValueError(f"store backend {config.backend.value!r} is not available in this build")
+        store: Store = cls(config.embedded.path, durability=config.embedded.durability)
+        return store
+    store = cls(config.influxdb, tagmap=tagmap)  # StoreBackend.INFLUXDB
+    return store

@@ -16,7 +16,6 @@ Schema::
 
 from __future__ import annotations
 
-import enum
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -25,11 +24,9 @@ from typing import Any
 
 from core.samples import DeadLetter, RollEvent, Sample
 from twin.store.base import Bucket, Store, StoredSample, WriteResult
+from twin.store.config import Durability
 
-
-class Durability(str, enum.Enum):
-    PROCESS_CRASH = "process_crash"  # synchronous=NORMAL: survives kill -9 of the daemon
-    POWER_LOSS = "power_loss"  # synchronous=FULL: survives loss of power / OS crash too
+__all__ = ["Durability", "SQLiteStore"]  # Durability is defined in twin/store/config.py
 
 
 _SCHEMA = """
