@@ -21,8 +21,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from apscheduler.events import (EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED,
-                                JobEvent, JobExecutionEvent)
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+    JobExecutionEvent,
+)
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -324,11 +330,11 @@ class Daemon:
         assert self.stop_event is not None
         p = self.config.pipeline
         self.scheduler.add_job(self._job_flush, "interval", seconds=p.flush_interval_s, id="flush",
-                               max_instances=1, coalesce=True)
+                               max_instances=1, coalesce=True, replace_existing=True)
         self.scheduler.add_job(self._job_retention, "interval", seconds=p.retention_interval_s, id="retention",
-                               max_instances=1, coalesce=True)
+                               max_instances=1, coalesce=True, replace_existing=True)
         self.scheduler.add_job(self.refresh_metrics, "interval", seconds=p.health_interval_s, id="health",
-                               max_instances=1, coalesce=True)
+                               max_instances=1, coalesce=True, replace_existing=True)
         if not self.scheduler.running:
             self.scheduler.start()
         api = await self._serve_api()

@@ -21,11 +21,11 @@ What it does every ``interval_s`` (docs/feedback.md):
    while the line settles, within the dead band, or without a significant predicted improvement; a
    proposal's predicted band must fit the tolerance unless it is a clipped step towards the target
    (then it says a further step will follow). Every decision carries its reasons in words.
-5. **Lifecycle.** (:mod:`twin.feedback.lifecycle`: an enum of states and a table of allowed moves) proposed -> approved / rejected / expired -> applied (verified OPC-UA write) or
-   failed -> evaluated (realised vs predicted after settling). Approval through the API with a write
-   token; auto-apply only for manipulables configured so, bounded by limits and a rate limit. Every
-   transition is appended to the store's audit trail with the model version, input snapshot and
-   predictions.
+5. **Lifecycle.** proposed -> approved / rejected / expired -> applied (verified OPC-UA write) or
+   failed -> evaluated (realised vs predicted after settling): an enum of states and a table of allowed
+   moves (:mod:`twin.feedback.lifecycle`). Approval through the API with a write token; auto-apply only
+   for manipulables configured so, bounded by limits and a rate limit. Every transition is appended to
+   the store's audit trail with the model version, input snapshot and predictions.
 6. **Units and persistence.** Targets and tolerances are converted by pint to the output's canonical unit
    (porosity: a fraction) and refused outside the physical range, the measuring gauge's range and the model
    card's output ranges; manipulable limits are converted to the setpoint tag's unit and checked against
@@ -46,12 +46,20 @@ The package, one concern per module:
 - :mod:`twin.feedback.routes`: the HTTP routes (an ``APIRouter``).
 """
 
-from twin.feedback.config import (OUTPUTS, FeedbackConfig, Manipulable, ManipulableSpec, MeasuredSpec, OutputPhysics,
-                                  TargetSpec, canonical_target, unit_suffix)
+from twin.feedback.config import (
+                                  OUTPUTS,
+                                  FeedbackConfig,
+                                  Manipulable,
+                                  ManipulableSpec,
+                                  MeasuredSpec,
+                                  OutputPhysics,
+                                  TargetSpec,
+                                  canonical_target,
+                                  unit_suffix,
+)
 from twin.feedback.history import History
-from twin.feedback.lifecycle import (STATES, TRANSITIONS, Decision, Proposal, ProposalError, ProposalState,
-                                     Setting)
-from twin.feedback.optimizer import Candidates, Correction, OptimResult, Optimizer
+from twin.feedback.lifecycle import STATES, TRANSITIONS, Decision, Proposal, ProposalError, ProposalState, Setting
+from twin.feedback.optimizer import Candidates, Correction, Optimizer, OptimResult
 from twin.feedback.persistence import ProposalStore
 from twin.feedback.routes import CommentBody, TargetsBody, install_routes, make_router
 from twin.feedback.service import FeedbackService

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ontology.units import UnitError, affine
 
+
 @dataclass(frozen=True)
 class OutputPhysics:
     """The service's canonical unit of a model output and its physical range (None: unbounded; open: the
@@ -28,11 +29,9 @@ class OutputPhysics:
     what: str
 
     def contains(self, v: float) -> bool:
-        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
-            return False
-        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
-            return False
-        return True
+        below = self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)
+        above = self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi)
+        return not (below or above)
 
     def range_text(self) -> str:
         u = "" if self.unit == "1" else f" {self.unit}"
@@ -100,12 +99,12 @@ def affine_to(source: str, target: str, what: str) -> tuple[float, float]:
     except UnitError as err:
         raise ValueError(f"{what}: unit {source!r} cannot be used: {err} (expected a unit convertible to "
                          f"{target!r})") from err
-    except Exception as err:  # noqa: BLE001 - pint raises many kinds on odd strings; all are a refused unit
+    except Exception as err:  # pint raises many kinds on odd strings; all are a refused unit (re-raised)
         raise ValueError(f"{what}: unit {source!r} cannot be read ({type(err).__name__}); expected a unit "
                          f"convertible to {target!r}") from err
 
 
-def canonical_target(output: str, spec: "TargetSpec") -> "TargetSpec":
+def canonical_target(output: str, spec: TargetSpec) -> TargetSpec:
     """The target converted to the output's canonical unit and checked against its physical range. Raises
     ValueError naming the output, the value, the unit and the range."""
     phys = OUTPUTS.get(output)
@@ -220,7 +219,7 @@ class FeedbackConfig(BaseModel):
                                                           "owns a source address of the setpoint tag, OPC-UA or MQTT)")
 
     @model_validator(mode="after")
-    def _check(self) -> "FeedbackConfig":
+    def _check(self) -> FeedbackConfig:
         for m in self.manipulables:
             if m.name in ("line_load", "roll_speed"):
                 raise ValueError(

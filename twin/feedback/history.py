@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from core.samples import Sample
 
+
 class History:
     """Recent committed values of the tags the service watches (fed by the pipeline's after-commit hook).
     The time of each tag's last value change is kept as values arrive, so a decision round reads it in

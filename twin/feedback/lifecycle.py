@@ -126,7 +126,7 @@ class Proposal:
                 "applied_ns": self.applied_ns, "raw_now": self.raw_now, "raw_new": self.raw_new}
 
     @classmethod
-    def from_record(cls, b: dict[str, Any]) -> "Proposal":
+    def from_record(cls, b: dict[str, Any]) -> Proposal:
         """A proposal from its newest audit body (``record_json``). Raises KeyError/TypeError/ValueError."""
         settings = [Setting(s["parameter"], s["tag"], float(s["current"]), float(s["proposed"]), s["unit"],
                             bool(s.get("clipped")), s.get("limit_note")) for s in b["settings"]]

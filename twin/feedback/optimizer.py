@@ -12,6 +12,7 @@ from surrogates.runtime import SurrogateModel
 from twin.feedback.config import FeedbackConfig
 from twin.ports import Predictions
 
+
 @dataclass
 class Candidates:
     setpoints: np.ndarray  # [n, n_manipulables]

@@ -27,11 +27,19 @@ from twin.feedback import rules
 from twin.feedback.config import OUTPUTS, FeedbackConfig, TargetSpec, affine_to, canonical_target, clean
 from twin.feedback.history import History
 from twin.feedback.lifecycle import Decision, Proposal, ProposalError, ProposalState, Setting
-from twin.feedback.optimizer import Correction, OptimResult, Optimizer
+from twin.feedback.optimizer import Correction, Optimizer, OptimResult
 from twin.feedback.persistence import STATE_KIND, STATE_REF, ProposalStore
 from twin.feedback.writers import in_source_unit, select_writer
-from twin.ports import (AuditStore, CommitFeed, ErrorMetrics, LatestState, Predictions, Scheduler, SetpointWriter,
-                        TagCatalog)
+from twin.ports import (
+    AuditStore,
+    CommitFeed,
+    ErrorMetrics,
+    LatestState,
+    Predictions,
+    Scheduler,
+    SetpointWriter,
+    TagCatalog,
+)
 from twin.predictor import InputError
 from twin.roles import bind_feedback
 
@@ -226,7 +234,7 @@ class FeedbackService:
         info: dict[str, Any] = {"targets": False, "gains": False, "proposals": 0, "expired": [], "interrupted": []}
         try:
             st = self.audit.newest_state()
-        except Exception:  # noqa: BLE001 - a store that cannot answer: start from the configuration
+        except Exception:  # a store that cannot answer: start from the configuration (logged with traceback)
             log.exception("feedback: the saved state could not be read; starting from the configuration")
             return info
         if st is None:
@@ -299,12 +307,12 @@ class FeedbackService:
     # -- running: the decision round on the daemon's scheduler --------------------------------------------
     async def start(self) -> None:
         self.commits.after_commit.append(self.history.add)
-        self.scheduler.every(JOB_ID, self.cfg.interval_s, self.round, health=self)
+        self.scheduler.every(JOB_ID, self.cfg.interval_s, self.run_round, health=self)
 
     async def stop(self) -> None:
         self.scheduler.cancel(JOB_ID)
 
-    async def round(self) -> None:
+    async def run_round(self) -> None:
         """One scheduled decision round. A failure is counted (``twin_internal_errors_total{stage="feedback"}``),
         shown by /healthz for a minute (``last_error_ns``) and logged with its traceback at most once a minute;
         the next round runs as scheduled."""
