@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -23,7 +22,7 @@ LINE = {"dry_thickness": 101.0, "areal_loading": 22.8, "gap": 89.5, "roll_speed"
 
 
 def run(repeats: int) -> dict:
-    pred = Predictor(PredictorConfig(enabled=True), daemon=SimpleNamespace())
+    pred = Predictor(PredictorConfig(enabled=True))
     pred.load()
     cases = {
         "gap": ([ManipulableSpec(name="gap", setpoint_tag="calendering.gap_setpoint", max_step=5.0)],

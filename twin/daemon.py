@@ -1,5 +1,11 @@
 """The long-running daemon: wires config -> store, tag map, connectors, pipeline, scheduler, API.
 
+This is the one place that composes the services: the predictor and the feedback service receive the
+narrow interfaces of twin/ports.py (line state, store, tag map, pipeline, scheduler, setpoint writers,
+metrics), which the daemon's parts satisfy; no service holds the daemon. Periodic work, the daemon's own
+(flush, retention, health) and the services' (``predictor``, ``feedback``), runs on one apscheduler
+scheduler; /healthz ``jobs`` shows each job's runs, errors and last error.
+
 Shutdown (SIGTERM / SIGINT): connectors stop taking data, what they already delivered is tagged,
 committed and acknowledged, then connections close and the store is closed. A second signal
 during shutdown is ignored (the flush is short and bounded by the store's retries).
@@ -11,24 +17,37 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+    JobExecutionEvent,
+)
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from connectors import registry
 from connectors.base import Connector
+from core.samples import RawBatch, now_ns
+from core.supervise import Supervisor, TaskHealth
 from ontology.tagmap import TagMap
 from ontology.validate import Tagger
+from twin.api import create_app
 from twin.config import TwinConfig
+from twin.feedback import FeedbackService
+from twin.feedback.writers import setpoint_writers
 from twin.metrics import Metrics
 from twin.pipeline import Pipeline
-from core.samples import RawBatch, now_ns
+from twin.ports import Service, ServiceHealth
+from twin.predictor import Predictor, predicted_tag_specs
 from twin.state import LineState
 from twin.store.base import Store, open_store
-from core.supervise import Supervisor, TaskHealth
 
 log = logging.getLogger("twin.daemon")
 
@@ -59,27 +78,58 @@ class Daemon:
         self.exit_when_finished = exit_when_finished
         self.stop_event: asyncio.Event | None = None
         self.started_ns = now_ns()
-        self.scheduler: AsyncIOScheduler | None = None
+        # one scheduler for the daemon's jobs and the services' periodic rounds (started by run, or by the first
+        # service job registered while the daemon does not run: a service started on its own, as tests do)
+        self.scheduler = AsyncIOScheduler()
+        self.scheduler.add_listener(self._job_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+                                    | EVENT_JOB_MAX_INSTANCES)
+        self._job_owners: dict[str, ServiceHealth] = {}  # service job -> the service that records its failures
         self.api_port: int | None = None
-        self.extensions: dict[str, Any] = {}  # predictor, feedback, ... register here
+        self.extensions: dict[str, Service] = {}  # the services composed below, by name (predictor, feedback)
         self.supervisor = Supervisor(on_failure=self._task_failed)
         self.last_delivery_ns: dict[str, int] = {}  # connector -> receive time of its newest delivery
         self._stopping = False
         self._exported: dict[tuple[str, str], int] = {}  # connector fault counts already in /metrics
         self.job_health: dict[str, dict[str, Any]] = {}  # scheduler job -> last run, last error
+        self.predictor: Predictor | None = None
+        self.feedback: FeedbackService | None = None
+        self._compose_services()
+
+    def _compose_services(self) -> None:
+        """The predictor and the feedback service, each given the interfaces it uses (twin/ports.py)."""
+        config = self.config
+        if config.feedback.enabled and not config.predictor.enabled:
+            raise ValueError("[feedback] enabled needs [predictor] enabled: the proposals come from the surrogate")
         if config.predictor.enabled:
-            from twin.predictor import Predictor, predicted_tag_specs
-
             self.tagmap.add_tags(predicted_tag_specs(config.predictor.step))
-            predictor = Predictor(config.predictor, self)
-            predictor.load()  # fails fast: a configured model that cannot load refuses start-up
-            self.extensions["predictor"] = predictor
-        if config.feedback.enabled:
-            if not config.predictor.enabled:
-                raise ValueError("[feedback] enabled needs [predictor] enabled: the proposals come from the surrogate")
-            from twin.feedback import FeedbackService
+            self.predictor = Predictor(config.predictor, tagmap=self.tagmap, state=self.state, pipeline=self.pipeline,
+                                       scheduler=self, metrics=self.metrics)
+            self.predictor.load()  # fails fast: a configured model that cannot load refuses start-up
+            self.extensions["predictor"] = self.predictor
+        if config.feedback.enabled and self.predictor is not None:
+            self.feedback = FeedbackService(config.feedback, tagmap=self.tagmap, store=self.store, state=self.state,
+                                            commits=self.pipeline, predictor=self.predictor,
+                                            writers=setpoint_writers(self.connectors), scheduler=self,
+                                            metrics=self.metrics)
+            self.extensions["feedback"] = self.feedback
 
-            self.extensions["feedback"] = FeedbackService(config.feedback, self)
+    # -- the scheduler (twin.ports.Scheduler) --------------------------------------------------
+    def every(self, job_id: str, seconds: float, fn: Callable[[], Awaitable[Any]], *,
+              health: ServiceHealth | None = None) -> None:
+        """Run ``fn`` every ``seconds`` on the daemon's scheduler (one instance at a time, late runs run late
+        rather than being dropped, several due at once run once). ``health``: the service that catches and records
+        the job's failures; /healthz ``jobs`` shows its failure count and last error with the job."""
+        if health is not None:
+            self._job_owners[job_id] = health
+        self.scheduler.add_job(fn, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True,
+                               misfire_grace_time=None, replace_existing=True)
+        if not self.scheduler.running:  # a service started while the daemon does not run (tests, tools)
+            self.scheduler.start()
+
+    def cancel(self, job_id: str) -> None:
+        """Remove a job (no error when it is not scheduled)."""
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.remove_job(job_id)
 
     # -- periodic jobs -----------------------------------------------------------------------
     async def _job_flush(self) -> None:
@@ -93,7 +143,8 @@ class Daemon:
         if n:
             log.info("retention removed %d rows", n)
 
-    async def _job_health(self) -> None:
+    async def refresh_metrics(self) -> None:
+        """Bring the gauges of /metrics up to date (the ``health`` job; /metrics calls it before answering)."""
         m = self.metrics
         now = now_ns()
         for c in self.connectors:
@@ -118,19 +169,30 @@ class Daemon:
         m.pending.set(self.pipeline.pending)
         m.degraded.set(1 if self.problems() else 0)
 
+    _job_health = refresh_metrics  # the name twin/api.py calls on main; use refresh_metrics
+
     def _task_failed(self, h: TaskHealth, err: BaseException) -> None:
         self.metrics.internal_errors.labels(h.stage).inc()
         self.metrics.task_restarts.labels(h.name).inc()
 
-    def _job_event(self, event: JobExecutionEvent) -> None:
+    def _job_event(self, event: JobEvent) -> None:
         j = self.job_health.setdefault(event.job_id, {"runs": 0, "errors": 0, "missed": 0, "last_error": None,
                                                       "last_error_ns": None, "last_run_ns": None})
         if event.code == EVENT_JOB_MISSED:
             j["missed"] += 1
             return
+        if event.code == EVENT_JOB_MAX_INSTANCES:  # the previous run still going: this one skipped
+            j["skipped"] = j.get("skipped", 0) + 1
+            return
         j["runs"] += 1
         j["last_run_ns"] = now_ns()
-        if event.code == EVENT_JOB_ERROR:  # apscheduler logged the traceback; count it and show it
+        owner = self._job_owners.get(event.job_id)
+        if owner is not None:  # a service's round: the service caught, counted and logged its failures
+            j["errors"] = owner.failures
+            j["last_error"], j["last_error_ns"] = owner.last_error, owner.last_error_ns
+            j["failing"] = False  # problems() names a service that failed within the last minute
+        elif event.code == EVENT_JOB_ERROR and isinstance(event, JobExecutionEvent):
+            # apscheduler logged the traceback; count it and show it
             j["errors"] += 1
             j["last_error"] = f"{type(event.exception).__name__}: {event.exception}"[:500]
             j["last_error_ns"] = j["last_run_ns"]
@@ -170,9 +232,9 @@ class Daemon:
                 out.append(f"source {c.name} ({c.kind}) {state}" + (f": {err}" if err else ""))
         out.extend(self.supervisor.degraded())
         for name, ext in self.extensions.items():  # predictor, feedback: a round failed recently
-            t = getattr(ext, "last_error_ns", None)
+            t = ext.last_error_ns
             if t is not None and now_ns() - t < 60e9:
-                out.append(f"{name} failed {(now_ns() - t) / 1e9:.0f} s ago: {getattr(ext, 'last_error', '')}")
+                out.append(f"{name} failed {(now_ns() - t) / 1e9:.0f} s ago: {ext.last_error or ''}")
         for job, j in self.job_health.items():
             if j.get("failing"):
                 out.append(f"scheduled job {job} failing: {j['last_error']}")
@@ -243,8 +305,6 @@ class Daemon:
             return None
         import uvicorn
 
-        from twin.api import create_app
-
         class _Server(uvicorn.Server):
             @contextlib.contextmanager
             def capture_signals(self) -> Iterator[None]:  # the daemon owns the signals
@@ -269,20 +329,17 @@ class Daemon:
     async def _run(self) -> None:
         assert self.stop_event is not None
         p = self.config.pipeline
-        self.scheduler = AsyncIOScheduler()
         self.scheduler.add_job(self._job_flush, "interval", seconds=p.flush_interval_s, id="flush",
-                               max_instances=1, coalesce=True)
+                               max_instances=1, coalesce=True, replace_existing=True)
         self.scheduler.add_job(self._job_retention, "interval", seconds=p.retention_interval_s, id="retention",
-                               max_instances=1, coalesce=True)
-        self.scheduler.add_job(self._job_health, "interval", seconds=p.health_interval_s, id="health",
-                               max_instances=1, coalesce=True)
-        self.scheduler.add_listener(self._job_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
-        self.scheduler.start()
+                               max_instances=1, coalesce=True, replace_existing=True)
+        self.scheduler.add_job(self.refresh_metrics, "interval", seconds=p.health_interval_s, id="health",
+                               max_instances=1, coalesce=True, replace_existing=True)
+        if not self.scheduler.running:
+            self.scheduler.start()
         api = await self._serve_api()
         for ext in self.extensions.values():
-            start = getattr(ext, "start", None)
-            if start is not None:
-                await start()
+            await ext.start()
         consumers = []
         for c in self.connectors:
             await c.__aenter__()
@@ -290,8 +347,8 @@ class Daemon:
         waiter = asyncio.create_task(self.stop_event.wait())
         try:
             if self.exit_when_finished and consumers:
-                done, _ = await asyncio.wait([waiter, asyncio.gather(*consumers)],
-                                             return_when=asyncio.FIRST_COMPLETED)
+                either: list[asyncio.Future[Any]] = [waiter, asyncio.gather(*consumers)]
+                done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             else:
                 await waiter
         finally:
@@ -306,9 +363,7 @@ class Daemon:
             for c in self.connectors:
                 await c.aclose()
             for ext in self.extensions.values():
-                stop = getattr(ext, "stop", None)
-                if stop is not None:
-                    await stop()
+                await ext.stop()
             self.scheduler.shutdown(wait=False)
             if api is not None:
                 server, task = api

@@ -26,16 +26,19 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ontology.definitions import LINE_RECIPE, Recipe
 from core.samples import Quality, Sample, now_ns, ns_to_iso
 from core.supervise import RoundFailures
+from ontology.definitions import LINE_RECIPE, Recipe
+from surrogates.runtime import ModelRegistry, SurrogateModel
+from twin.ports import ErrorMetrics, LatestState, SampleSink, Scheduler, TagCatalog
+from twin.roles import bind_predictor_inputs
 
 log = logging.getLogger("twin.predictor")
 
@@ -206,32 +209,37 @@ def line_to_model_inputs(values: dict[str, float], cfg: PredictorConfig, rve_thi
             "compaction_degree": pi, "wall_speed_mm_s": v_z, "roll_temperature_C": t_roll}
 
 
-@dataclass
+JOB_ID = "predictor"  # the periodic prediction round's job on the daemon's scheduler
+
+
 class Predictor:
-    """Lives in the daemon: ``daemon.extensions['predictor']``."""
+    """Lives in the daemon: ``daemon.extensions['predictor']``; composed in twin/daemon.py.
 
-    config: PredictorConfig
-    daemon: Any
-    model: Any = None
-    latest: dict[str, Prediction] = field(default_factory=dict)
-    count: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    last_skip_reason: str | None = None
-    rounds: RoundFailures = field(default_factory=RoundFailures)
-    _pending: asyncio.Task[None] | None = None
-    _periodic: asyncio.Task[None] | None = None
-    _inputs: dict[str, str] | None = None
+    What it uses of the twin comes in as narrow interfaces (twin/ports.py): the tag map (to bind its inputs),
+    the line state (newest inputs), the pipeline (to submit predicted samples and to hear of committed
+    inputs), the scheduler (the periodic round) and the metrics. Without them (``Predictor(config)``: a
+    benchmark or a tool) it loads the model and maps values, but ``start`` and the prediction rounds refuse."""
 
-    def __post_init__(self) -> None:
-        tagmap = getattr(self.daemon, "tagmap", None)
-        if tagmap is not None:  # fail fast: every model input resolves to a tag (by id or by its role)
-            from twin.roles import bind_predictor_inputs
-
-            self._inputs = bind_predictor_inputs(self.config, tagmap)
+    def __init__(self, config: PredictorConfig, *, tagmap: TagCatalog | None = None,
+                 state: LatestState | None = None, pipeline: SampleSink | None = None,
+                 scheduler: Scheduler | None = None, metrics: ErrorMetrics | None = None) -> None:
+        self.config = config
+        self.tagmap = tagmap
+        self.state = state
+        self.pipeline = pipeline
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.model: SurrogateModel | None = None
+        self.latest: dict[str, Prediction] = {}
+        self.count = 0
+        self.skipped: dict[str, int] = {}
+        self.last_skip_reason: str | None = None
+        self.rounds = RoundFailures()
+        self._pending: asyncio.Task[None] | None = None
+        # fail fast: every model input resolves to a tag (by id or by its role)
+        self._inputs = bind_predictor_inputs(config, tagmap) if tagmap is not None else None
 
     def load(self) -> None:
-        from surrogates.runtime import ModelRegistry
-
         reg = ModelRegistry(self.config.models_dir)
         self.model = reg.latest(self.config.model)
         log.info("predictor: model %s %s loaded", self.config.model, self.model.version)
@@ -239,7 +247,14 @@ class Predictor:
     def reload(self) -> str:
         """Load the newest model of the family without restarting the daemon."""
         self.load()
-        return str(self.model.version)
+        return str(self.loaded.version)
+
+    @property
+    def loaded(self) -> SurrogateModel:
+        """The loaded model; RuntimeError before ``load``."""
+        if self.model is None:
+            raise RuntimeError("no surrogate model is loaded")
+        return self.model
 
     @property
     def input_tags(self) -> dict[str, str]:
@@ -251,45 +266,66 @@ class Predictor:
         """"total" or "macro": what the loaded model's porosity input and output mean (ontology.definitions)."""
         return porosity_kind(self.config, getattr(self.model, "card", None))
 
+    @property
+    def foil_thickness_um(self) -> float:
+        """Current collector thickness inside the measured roll gap (the coating's gap is gap - foil)."""
+        return self.config.foil_thickness_um
+
     def rve_thickness(self) -> float:
-        lo, hi = self.model.domain["initial_thickness_um"]
+        lo, hi = self.loaded.domain["initial_thickness_um"]
         return 0.5 * (lo + hi)
+
+    def model_inputs(self, values: dict[str, float]) -> dict[str, float]:
+        """Line values (canonical units) -> the loaded model's inputs (line_to_model_inputs). Raises InputError."""
+        return line_to_model_inputs(values, self.config, self.rve_thickness(),
+                                    self.loaded.domain.get("wall_speed_mm_s"), self.porosity_kind)
+
+    def outputs_to_line(self, names: Sequence[str], mean: np.ndarray, *spreads: np.ndarray) -> None:
+        """The model's porosity output column converted to the line's total porosity, in place."""
+        outputs_to_line(self.config, self.porosity_kind, names, mean, *spreads)
+
+    def _wired(self) -> tuple[LatestState, SampleSink]:
+        if self.state is None or self.pipeline is None:
+            raise RuntimeError("the predictor is not wired to the line state and the pipeline (twin/daemon.py)")
+        return self.state, self.pipeline
 
     # -- triggers ----------------------------------------------------------------------------
     async def start(self) -> None:
+        """Predict after each committed change of an input (debounced) and every ``interval_s`` (a job on the
+        daemon's scheduler)."""
         if self.model is None:
             self.load()
+        _, pipeline = self._wired()
+        if self.scheduler is None:
+            raise RuntimeError("the predictor has no scheduler (twin/daemon.py)")
         watched = set(self.input_tags.values())
 
         def on_commit(samples: Sequence[Sample]) -> None:
             if any(s.tag_id in watched for s in samples) and (self._pending is None or self._pending.done()):
                 self._pending = asyncio.get_running_loop().create_task(self._debounced())
 
-        self.daemon.pipeline.after_commit.append(on_commit)
-        self._periodic = asyncio.create_task(self._every())
+        pipeline.after_commit.append(on_commit)
+        self.scheduler.every(JOB_ID, self.config.interval_s, self._guarded, health=self)
 
     async def stop(self) -> None:
-        for t in (self._pending, self._periodic):
-            if t is not None and not t.done():
-                t.cancel()
+        if self.scheduler is not None:
+            self.scheduler.cancel(JOB_ID)
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
 
     async def _debounced(self) -> None:
         await asyncio.sleep(self.config.debounce_ms / 1000.0)
         await self._guarded()
 
-    async def _every(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.interval_s)
-            await self._guarded()
-
     async def _guarded(self) -> None:
         """One prediction round; a failure is logged (traceback at most once a minute), counted in
-        ``twin_internal_errors_total{stage="predictor"}`` and kept in ``last_error``; the loop goes on."""
+        ``twin_internal_errors_total{stage="predictor"}`` and kept in ``last_error``; the rounds go on."""
         try:
             await self.predict_all()
         except Exception as err:  # noqa: BLE001 - one bad round must not end the predictor
             self.rounds.record(err, log, "prediction round")
-            self.daemon.metrics.internal_errors.labels("predictor").inc()
+            if self.metrics is not None:
+                self.metrics.internal_errors.labels("predictor").inc()
 
     @property
     def last_error(self) -> str | None:
@@ -299,6 +335,10 @@ class Predictor:
     def last_error_ns(self) -> int | None:
         return self.rounds.last_error_ns
 
+    @property
+    def failures(self) -> int:
+        return self.rounds.failures
+
     # -- prediction --------------------------------------------------------------------------
     def _skip(self, reason: str) -> None:
         self.last_skip_reason = reason
@@ -306,7 +346,7 @@ class Predictor:
         self.skipped[key] = self.skipped.get(key, 0) + 1
 
     def gather(self, line_id: str, now: int) -> tuple[dict[str, float], Sample]:
-        state = self.daemon.state.latest
+        state = self._wired()[0].latest
         values: dict[str, float] = {}
         newest: Sample | None = None
         for name, tag in self.input_tags.items():
@@ -317,7 +357,7 @@ class Predictor:
                 raise InputError(f"stale input: {tag} is {(now - s.source_ts_ns) / 1e9:.0f} s old")
             if s.quality != Quality.GOOD:
                 raise InputError(f"flagged input: {tag} has quality {Quality(s.quality).name}")
-            values[name] = s.value
+            values[name] = float(s.value)
             if newest is None or s.source_ts_ns > newest.source_ts_ns:
                 newest = s
         assert newest is not None
@@ -325,7 +365,7 @@ class Predictor:
 
     async def predict_all(self) -> list[Prediction]:
         gap = self.input_tags["gap"]
-        lines = {line for (line, tag) in self.daemon.state.latest if tag == gap}
+        lines = {line for (line, tag) in self._wired()[0].latest if tag == gap}
         out = []
         for line in sorted(lines):
             p = await self.predict_line(line)
@@ -334,21 +374,22 @@ class Predictor:
         return out
 
     async def predict_line(self, line_id: str) -> Prediction | None:
+        state, pipeline = self._wired()
+        model = self.loaded
         now = now_ns()
         try:
             values, newest = self.gather(line_id, now)
-            x = line_to_model_inputs(values, self.config, self.rve_thickness(),
-                                     self.model.domain.get("wall_speed_mm_s"), self.porosity_kind)
+            x = self.model_inputs(values)
         except InputError as err:
             self._skip(str(err))
             return None
         t0 = time.perf_counter()
-        arr = np.array([[x[n] for n in self.model.input_names]], dtype=np.float32)
-        res = self.model.predict(arr)
+        arr = np.array([[x[n] for n in model.input_names]], dtype=np.float32)
+        res = model.predict(arr)
         latency = (time.perf_counter() - t0) * 1e3
-        names = list(self.model.output_names)
+        names = list(model.output_names)
         m_arr, s_arr = np.array(res.mean[0], dtype=np.float64), np.array(res.std[0], dtype=np.float64)
-        outputs_to_line(self.config, self.porosity_kind, names, m_arr, s_arr)
+        self.outputs_to_line(names, m_arr, s_arr)
         mean = {n: float(m_arr[i]) for i, n in enumerate(names)}
         std = {n: float(s_arr[i]) for i, n in enumerate(names)}
         scale = values["dry_thickness"] / x["initial_thickness_um"]
@@ -358,7 +399,7 @@ class Predictor:
         ood = bool(res.ood[0])
         reasons = list(res.ood_reasons[0]) if ood else []
         ts = newest.source_ts_ns
-        pred = Prediction(line_id, ts, str(self.model.version), x, values, mean, std, ood, reasons,
+        pred = Prediction(line_id, ts, str(model.version), x, values, mean, std, ood, reasons,
                           newest.roll_id, newest.web_pos_m, latency)
         q = Quality.UNCERTAIN if ood else Quality.GOOD
         samples = []
@@ -369,8 +410,8 @@ class Predictor:
             samples.append(Sample(line_id, tag, mean[out] * factor, unit, ts, now, q, newest.roll_id, newest.web_pos_m))
             samples.append(Sample(line_id, tag + "_std", std[out] * factor, unit, ts, now, q, newest.roll_id,
                                   newest.web_pos_m))
-        await self.daemon.pipeline.submit(samples)
+        await pipeline.submit(samples)
         self.latest[line_id] = pred
         self.count += 1
-        self.daemon.state.broadcast({"type": "prediction", "prediction": pred.as_json()})
+        state.broadcast({"type": "prediction", "prediction": pred.as_json()})
         return pred

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ontology.build import NS
+from ontology.plant import ontology_index
+from ontology.tagmap import Tag
+from twin.ports import TagCatalog
 
 TAG_ID = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
 VALUE_ROLES = ("setpoint", "actual", "measured", "predicted")
@@ -65,7 +68,7 @@ PREDICTOR_ROLES: dict[str, RoleSpec] = {
                                  "calendering.roll_temperature", "roll surface temperature (degC)", "predictor"),
 }
 
-# The feedback service (twin/feedback.py): measured outputs, the manipulables' setpoints, gap and speed
+# The feedback service (twin/feedback/): measured outputs, the manipulables' setpoints, gap and speed
 FEEDBACK_MEASURED_ROLES: dict[str, RoleSpec] = {
     "porosity": RoleSpec("feedback.measured.porosity.tag", "CalenderedPorosity", "measured",
                          "calendering.porosity_online", "online porosity gauge after the calender", "feedback"),
@@ -152,19 +155,19 @@ def parse_term_ref(ref: str) -> tuple[str, str | None] | None:
     return text, role
 
 
-def _term_of(tag: Any) -> str | None:
-    if not getattr(tag, "parameter", None):
-        return None
+def _term_of(tag: Tag) -> str | None:
     p = tag.parameter
+    if not p:
+        return None
     return p[len(NS):] if p.startswith(NS) else p
 
 
-def tags_with(tagmap: Any, term: str, role: str) -> list[str]:
+def tags_with(tagmap: TagCatalog, term: str, role: str) -> list[str]:
     """Ids of the tags of the tag map with this parameter and role (sorted)."""
     return sorted(t.id for t in tagmap.tags.values() if _term_of(t) == term and t.role.value == role)
 
 
-def _by_term(spec: RoleSpec, tagmap: Any, term: str, role: str, ref: str, how: str) -> Resolution:
+def _by_term(spec: RoleSpec, tagmap: TagCatalog, term: str, role: str, ref: str, how: str) -> Resolution:
     found = tags_with(tagmap, term, role)
     if len(found) == 1:
         return Resolution(spec, ref, found[0], how)
@@ -195,7 +198,7 @@ def _field_hint(spec: RoleSpec) -> str:
     return p
 
 
-def resolve(spec: RoleSpec, ref: str | None, tagmap: Any, *, explicit: bool) -> Resolution:
+def resolve(spec: RoleSpec, ref: str | None, tagmap: TagCatalog, *, explicit: bool) -> Resolution:
     """One role: the configured reference (or the default) -> a tag id of the tag map."""
     ref = spec.default_id if ref is None else ref
     term_ref = parse_term_ref(ref)
@@ -210,8 +213,6 @@ def resolve(spec: RoleSpec, ref: str | None, tagmap: Any, *, explicit: bool) -> 
                               f"set {_field_hint(spec)} = {hint}")
         return _by_term(spec, tagmap, spec.term, spec.role, ref, "role")
     term, role = term_ref
-    from ontology.plant import ontology_index
-
     if ontology_index().resolve(term) is None:
         return Resolution(spec, ref, None, "term", f"{ref!r} is neither a tag id nor a term of the ontology",
                           f'use a tag id or "{spec.term}/{spec.role}"')
@@ -220,34 +221,34 @@ def resolve(spec: RoleSpec, ref: str | None, tagmap: Any, *, explicit: bool) -> 
 
 # -- the services' view -----------------------------------------------------------------------------
 
-def predictor_resolutions(cfg: Any, tagmap: Any) -> list[Resolution]:
+def predictor_resolutions(cfg: Any, tagmap: TagCatalog) -> list[Resolution]:
     inputs = cfg.inputs
-    given = getattr(inputs, "model_fields_set", set())
+    given: set[str] = getattr(inputs, "model_fields_set", set())
     return [resolve(spec, getattr(inputs, name), tagmap, explicit=name in given)
             for name, spec in PREDICTOR_ROLES.items()]
 
 
-def feedback_resolutions(cfg: Any, tagmap: Any) -> list[Resolution]:
-    given = getattr(cfg, "model_fields_set", set())
+def feedback_resolutions(cfg: Any, tagmap: TagCatalog) -> list[Resolution]:
+    given: set[str] = getattr(cfg, "model_fields_set", set())
     out = []
     for name, spec in FEEDBACK_ROLES.items():
         out.append(resolve(spec, getattr(cfg, name), tagmap, explicit=name in given))
     for output, m in cfg.measured.items():
-        spec = FEEDBACK_MEASURED_ROLES.get(output)
-        if spec is None:  # an output without a role: only an explicit tag id can name it
+        role = FEEDBACK_MEASURED_ROLES.get(output)
+        if role is None:  # an output without a role: only an explicit tag id can name it
             spec = RoleSpec(f"feedback.measured.{output}.tag", "", "measured", m.tag, f"gauge of {output}", "feedback")
             out.append(Resolution(spec, m.tag, m.tag, "tag id") if m.tag in tagmap.tags else
                        Resolution(spec, m.tag, None, "tag id", f"tag {m.tag!r} is not in the tag map",
                                   f"set [feedback.measured.{output}] tag to a tag id of the tag map"))
             continue
-        out.append(resolve(spec, m.tag, tagmap, explicit="measured" in given))
+        out.append(resolve(role, m.tag, tagmap, explicit="measured" in given))
     for m in cfg.manipulables:
         spec = FEEDBACK_SETPOINT_ROLES[m.name]
         out.append(resolve(spec, m.setpoint_tag, tagmap, explicit="manipulables" in given))
     return out
 
 
-def dashboard_resolutions(tagmap: Any) -> list[Resolution]:
+def dashboard_resolutions(tagmap: TagCatalog) -> list[Resolution]:
     """The dashboard reads fixed ids: a role is met only when its tag has the demo's id."""
     out = []
     for spec in DASHBOARD_ROLES:
@@ -267,7 +268,7 @@ def dashboard_resolutions(tagmap: Any) -> list[Resolution]:
     return out
 
 
-def check_roles(cfg: Any, tagmap: Any) -> tuple[list[Resolution], list[str], list[str]]:
+def check_roles(cfg: Any, tagmap: TagCatalog) -> tuple[list[Resolution], list[str], list[str]]:
     """Every role the config needs: (resolutions, errors, warnings). Errors: a role of an enabled
     predictor or feedback service that does not resolve. Warnings: the dashboard's, and the roles of
     a disabled service (they would fail when it is enabled)."""
@@ -289,11 +290,13 @@ def check_roles(cfg: Any, tagmap: Any) -> tuple[list[Resolution], list[str], lis
     return res, errors, warnings
 
 
-def _write_warnings(cfg: Any, tagmap: Any, setpoints: list[Resolution]) -> list[str]:
+def _write_warnings(cfg: Any, tagmap: TagCatalog, setpoints: list[Resolution]) -> list[str]:
     """An approved proposal writes the setpoint tag's OPC-UA node: say so when no connector allows that node."""
     allowed = {n for c in cfg.connectors if getattr(c, "kind", None) == "opcua" for n in c.writes.allowed_nodes}
     out = []
     for r in setpoints:
+        if r.tag_id is None:  # only resolved setpoints are passed
+            continue
         nodes = [a for k, a, _ in tagmap.sources_of(r.tag_id) if k == "opcua"]
         if not nodes:
             out.append(f"{r.spec.path}: setpoint tag {r.tag_id!r} has no OPC-UA source: proposals for it cannot be "
@@ -304,7 +307,7 @@ def _write_warnings(cfg: Any, tagmap: Any, setpoints: list[Resolution]) -> list[
     return out
 
 
-def bind_predictor_inputs(cfg: Any, tagmap: Any) -> dict[str, str]:
+def bind_predictor_inputs(cfg: Any, tagmap: TagCatalog) -> dict[str, str]:
     """Model input name -> tag id; raises RoleError naming every input that does not resolve."""
     res = predictor_resolutions(cfg, tagmap)
     bad = [r.message() for r in res if not r.ok]
@@ -313,7 +316,7 @@ def bind_predictor_inputs(cfg: Any, tagmap: Any) -> dict[str, str]:
     return {name: r.tag_id for name, r in zip(PREDICTOR_ROLES, res)}  # type: ignore[misc]
 
 
-def bind_feedback(cfg: Any, tagmap: Any) -> Any:
+def bind_feedback(cfg: Any, tagmap: TagCatalog) -> Any:
     """A copy of the FeedbackConfig with every role replaced by its tag id; raises RoleError.
 
     A measured output resolved by its role (the field was left at its default) drops the default's

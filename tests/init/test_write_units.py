@@ -23,7 +23,7 @@ TAGS = {"version": 1, "tags": [
 
 
 def test_setpoints_are_converted_to_the_node_unit() -> None:
-    svc = SimpleNamespace(daemon=SimpleNamespace(tagmap=TagMap.from_dict(TAGS)))
+    svc = SimpleNamespace(tagmap=TagMap.from_dict(TAGS))
     conv = FeedbackService._in_source_unit
     assert conv(svc, "calendering.gap_setpoint", "ns=1;i=51002", 80.0) == (pytest.approx(0.08), "mm")
     value, unit = conv(svc, "calendering.roll_temperature_setpoint", "ns=1;s=TC.SP", 50.0)
