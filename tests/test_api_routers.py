@@ -1,9 +1,7 @@
 """One way to add an HTTP area: an APIRouter in its own module, mounted by twin.api.create_app.
 
 create_app itself defines no endpoint; each area module builds a router with routes; the static mounts
-come after the API docs' own (a mount matches by prefix). The feedback service still adds its routes to
-the app directly (twin/feedback.py ``install_routes``) until its package's router is mounted: the one
-listed exception below.
+come after the API docs' own (a mount matches by prefix). The feedback area is twin/feedback/routes.py.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from twin.daemon import Daemon
 from twin.routes import dead_letters, health, models, predictions, status, tags, web
 from twin.routes.common import make_auth
 
-NOT_YET_A_ROUTER = {"twin.feedback"}  # remove when twin/feedback/routes.py is mounted with include_router
 
 
 @pytest.fixture
@@ -53,8 +50,9 @@ def test_every_area_module_builds_a_router_with_routes(daemon: Daemon) -> None:
 def test_create_app_defines_no_endpoint_of_its_own(app: FastAPI) -> None:
     direct = [r for r in app.router.routes if isinstance(r, APIRoute)]
     strays = sorted(f"{r.path} ({r.endpoint.__module__})" for r in direct
-                    if r.endpoint.__module__ not in NOT_YET_A_ROUTER and not r.endpoint.__module__.startswith(
-                        ("twin.routes.", "twin.export", "twin.aas_api", "twin.apidocs", "ontology.api")))
+                    if not r.endpoint.__module__.startswith(
+                        ("twin.routes.", "twin.export", "twin.aas_api", "twin.apidocs", "ontology.api",
+                         "twin.feedback.routes")))
     assert not strays, f"routes added to the app directly instead of through an APIRouter: {strays}"
     assert not any(r.endpoint.__module__ == "twin.api" for r in direct)
 

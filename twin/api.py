@@ -22,6 +22,7 @@ from ontology.api import make_router as ontology_router
 from twin import apidocs
 from twin.aas_api import make_router as aas_router
 from twin.export import make_router as export_router
+from twin.feedback.routes import make_router as feedback_router
 from twin.routes import dead_letters, health, models, predictions, status, tags, web
 from twin.routes.common import TIME_MAX_NS, TIME_MIN_NS, Principal, make_auth
 from twin.routes.common import query_time as _time
@@ -79,11 +80,8 @@ def create_app(daemon: Any) -> FastAPI:
     app.include_router(models.make_router(daemon, auth))
     app.include_router(predictions.make_router(daemon))
 
-    # --- feedback: proposals, approval, targets (twin/feedback.py) ---
-    from twin.feedback import install_routes as feedback_routes
-
-    feedback_routes(app, daemon, auth)
-    # --- end feedback ---
+    # proposals, approval, targets (twin/feedback/routes.py) over the daemon's feedback service (None: 404)
+    app.include_router(feedback_router(lambda: getattr(daemon, "extensions", {}).get("feedback"), auth))
 
     app.include_router(ontology_router(daemon))  # steps, parameters, points, downloads, SPARQL (ontology/api.py)
     app.include_router(aas_router(daemon))  # Asset Administration Shell export (twin/aas.py)

@@ -169,7 +169,6 @@ class Daemon:
         m.pending.set(self.pipeline.pending)
         m.degraded.set(1 if self.problems() else 0)
 
-    _job_health = refresh_metrics  # the name twin/api.py calls on main; use refresh_metrics
 
     def _task_failed(self, h: TaskHealth, err: BaseException) -> None:
         self.metrics.internal_errors.labels(h.stage).inc()

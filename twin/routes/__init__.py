@@ -11,7 +11,7 @@ status, stream     ``/api/v1/status``, ``/api/v1/stream`` (SSE)           :mod:`
 models             ``/api/v1/models``, ``/api/v1/models/reload``          :mod:`twin.routes.models`
 predictions        ``/api/v1/predictions/latest``                         :mod:`twin.routes.predictions`
 export             ``/api/v1/export/...``                                 :mod:`twin.export`
-feedback           ``/api/v1/proposals``, ``targets``, ...                :mod:`twin.feedback`
+feedback           ``/api/v1/proposals``, ``targets``, ...                :mod:`twin.feedback.routes`
 ontology           ``/api/v1/ontology/...``                               :mod:`ontology.api`
 AAS                ``/api/v1/aas/...``                                    :mod:`twin.aas_api`
 API docs           ``/docs``, ``/redoc``                                  :mod:`twin.apidocs`

@@ -28,7 +28,7 @@ def make_router(daemon: Any) -> APIRouter:
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
-        await daemon._job_health() if hasattr(daemon, "_job_health") else None
+        await daemon.refresh_metrics()
         return PlainTextResponse(generate_latest(daemon.metrics.registry).decode(),
                                  media_type=CONTENT_TYPE_LATEST)
 
