@@ -37,7 +37,9 @@ from functools import lru_cache
 from typing import Any
 
 from ontology.build import QUANTITY_KINDS, STEP_ALIASES
+from ontology.plant import ontology_index
 from ontology.units import UnitError, affine, normalise, parse_unit
+from twin.roles import canonical_ids
 
 # words plants use -> the word the keywords use
 SYNONYMS = {
@@ -353,9 +355,6 @@ def point_step(p: Point) -> str | None:
 
 def suggest(p: Point, *, top: int = 3, prior_step: str | None = None) -> Suggestion:
     """The best ontology term for a point, with confidence, alternatives, role, id, unit and range."""
-    from ontology.plant import ontology_index
-    from twin.roles import canonical_ids
-
     idx = ontology_index()
     unit, how = resolve_unit(p.unit, p.unit_display)
     qk = quantity_kind(unit)

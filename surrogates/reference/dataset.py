@@ -27,6 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .dem import MATERIAL_SOURCES, DEMParams, lammps_version, run_calendering
+from .dem_v2 import CONTACT_V2_SOURCES, ContactV2, DEMParamsV2, run_calendering_v2
+from .voxel import VOXEL_UM, column_thickness, metrics, voxelize
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = ROOT / "data" / "dem"
 TABLE_NAME = "dem_runs.parquet"
@@ -71,7 +75,7 @@ REPLICATE_SEEDS = (101, 102, 103, 104)
 
 def sobol_design(n_runs: int, seed: int = DESIGN_SEED, model: str = "v1") -> list[dict]:
     """Scrambled Sobol points scaled to the model's design ranges; packing seed = 1000 + index."""
-    from scipy.stats import qmc  # noqa: PLC0415
+    from scipy.stats import qmc
 
     ranges = design_ranges(model)
     inputs = list(ranges)
@@ -153,25 +157,20 @@ def full_design(n_runs: int, replicate_points: int = N_REPLICATE_POINTS, model: 
 def _worker_init() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.set_num_threads(1)
-    except Exception:  # pragma: no cover - torch is part of the physics extra
+    except Exception:  # noqa: BLE001 - torch is optional here (physics extra); any failure to load it is ignored  # pragma: no cover
         pass
 
 
 def run_one(row: dict, frames_dir: Path | None = None, model: str = "v1") -> dict:
     """DEM run + voxel metrics (final state; porosity/transport also before compression)."""
-    from .dem import DEMParams, run_calendering  # noqa: PLC0415
-    from .voxel import VOXEL_UM, metrics, voxelize  # noqa: PLC0415
-
     _worker_init()
     t0, c0 = time.perf_counter(), time.process_time()
     inputs = list(design_ranges(model))
     extra = {k: row[k] for k in ("footprint_um", "mass_scale", "release_frames") if k in row}
     if model == "v2":
-        from .dem_v2 import ContactV2, DEMParamsV2, run_calendering_v2  # noqa: PLC0415
-
         p2 = DEMParamsV2(**{k: row[k] for k in inputs}, seed=int(row["seed"]), **{**V2_PROTOCOL, **extra},
                          contact=ContactV2(**V2_CONTACT))
         res = run_calendering_v2(p2)
@@ -253,8 +252,6 @@ def run_one(row: dict, frames_dir: Path | None = None, model: str = "v1") -> dic
 def _series_arrays(positions: np.ndarray, radius: np.ndarray, ptype: np.ndarray, box: tuple[float, float],
                    nz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxel labels, column-mean thickness and porosity for every frame (one definition for all)."""
-    from .voxel import column_thickness, metrics, voxelize  # noqa: PLC0415
-
     vox, poro, thick = [], [], []
     for k in range(len(positions)):
         pos = positions[k].astype(np.float64)
@@ -312,28 +309,24 @@ def refresh_time_series(path: Path) -> None:
 def _run_safe(row: dict, frames_dir: str | None, model: str = "v1") -> dict:
     try:
         return run_one(row, Path(frames_dir) if frames_dir else None, model=model)
-    except Exception as err:  # a failed run is recorded, never silently dropped
+    except Exception as err:  # noqa: BLE001 - a failed run is recorded, never silently dropped
         return {"run_id": row["run_id"], "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(limit=5)}
 
 
 def provenance(n_runs: int, command: str, replicate_points: int = N_REPLICATE_POINTS, model: str = "v1") -> dict:
-    from .dem import MATERIAL_SOURCES, DEMParams, lammps_version  # noqa: PLC0415
-
     def ver(mod: str) -> str:
         try:
-            from importlib.metadata import version  # noqa: PLC0415
+            from importlib.metadata import version
 
             return version(mod)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a provenance field: "n/a" rather than no dataset
             return "n/a"
 
     d = DEMParams()
     defaults = asdict(d)
     extra: dict = {}
     if model == "v2":
-        from .dem_v2 import CONTACT_V2_SOURCES, ContactV2, DEMParamsV2  # noqa: PLC0415
-
         p2 = DEMParamsV2(**V2_PROTOCOL, contact=ContactV2(**V2_CONTACT))
         defaults = {k: v for k, v in asdict(p2).items() if k != "contact"}
         extra = {"contact_v2": asdict(p2.contact), "contact_v2_sources": CONTACT_V2_SOURCES,
@@ -404,7 +397,14 @@ def generate(
     done_ids = _finished_ids(out) if resume else set()
     todo = [r for r in design if r["run_id"] not in done_ids]
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # noqa: PLC0415
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     cols = (TextColumn("[bold]DEM runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), TextColumn("{task.fields[last]}"))
@@ -424,7 +424,7 @@ def generate(
             for r in todo:
                 record(_run_safe(r, str(frames_dir) if r["run_id"] in subset_ids else None, model))
         else:
-            import multiprocessing as mp  # noqa: PLC0415
+            import multiprocessing as mp
 
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
@@ -447,7 +447,7 @@ def _table_rows(out: Path | str) -> list[dict]:
     path = Path(out) / TABLE_NAME
     if not path.exists():
         return []
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
 
@@ -478,8 +478,8 @@ def collect_rows(out: Path | str) -> list[dict]:
 
 
 def write_table(out: Path | str) -> Path:
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     rows = collect_rows(out)
     path = Path(out) / TABLE_NAME
@@ -509,8 +509,8 @@ def load_dataset(path: Path | str | None = None, as_arrow: bool = False, valid_o
     ``valid_only`` drops runs that broke down at extreme load (particles squeezed through the
     current collector, ``valid == False``); pass False to see them (feasibility boundary).
     """
-    import pyarrow.compute as pc  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     p = Path(path) if path is not None else DEFAULT_DIR
     if p.is_dir():

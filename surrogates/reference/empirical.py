@@ -145,7 +145,7 @@ def _quality(y: np.ndarray, yhat: np.ndarray) -> tuple[float, float, float]:
 
 
 def _fit(name: str, formula: str, f: Callable, x, y, p0, names, bounds=(-np.inf, np.inf)) -> FitResult:
-    from scipy.optimize import curve_fit  # noqa: PLC0415
+    from scipy.optimize import curve_fit
 
     y = np.asarray(y, dtype=float)
     popt, pcov = curve_fit(f, x, y, p0=p0, bounds=bounds, maxfev=20000)

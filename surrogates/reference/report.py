@@ -59,8 +59,8 @@ def lowcd_sweep(ds: dict[str, np.ndarray]) -> dict:
     t_lo, t_hi = float(T.min()), float(T.max())
     pairs = []
     for c in np.unique(cd):
-        lo = (cd == c) & (T == t_lo)
-        hi = (cd == c) & (T == t_hi)
+        lo = (cd == c) & (t_lo == T)
+        hi = (cd == c) & (t_hi == T)
         if lo.any() and hi.any() and t_hi > t_lo:
             ql, qh = float(np.mean(q[lo])), float(np.mean(q[hi]))
             pairs.append({"cd": float(c), "line_load_low_T": ql, "line_load_high_T": qh,
@@ -82,7 +82,7 @@ def lowcd_sweep(ds: dict[str, np.ndarray]) -> dict:
 
 def trends(ds: dict[str, np.ndarray]) -> dict:
     """CD trends and rank correlations over the Sobol box (Sobol + centre runs); the low-CD sweep apart."""
-    from scipy.stats import spearmanr  # noqa: PLC0415
+    from scipy.stats import spearmanr
 
     sob = box_mask(ds)
     cd = ds["compaction_degree"][sob]
@@ -134,10 +134,10 @@ def replicate_scatter(ds: dict[str, np.ndarray]) -> dict:
 
 
 def make_plots(ds: dict[str, np.ndarray], fits: dict, img_dir: Path, frames_dir: Path | None = None) -> list[Path]:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     img_dir.mkdir(parents=True, exist_ok=True)
     files = []

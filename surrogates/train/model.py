@@ -286,7 +286,7 @@ def search(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndar
     Selection (parsimony rule, in the spirit of the one-standard-error rule): of the trials whose validation
     loss is within ``parsimony`` (relative) of the best, the one with the cheapest inference graph wins;
     on 30 validation runs smaller differences are noise, and the cheaper graph serves the line faster."""
-    import optuna  # noqa: PLC0415
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()

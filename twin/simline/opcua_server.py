@@ -30,7 +30,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,7 @@ class SimLineServer:
         return [n.to_string() for n in self._extra_nodes]
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def __aenter__(self) -> "SimLineServer":
+    async def __aenter__(self) -> SimLineServer:
         await self.start()
         return self
 
@@ -210,13 +210,13 @@ class SimLineServer:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping must not raise
                 pass
             self._task = None
         if self.server is not None:
             try:
                 await self.server.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - stopping must not raise
                 pass
             self.server = None
 
@@ -341,7 +341,7 @@ class SimLineServer:
         async def write(params: ua.WriteParameters, user: User = User(role=UserRole.Admin)) -> list[ua.StatusCode]:
             results: list[ua.StatusCode | None] = [None] * len(params.NodesToWrite)
             passed: list[tuple[int, ua.WriteValue, str | None, float | int | None]] = []
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             for i, wv in enumerate(params.NodesToWrite):
                 sig = self._sig_by_node.get(wv.NodeId)
                 if sig is None or user.role == UserRole.Admin:
@@ -394,14 +394,13 @@ class SimLineServer:
     # -- stepping ----------------------------------------------------------------------------------
     async def _publish(self, out: Outputs) -> None:
         assert self.server is not None
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         write = self.server.iserver.aspace.write_attribute_value
         value_attr = ua.AttributeIds.Value
         for sig in SIGNALS:
             v = out.values[sig.id]
-            if sig.value_type != "double" or sig.setpoint:
-                if self._last.get(sig.id) == v:
-                    continue  # setpoints, modes and roll ids: only on change
+            if (sig.value_type != "double" or sig.setpoint) and self._last.get(sig.id) == v:
+                continue  # setpoints, modes and roll ids: only on change
             self._last[sig.id] = v
             vt = _VARIANTS[sig.value_type]
             await write(self._nodes[sig.id], value_attr,
@@ -414,7 +413,7 @@ class SimLineServer:
         for fn in self.on_tick:
             try:
                 fn(out, ts_ns)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("on_tick hook failed")
 
     async def _loop(self) -> None:
@@ -445,12 +444,9 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m twin.simline.opcua_server``: the same options as ``twin simulate-line``."""
+if __name__ == "__main__":  # pragma: no cover
+    # ``python -m twin.simline.opcua_server``: the same options as ``twin simulate-line``. Imported here, in
+    # the script's entry point (the module ``__main__``), because twin.simline.cli imports this module.
     from twin.simline.cli import cli_main
 
-    cli_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    cli_main()
