@@ -23,7 +23,7 @@ from bench.common import write_result
 T0 = 1_790_000_000
 
 
-def publisher(port: int, n: int, batch: int, ready: "mp.synchronize.Event", start: "mp.Value") -> None:
+def publisher(port: int, n: int, batch: int, ready: mp.synchronize.Event, start: mp.Value) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 

@@ -20,10 +20,21 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+from core.samples import (
+    DEAD_LETTER_PAYLOAD_CHARS,
+    TS_MAX_NS,
+    TS_MIN_NS,
+    DeadLetter,
+    Quality,
+    RawReading,
+    RollEvent,
+    Sample,
+    SourceKind,
+    safe_text,
+    text_ok,
+)
 from ontology.tagmap import Binding, Tag, TagMap, Traceability, ValueType
 from ontology.units import UnitError, affine
-from core.samples import (DEAD_LETTER_PAYLOAD_CHARS, TS_MAX_NS, TS_MIN_NS, DeadLetter, Quality, RawReading,
-                          RollEvent, Sample, SourceKind, safe_text, text_ok)
 
 REASON_CODES = (
     "unknown_address", "wrong_type", "non_finite", "unknown_unit", "unit_dimension",
@@ -99,7 +110,7 @@ class Tagger:
 
     def __init__(self, tagmap: TagMap, default_line_id: str, *, max_future_skew_s: float | None = None,
                  max_past_age_s: float | None = None,
-                 skew_exempt: "tuple[SourceKind, ...]" = (SourceKind.REPLAY,)) -> None:
+                 skew_exempt: tuple[SourceKind, ...] = (SourceKind.REPLAY,)) -> None:
         """``max_future_skew_s`` / ``max_past_age_s``: a source timestamp more than this after / before
         the reading's receive time is a ``clock_skew`` dead letter (None: no limit; the store's range,
         1677..2262, always applies: ``bad_timestamp``). Sources in ``skew_exempt`` (recorded files:
@@ -119,7 +130,7 @@ class Tagger:
         self._build_fast()
 
     def set_time_window(self, max_future_skew_s: float | None, max_past_age_s: float | None,
-                        skew_exempt: "tuple[SourceKind, ...]" = (SourceKind.REPLAY,)) -> None:
+                        skew_exempt: tuple[SourceKind, ...] = (SourceKind.REPLAY,)) -> None:
         """Set the skew window (the pipeline applies its config here; see :meth:`__init__`)."""
         hi = _NO_LIMIT if max_future_skew_s is None else int(max_future_skew_s * 1e9)
         lo = -_NO_LIMIT if max_past_age_s is None else -int(max_past_age_s * 1e9)
@@ -312,7 +323,7 @@ class Tagger:
         b = self._binding(r.source, r.address) if text_ok(r.address, MAX_ADDRESS_CHARS) else None
         return 0 if b is not None and b.tag.traceability is not Traceability.NONE else 1
 
-    def tag_batch_per_reading(self, readings: "tuple[RawReading, ...] | list[RawReading]") -> "list[Sample | RollEvent | DeadLetter | None]":
+    def tag_batch_per_reading(self, readings: tuple[RawReading, ...] | list[RawReading]) -> list[Sample | RollEvent | DeadLetter | None]:
         """The reference batch path: :meth:`tag` per reading, rows sorted trace-first. Same results
         as :meth:`tag_batch` (kept for the equivalence tests and the benchmark's old/new ratio)."""
         out: list[Sample | RollEvent | DeadLetter | None] = []
@@ -494,8 +505,8 @@ class Tagger:
             e = self._fast_miss(r[0], r[1])
         return e is not None and e[8]
 
-    def _finish_row(self, readings: "tuple[RawReading, ...] | list[RawReading]",
-                    out: "list[Sample | RollEvent | DeadLetter | None]") -> int:
+    def _finish_row(self, readings: tuple[RawReading, ...] | list[RawReading],
+                    out: list[Sample | RollEvent | DeadLetter | None]) -> int:
         """Keep the row rule of :meth:`tag_batch_per_reading` when the trace reading ``readings[i]``
         (``i = len(out)``) comes after other readings of its row: readings that share a source
         timestamp are a row, its trace readings (roll id, web position, web speed) are tagged before
@@ -539,7 +550,7 @@ class Tagger:
         out.extend(again_it)
         return j - i
 
-    def tag_batch(self, readings: "tuple[RawReading, ...] | list[RawReading]") -> "list[Sample | RollEvent | DeadLetter | None]":
+    def tag_batch(self, readings: tuple[RawReading, ...] | list[RawReading]) -> list[Sample | RollEvent | DeadLetter | None]:
         """Tag a delivery. Readings that share a source timestamp (one row of a recording, one
         OPC-UA publish) are a row: its roll id and web position apply to all of it, wherever the
         columns stand.
@@ -550,8 +561,8 @@ class Tagger:
         :meth:`tag_batch_per_reading`'s (tests/test_tagging.py compares them)."""
         return self._tag_batch(readings, True)
 
-    def _tag_batch(self, readings: "tuple[RawReading, ...] | list[RawReading]",
-                   rows: bool) -> "list[Sample | RollEvent | DeadLetter | None]":
+    def _tag_batch(self, readings: tuple[RawReading, ...] | list[RawReading],
+                   rows: bool) -> list[Sample | RollEvent | DeadLetter | None]:
         out: list[Sample | RollEvent | DeadLetter | None] = []
         append = out.append
         fast = self._fast

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.samples import DeadLetter, RawReading, Sample, SourceKind
 from ontology import units
 from ontology.tagmap import TagMap
 from ontology.units import UnitError, affine, parse_unit
 from ontology.validate import Tagger
 from tests.conftest import DEFAULTS
-from core.samples import DeadLetter, RawReading, Sample, SourceKind
 
 LIMIT_S = 0.050  # CPU time of one call (thread time: other processes on the machine do not count)
 T = 1_790_000_000 * 10**9

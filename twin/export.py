@@ -28,15 +28,15 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from twin.jsonld import CONTEXT, roll_document
 from core.samples import TS_MAX_NS, TS_MIN_NS, now_ns, parse_time_ns
+from twin.jsonld import CONTEXT, roll_document
 from twin.store.base import StoredSample
 
 _log = logging.getLogger("twin.export")
@@ -48,7 +48,7 @@ EXPORT_THREADS = 2  # exports stream concurrently, their steps share this many t
 COLUMNS = ("line_id", "tag", "ts", "value", "unit", "quality", "roll_id", "web_pos_m")
 JSONLD_LIMIT_DEFAULT, JSONLD_LIMIT_MAX = 10_000, 100_000
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ExportFormat(str, enum.Enum):
@@ -267,7 +267,7 @@ def make_router(daemon: Any) -> APIRouter:
     async def export(tags: list[str] = Query(..., description=f"tag ids (repeat: tags=a&tags=b), 1 to {MAX_TAGS}"),
                      start: str | None = Query(None, description="ISO 8601 with offset; default end - 1 h"),
                      end: str | None = Query(None, description="ISO 8601 with offset; default now"),
-                     format: ExportFormat = Query(ExportFormat.CSV, description="csv or parquet"),  # noqa: A002
+                     format: ExportFormat = Query(ExportFormat.CSV, description="csv or parquet"),
                      line: str | None = Query(None, description="line id (default: every line)")) -> StreamingResponse:
         wanted = _tag_list("tags", tags)
         unknown = [t for t in wanted if t not in daemon.tagmap.tags]

@@ -20,19 +20,29 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from connectors.base import storable_text
 from connectors.mqtt.config import PayloadFormat, PayloadMapping, TimestampPolicy
-from connectors.mqtt.payload import (MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, MAX_TEXT, MAX_UNIT, TS_MAX_NS, TS_MIN_NS, _dead,
-                                     _short, text_problem)
+from connectors.mqtt.payload import (
+    MAX_ADDRESS,
+    MAX_PAYLOAD_TEXT,
+    MAX_REASON,
+    MAX_TEXT,
+    MAX_UNIT,
+    TS_MAX_NS,
+    TS_MIN_NS,
+    _dead,
+    _short,
+    text_problem,
+)
 from core.samples import DeadLetter, Quality, RawReading, SourceKind
 
 _SOURCE = SourceKind.MQTT
 _MISSING = object()
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CACHE_MAX = 10_000
 _EPOCH_SCALE = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000, "epoch_ns": 1}
 

@@ -352,7 +352,7 @@ class SparkplugHost:
         cls = self._spb.DDeath if device is not None else self._spb.NDeath
         try:
             death = cls.decode(payload)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - any decoding failure is this payload's fault
             return [], [self._bad(topic, payload, "malformed_payload", f"undecodable {cls.__name__}: "
                                   f"{error_text(err, 300)}", recv)]
         if device is None:

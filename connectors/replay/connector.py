@@ -23,9 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import Connector
-from connectors.replay.config import ReplayConnectorConfig, ReplayFormat, ReplaySpeed, Repeat, TimestampMode
-from core.samples import (DeadLetter, Quality, RawBatch, RawReading, Redelivery, SourceKind, now_ns, parse_time_ns,
-                          safe_text)
+from connectors.replay.config import Repeat, ReplayConnectorConfig, ReplayFormat, ReplaySpeed, TimestampMode
+from core.samples import (
+    DeadLetter,
+    Quality,
+    RawBatch,
+    RawReading,
+    Redelivery,
+    SourceKind,
+    now_ns,
+    parse_time_ns,
+    safe_text,
+)
 
 log = logging.getLogger("twin.connectors.replay")
 
@@ -48,7 +57,7 @@ class ReplayFileError(Exception):
 def _open_binary(path: Path) -> io.BufferedIOBase:
     if path.suffix == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")  # noqa: SIM115
+    return open(path, "rb")
 
 
 def _lines(path: Path, fh: io.BufferedIOBase, pos: list[int], limit: int) -> Iterator[str]:
