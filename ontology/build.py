@@ -27,6 +27,7 @@ import csv
 import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 HERE = Path(__file__).resolve().parent
@@ -176,7 +177,7 @@ def all_rows() -> list[ParamRow]:
     return load_rows() + PROJECT_PARAMETERS
 
 
-def build_world():
+def build_world() -> Any:  # an owlready2 World (the library has no type hints)
     """The ontology in a fresh owlready2 World (nothing global is touched)."""
     from owlready2 import (
         AllDisjoint,
@@ -195,8 +196,8 @@ def build_world():
     qudt_qk = onto.get_namespace(QUDT_QK)
     skos = onto.get_namespace(SKOS)
 
-    def cls(name: str, bases: tuple, label: str | None = None, comment: str | None = None):
-        c = types.new_class(name, bases)
+    def cls(name: str, bases: tuple[Any, ...], label: str | None = None, comment: str | None = None) -> Any:
+        c: Any = types.new_class(name, bases)
         if label:
             c.label = [locstr(label, "en")]
         if comment:
@@ -295,18 +296,18 @@ def build_world():
         units_done: dict[str, object] = {}
         qk_done: dict[str, object] = {}
 
-        def unit_ind(code: str):
+        def unit_ind(code: str) -> object:
             if code not in units_done:
                 units_done[code] = Thing(code, namespace=qudt_u)
             return units_done[code]
 
-        def qk_ind(name: str):
+        def qk_ind(name: str) -> object:
             qudt_name = QUANTITY_KINDS[name][0]
             if qudt_name not in qk_done:
                 qk_done[qudt_name] = Thing(qudt_name, namespace=qudt_qk)
             return qk_done[qudt_name]
 
-        def annotate(c, step: str, canonical: str, ucum: str, qudt: str, qk: str) -> None:
+        def annotate(c: Any, step: str, canonical: str, ucum: str, qudt: str, qk: str) -> None:
             if step:
                 c.ofStep.append(step_cls[step])
             c.canonicalUnit.append(canonical)

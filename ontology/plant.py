@@ -244,7 +244,7 @@ def check_tag(t: TagSpec, idx: OntologyIndex | None = None) -> list[str]:
 def validate_plant(tags: list[TagSpec], require_parameters: bool = False) -> list[str]:
     """Every problem of the plant's points, each line naming the point."""
     idx = ontology_index()
-    problems = []
+    problems: list[str] = []
     for t in tags:
         msgs = check_tag(t, idx)
         if require_parameters and t.parameter is None:

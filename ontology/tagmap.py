@@ -137,7 +137,7 @@ class TagSpec(BaseModel):
                 out.append(b)
                 continue
             try:
-                q = Q_(b)
+                q: Any = Q_(b)
             except Exception as err:
                 raise ValueError(f"range bound {b!r} is not a quantity") from err
             mag, unit = float(getattr(q, "magnitude", q)), str(getattr(q, "units", "dimensionless"))

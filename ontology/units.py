@@ -37,7 +37,7 @@ from functools import lru_cache
 
 import pint
 
-ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+ureg: pint.UnitRegistry = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
 Q_ = ureg.Quantity
 
 # Spellings pint does not read as meant. Bare "C" and "F" are deliberately absent: in pint (and SI) they are
@@ -193,7 +193,7 @@ def _bound_pint_caches() -> None:
 
 
 def _exponents_ok(u: pint.Unit) -> bool:
-    return all(abs(float(p)) <= MAX_EXPONENT for p in u._units.values())
+    return all(abs(float(p)) <= MAX_EXPONENT for p in u._units.values())  # type: ignore[arg-type]  # pint: Number
 
 
 @lru_cache(maxsize=CACHE_SIZE)

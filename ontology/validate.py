@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
 from core.samples import (
     DEAD_LETTER_PAYLOAD_CHARS,
@@ -179,7 +179,7 @@ class Tagger:
                 return Binding(tag, unit, m.groupdict().get("line"))
         return None
 
-    def _bound_trace(self, d: dict) -> None:  # type: ignore[type-arg]
+    def _bound_trace(self, d: dict[Any, Any]) -> None:
         """Keep a TraceState dict at most TraceState.LIMIT keys: drop the oldest inserted."""
         while len(d) > TraceState.LIMIT:
             del d[next(iter(d))]
@@ -239,19 +239,19 @@ class Tagger:
                 return self._dead(r, "wrong_type",
                                   f"{tag.id}: expected a non-empty string, got {type(v).__name__} "
                                   f"{safe_text(repr(v) if isinstance(v, str) else v, 200)}", line)
-            roll = v.strip()
-            if not text_ok(roll, MAX_ID_CHARS):
+            new_roll = v.strip()
+            if not text_ok(new_roll, MAX_ID_CHARS):
                 return self._dead(r, "bad_text", f"{tag.id}: value is not storable text (invalid Unicode, NUL, or "
                                                  f"longer than {MAX_ID_CHARS} characters)", line)
             key = (line, tag.id)
             trace = self.trace
-            if trace.last_roll_value.get(key) == roll:
+            if trace.last_roll_value.get(key) == new_roll:
                 return None  # unchanged roll id: nothing to store
-            trace.last_roll_value[key] = roll
+            trace.last_roll_value[key] = new_roll
             self._bound_trace(trace.last_roll_value)
             if tag.traceability is Traceability.ROLL_ID:
-                trace.roll[line] = roll
-                trace.step_roll[(line, tag.step)] = roll
+                trace.roll[line] = new_roll
+                trace.step_roll[(line, tag.step)] = new_roll
                 trace.step_web[(line, tag.step)] = 0.0  # a new roll starts at 0 m
                 trace.web_pos_m[line] = 0.0
                 spd = trace.speed_at.get((line, tag.step))
@@ -259,7 +259,7 @@ class Tagger:
                     trace.speed_at[(line, tag.step)] = (r.source_ts_ns, spd[1])
                 for d in (trace.roll, trace.step_roll, trace.step_web, trace.web_pos_m):
                     self._bound_trace(d)
-            return RollEvent(line, tag.step, roll, r.source_ts_ns, tag.id)
+            return RollEvent(line, tag.step, new_roll, r.source_ts_ns, tag.id)
         bad = self._screen(r, line)
         if bad is not None:
             return bad
@@ -271,7 +271,7 @@ class Tagger:
         try:
             x = float(v)
         except OverflowError:  # an int beyond the float range (> ~1.8e308)
-            return self._dead(r, "non_finite", f"{tag.id}: integer value of {v.bit_length()} bits does not "
+            return self._dead(r, "non_finite", f"{tag.id}: integer value of {int(v).bit_length()} bits does not "
                                                "fit a float (overflow)", line)
         if not math.isfinite(x):
             return self._dead(r, "non_finite", f"{tag.id}: value {x!r} is not finite", line)
@@ -398,7 +398,7 @@ class Tagger:
     UNITS_PER_ENTRY = 16  # units a reading states that one compiled entry keeps beyond its own
     UNITS_KEPT = 4096  # such units kept over all entries; then all are dropped and learnt again
 
-    def _unit_miss(self, entry: _Entry, unit: str) -> tuple[float, float] | None | bool:
+    def _unit_miss(self, entry: _Entry, unit: str) -> tuple[float, float] | Literal[False]:
         """(a, c) for a unit the reading states that this entry has not seen; False: refused.
 
         Bounded under a hostile sender: a refused unit is never kept (the reading goes through
@@ -459,14 +459,14 @@ class Tagger:
         if web is not None and (type(web) is not float or web - web != 0.0):
             return self.tag(r)
         try:
-            ac = units[unit]
+            ac: tuple[float, float] | Literal[False] | None = units[unit]
         except KeyError:
-            if unit is not None and not text_ok(unit, MAX_UNIT_CHARS):
+            if unit is None or not text_ok(unit, MAX_UNIT_CHARS):  # None is always a key: not reached
                 return self.tag(r)
             ac = self._unit_miss(e, unit)
             if ac is False:
                 return self.tag(r)
-        if ac is not None:
+        if ac:  # (a, c); None: the canonical unit, no conversion
             x = ac[0] * x + ac[1]
         if not lo <= x <= hi:
             return self.tag(r)
@@ -535,7 +535,8 @@ class Tagger:
         while j < n and readings[j].source_ts_ns == ts:
             j += 1
         rest = readings[i:j]
-        trace_rest, later = [], []
+        trace_rest: list[RawReading] = []
+        later: list[RawReading] = []
         for x, t in zip(rest, map(is_trace, rest)):
             (trace_rest if t else later).append(x)
         previous = out[s + nt:]  # results of the row's earlier other readings, in their order
@@ -625,16 +626,16 @@ class Tagger:
                 continue
             _, tag_id, canon, lo, hi, step, eline, units, _, _ = e
             try:
-                ac = units[unit]
+                ac: tuple[float, float] | Literal[False] | None = units[unit]
             except KeyError:
-                if unit is not None and not text_ok(unit, MAX_UNIT_CHARS):
+                if unit is None or not text_ok(unit, MAX_UNIT_CHARS):  # None is always a key: not reached
                     append(tag(r))
                     continue
                 ac = self._unit_miss(e, unit)
                 if ac is False:
                     append(tag(r))
                     continue
-            if ac is not None:
+            if ac:  # (a, c); None: the canonical unit, no conversion
                 x = ac[0] * x + ac[1]
             if not lo <= x <= hi:
                 append(tag(r))
