@@ -233,7 +233,7 @@ class PayloadMapper:
         self._cache[bytes(topic)] = found
         return found
 
-    def parse(self, m: CompiledMapping, topic_b: bytes, payload: bytes, recv: int, *, connector: str = "mqtt",
+    def parse(self, m: CompiledMapping, topic_b: bytes, payload: bytes | bytearray, recv: int, *, connector: str = "mqtt",
               max_bytes: int = 4 * 1024 * 1024) -> tuple[list[RawReading], list[DeadLetter]]:
         """Readings and dead letters of one message on a topic that ``m`` matched (never raises)."""
         topic = topic_b.decode("utf-8")  # match() decoded it already
@@ -292,8 +292,8 @@ class PayloadMapper:
                     continue
             r = m.reading(item, obj, address, recv, connector, "")
             if type(r) is RawReading:
-                readings.append(r)  # type: ignore[arg-type]
+                readings.append(r)
             else:  # the item's text only for a dead letter
-                dead.append(DeadLetter(r.source, r.address, storable_text(_item_text(item), MAX_PAYLOAD_TEXT),  # type: ignore[union-attr]
+                dead.append(DeadLetter(r.source, r.address, storable_text(_item_text(item), MAX_PAYLOAD_TEXT),
                                        storable_text(f"item {i}: {r.reason}", MAX_REASON), r.reason_code, r.received_ts_ns, r.connector))  # type: ignore[union-attr]
         return readings, dead
