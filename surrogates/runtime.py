@@ -78,7 +78,7 @@ class OODReasons(Sequence[list[str]]):
                 r.append(f"in the {ex['name']}: {ex['reason']}")
         return r
 
-    def __getitem__(self, i):  # type: ignore[no-untyped-def,override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return [self.row(j) for j in range(*i.indices(len(self)))]
         i = int(i)

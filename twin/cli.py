@@ -7,6 +7,7 @@ import enum
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -64,7 +65,8 @@ def check_config_cmd(
             console.print(f"  {r.spec.path} -> {r.tag_id}{how}", highlight=False, markup=False)
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    kinds = ", ".join(f"{c.kind}:{c.name}" for c in cfg.connectors) or "none"
+    connectors: list[Any] = cfg.connectors  # a union built from the registry at import: opaque to mypy
+    kinds = ", ".join(f"{c.kind}:{c.name}" for c in connectors) or "none"
     if strict and warnings:
         _fail(f"{len(warnings)} warning(s) with --strict")
     console.print(f"[green]ok[/] {config}: line {cfg.line_id!r}, {len(tagmap.tags)} tags, "

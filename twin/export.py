@@ -26,7 +26,7 @@ import enum
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -92,7 +92,7 @@ def iso_ns(ns: int) -> str:
 
 
 # --- encoders: an iterable of store pages in, an iterator of byte chunks out --------------------------
-def csv_chunks(pages: Iterable[list[StoredSample]]) -> Iterator[bytes]:
+def csv_chunks(pages: Iterable[list[StoredSample]]) -> Generator[bytes, None, None]:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)
@@ -183,7 +183,7 @@ def _record_batch(rows: list[StoredSample], schema: Any, pa: Any) -> Any:
 
 
 def parquet_chunks(pages: Iterable[list[StoredSample]], pa: Any, pq: Any,
-                   row_group: int | None = None) -> Iterator[bytes]:
+                   row_group: int | None = None) -> Generator[bytes, None, None]:
     """Parquet (zstd) written one row group at a time; each row group's bytes are yielded once written."""
     row_group = row_group or ROW_GROUP
     schema = parquet_schema(pa)
@@ -289,7 +289,7 @@ def make_router(daemon: Any) -> APIRouter:
                 yield first
                 yield from pages
 
-        async def streamed(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+        async def streamed(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
             # each step (store page + encoding) on the export pool, one step at a time: the client's pace
             # sets the server's (back-pressure), and an export uses the pool threads' store connections
             loop = asyncio.get_running_loop()

@@ -246,7 +246,11 @@ def discover_mqtt(opts: InitOptions, say: Callable[[str], None]) -> tuple[list[P
     if opts.username:
         client.username_pw_set(opts.username, opts.password)
     client.on_message = on_message
-    client.on_connect = lambda c, *_a: [c.subscribe(t, qos=0) for t in opts.mqtt_topics]
+    def on_connect(c: Any, *_a: Any) -> None:
+        for t in opts.mqtt_topics:
+            c.subscribe(t, qos=0)
+
+    client.on_connect = on_connect
     try:
         client.connect(cfg.host, cfg.port, keepalive=30)
     except OSError as err:
@@ -384,27 +388,27 @@ def make_plan(points: Sequence[Point], opts: InitOptions, ask: Ask | None, say: 
     manips = [m for m in opts.manipulate if roles.get(f"setpoint.{m}", (None, None))[1] is not None]
     if ask is not None and opts.feedback:
         for m in list(manips):
-            s = roles[f"setpoint.{m}"][1]
-            assert s is not None
-            if not ask(f"may the feedback service propose writes to {s.point.address} ({s.point.name}, "
+            sp = roles[f"setpoint.{m}"][1]
+            assert sp is not None
+            if not ask(f"may the feedback service propose writes to {sp.point.address} ({sp.point.name}, "
                        f"{m} setpoint; each needs approval)? [y/n]", "y").strip().lower().startswith("y"):
                 manips.remove(m)
     missing_fb = [spec.term + "/" + spec.role for k, (spec, s) in roles.items()
                   if (k.startswith("feedback.") or k == "measured.porosity") and s is None]
     limits: dict[str, tuple[float, float]] = {}
     for m in list(manips):
-        s = roles[f"setpoint.{m}"][1]
-        assert s is not None
+        sp = roles[f"setpoint.{m}"][1]
+        assert sp is not None
         text = opts.limits.get(m)
-        if text is None and s.range is None and ask is not None and opts.feedback:
-            text = ask(f"limits of the {m} setpoint {s.point.address} (it states no range), LO:HI in "
-                       f"{s.canonical_unit} or with a unit (0.04:0.2mm); empty: none", "").strip() or None
+        if text is None and sp.range is None and ask is not None and opts.feedback:
+            text = ask(f"limits of the {m} setpoint {sp.point.address} (it states no range), LO:HI in "
+                       f"{sp.canonical_unit} or with a unit (0.04:0.2mm); empty: none", "").strip() or None
         if text is not None:
-            limits[m] = parse_limit(m, text, s.canonical_unit)
-        elif s.range is None:
+            limits[m] = parse_limit(m, text, sp.canonical_unit)
+        elif sp.range is None:
             manips.remove(m)
-            missing_fb.append(f"limits of the {m} setpoint ({s.point.address} states no range: give --limit "
-                              f"{m}=LO:HI in {s.canonical_unit}, or with a unit such as {m}=0.04:0.2mm)")
+            missing_fb.append(f"limits of the {m} setpoint ({sp.point.address} states no range: give --limit "
+                              f"{m}=LO:HI in {sp.canonical_unit}, or with a unit such as {m}=0.04:0.2mm)")
     if not manips and not any(x.startswith("limits of") for x in missing_fb):
         missing_fb.append("a writable setpoint (CalenderGap/setpoint or CalenderRollTemperature/setpoint)")
     feedback = opts.feedback and predictor and not missing_fb

@@ -76,7 +76,7 @@ def _by_order(rows: list[dict[str, Any]], tags: dict[str, Any],
     for r in rows:  # already in time order
         if _trace(tags, r.get("tag_id")) == "roll_id":
             seq.setdefault((r["line_id"], r["step"]), []).append(r["roll_id"])
-    out = []
+    out: list[tuple[str, str, str, str]] = []
     for (line, step), rolls in seq.items():
         pos = order.get(step_class(step) or "")
         if pos is None or (line, step) in explicit:

@@ -32,7 +32,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -139,7 +139,7 @@ class Pipeline:
                 pass
 
     # -- intake ------------------------------------------------------------------------------
-    async def consume(self, connector_name: str, batches: asyncio.AsyncIterator[RawBatch]) -> None:
+    async def consume(self, connector_name: str, batches: AsyncIterator[RawBatch]) -> None:
         """Take a connector's deliveries until it ends. No single delivery ends it: what goes wrong
         with one is logged, counted and turned into dead letters (see :meth:`ingest`)."""
         async for batch in batches:
@@ -278,14 +278,14 @@ class Pipeline:
     @staticmethod
     def _rejected_dead(row: Sample | DeadLetter | RollEvent, err: BaseException) -> DeadLetter:
         why = safe_text(f"{type(err).__name__}: {err}", 500)
-        if type(row) is DeadLetter:
+        if isinstance(row, DeadLetter):
             body = {"dead_letter": {"source": getattr(row.source, "value", row.source), "address": row.address,
                                     "reason_code": row.reason_code, "reason": row.reason, "payload": row.payload}}
             return DeadLetter(row.source if isinstance(row.source, SourceKind) else SourceKind.INTERNAL,
                               row.address, safe_text(json.dumps(body, default=str), 4096),
                               f"the store refused this dead letter ({why})", "store_rejected", row.received_ts_ns,
                               row.connector, row.line_id)
-        if type(row) is RollEvent:
+        if isinstance(row, RollEvent):
             body = {"roll_event": {"line_id": row.line_id, "step": row.step, "roll_id": row.roll_id,
                                    "source_ts_ns": row.source_ts_ns, "tag_id": row.tag_id}}
             return DeadLetter(SourceKind.INTERNAL, row.tag_id, safe_text(json.dumps(body, default=str), 4096),

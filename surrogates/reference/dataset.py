@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ def sobol_design(n_runs: int, seed: int = DESIGN_SEED, model: str = "v1") -> lis
     x = qmc.scale(pts, lo, hi)
     rows = []
     for i, xi in enumerate(x):
-        row = {k: float(v) for k, v in zip(inputs, xi)}
+        row: dict[str, Any] = {k: float(v) for k, v in zip(inputs, xi)}
         row.update(run_id=f"s{i:04d}", seed=1000 + i, replicate_of="", design="sobol")
         rows.append(row)
     return rows

@@ -203,7 +203,8 @@ def _particle_sizes(p: DEMParams, rng: np.random.Generator) -> tuple[np.ndarray,
     vc = (1.0 - p.am_fraction) / m.rho_cbd
     v_am_target = v_solid * va / (va + vc)
     v_cbd_target = v_solid - v_am_target
-    radii, types = [], []
+    radii: list[float] = []
+    types: list[int] = []
     v = 0.0
     while v < v_am_target:
         d = float(np.clip(rng.lognormal(math.log(m.d50_am_um), m.sigma_ln_am), m.d_am_min_um, m.d_am_max_um))

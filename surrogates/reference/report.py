@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def box_mask(ds: dict[str, np.ndarray]) -> np.ndarray:
     return np.isin(ds["design"], BOX_DESIGNS)
 
 
-def binned(x: np.ndarray, y: np.ndarray, bins: np.ndarray = CD_BINS) -> dict[str, list[float]]:
+def binned(x: np.ndarray, y: np.ndarray, bins: np.ndarray = CD_BINS) -> dict[str, list[Any]]:
     """Mean, std and count of y per bin of x; bins are [b_i, b_i+1), the last one closed on the right.
 
     Values of x outside [bins[0], bins[-1]] are dropped, not put into the edge bins.
@@ -149,9 +150,9 @@ def make_plots(ds: dict[str, np.ndarray], fits: dict, img_dir: Path, frames_dir:
     T = ds["roll_temperature_C"][sob]
     T_low = ds["roll_temperature_C"][low]
     Tlim = (float(np.min(ds["roll_temperature_C"])), float(np.max(ds["roll_temperature_C"])))
-    low_kw = {"s": 16, "marker": "D", "cmap": "coolwarm", "vmin": Tlim[0], "vmax": Tlim[1], "edgecolors": "k",
+    low_kw: dict[str, Any] = {"s": 16, "marker": "D", "cmap": "coolwarm", "vmin": Tlim[0], "vmax": Tlim[1], "edgecolors": "k",
               "linewidths": 0.5}
-    box_kw = {"cmap": "coolwarm", "vmin": Tlim[0], "vmax": Tlim[1]}
+    box_kw: dict[str, Any] = {"cmap": "coolwarm", "vmin": Tlim[0], "vmax": Tlim[1]}
 
     def save(fig, name):
         p = img_dir / name

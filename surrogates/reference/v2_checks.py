@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ def one(model: str, params: dict, contact: dict | None = None) -> dict:
         r = run_calendering(DEMParams(**params))
     else:
         r = run_calendering_v2(DEMParamsV2(**params, contact=ContactV2(**(contact or {}))))
-    out = dict(h0=r.thickness_before_um, hmax=r.thickness_max_um, gap=r.gap_um, h1=r.thickness_after_um,
+    out: dict[str, Any] = dict(h0=r.thickness_before_um, hmax=r.thickness_max_um, gap=r.gap_um, h1=r.thickness_after_um,
                springback_pct=r.springback_pct, compaction_kept=r.compaction_final, pmax_MPa=r.max_pressure_MPa,
                line_load_N_mm=r.line_load_N_per_mm, inertial_number=r.inertial_number, lost=r.lost_particles,
                steps=r.n_steps, dt_us=r.dt_us, n=int(r.n_am + r.n_cbd),

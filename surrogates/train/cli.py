@@ -10,6 +10,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -51,7 +52,7 @@ def train(
                              shlex.quote(a) for a in sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, Any] = {}  # stage -> rich's TaskID
 
         def progress(stage: str, done: int, total: int, info: str) -> None:
             if stage not in tasks:

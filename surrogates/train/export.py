@@ -42,6 +42,17 @@ class ExportGraph(torch.nn.Module):
     4e-6 steps, too close to the 1e-5 gate). The parity gate compares this graph on onnxruntime with the *training* module.
     """
 
+    # buffers (register_buffer): declared for the type checker, which sees Module.__getattr__ otherwise
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+    noise_var: torch.Tensor
+    skip: torch.Tensor
+    avg: torch.Tensor
+    rep: torch.Tensor
+    bessel: torch.Tensor
+
     def __init__(self, model: EnsembleMLP) -> None:
         super().__init__()
         m = copy.deepcopy(model).eval()

@@ -83,6 +83,14 @@ class TrainConfig:
 
 
 class EnsembleMLP(nn.Module):
+    # buffers (register_buffer): declared for the type checker, which sees Module.__getattr__ otherwise
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+    noise_var: torch.Tensor
+    skip: torch.Tensor
+
     def __init__(self, n_in: int, n_out: int, members: int, width: int, depth: int, activation: str,
                  x_mean: np.ndarray, x_std: np.ndarray, y_mean: np.ndarray, y_std: np.ndarray,
                  seed: int = 0, derived: bool = False) -> None:
@@ -260,7 +268,7 @@ def output_weights(y: np.ndarray, noise_sd: np.ndarray) -> list[float]:
     return (w / w.mean()).tolist()
 
 
-SEARCH_SPACE = {
+SEARCH_SPACE: dict[str, Any] = {
     "width": [16, 32, 64],
     "depth": (1, 3),
     "activation": ["tanh", "silu"],

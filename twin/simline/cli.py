@@ -13,6 +13,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -210,7 +211,7 @@ def browse(
     for n in nodes:
         rng = f"{n.eu_range[0]:g} .. {n.eu_range[1]:g}" if n.eu_range else ""
         unit = n.unit or (f"({n.unit_display})" if n.unit_display else "")
-        row = (n.node_id, n.browse_path, n.data_type or "?", unit, rng, n.access)
+        row: tuple[Any, ...] = (n.node_id, n.browse_path, n.data_type or "?", unit, rng, n.access)
         sg = by_node.get(n.node_id)
         if extra:
             row += ((f"{sg.term}/{sg.role} ({sg.confidence:.2f})" if sg is not None and sg.term else ""),)

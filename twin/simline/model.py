@@ -526,8 +526,8 @@ def _transport(coated: list[Coated], dried: list[Dried], calendered: list[Calend
     dried = dried[i:]
     i = 0
     while i < len(calendered) and web - calendered[i].pos_m >= p.gauge_after_m:
-        c = calendered[i]
-        at_gauge = dataclasses.replace(c, h_meas_um=c.h_um + rng.gauss(0.0, p.noise_thickness_um))
+        cal_i = calendered[i]
+        at_gauge = dataclasses.replace(cal_i, h_meas_um=cal_i.h_um + rng.gauss(0.0, p.noise_thickness_um))
         i += 1
     calendered = calendered[i:]
     return at_dryer_exit, in_nip, nip_result, at_gauge, coated, dried, calendered
@@ -799,7 +799,8 @@ class LineSimulation:
         if name in SIGNALS_BY_ID and SIGNALS_BY_ID[name].setpoint:
             name = SIGNALS_BY_ID[name].setpoint  # type: ignore[assignment]
         v = check_setpoint(name, value)
-        self.setpoints = dataclasses.replace(self.setpoints, **{name: v})
+        change: dict[str, Any] = {name: v}  # a field of Setpoints: check_setpoint refuses other names
+        self.setpoints = dataclasses.replace(self.setpoints, **change)
         return v
 
     def advance(self, dt_s: float) -> Outputs:
@@ -831,7 +832,7 @@ def write_csv(path: str | Path, outputs: Iterable[Outputs], start_ns: int,
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     n = 0
-    with opener(path, "wt", newline="") as fh:  # type: ignore[operator]
+    with opener(path, "wt", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["timestamp"] + [s.column for s in sigs])
         for out in outputs:

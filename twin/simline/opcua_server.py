@@ -145,7 +145,7 @@ class SimLineServer:
         self.sim = sim or LineSimulation(params, setpoints, seed=seed, scenario=scenario)
         self.stats = ServerStats()
         self.extra_seq = 0  # value of every synthetic tag after the last step
-        self.on_tick: list[Callable[[Outputs, int], None]] = []  # (outputs, source ts ns) after each step
+        self.on_tick: list[Callable[[Outputs, int], object]] = []  # (outputs, source ts ns) after each step
         self.server: Server | None = None
         self._nodes: dict[str, ua.NodeId] = {}
         self._sig_by_node: dict[ua.NodeId, Signal] = {}
@@ -271,7 +271,7 @@ class SimLineServer:
             session.activate_session = activate_session
             return session
 
-        iserver.create_session = create_session  # type: ignore[method-assign]
+        iserver.create_session = create_session
 
     def _check_trusted(self, der: bytes) -> None:
         assert self._trust is not None and self.security is not None
@@ -369,11 +369,11 @@ class SimLineServer:
                 sub = ua.WriteParameters()
                 sub.NodesToWrite = [wv for _, wv, _, _ in passed]
                 res = await orig_write(sub, user=user)
-                for (i, _, name, v), st in zip(passed, res):
+                for (i, _, name, value), st in zip(passed, res):
                     results[i] = st
-                    if name is not None and st.is_good():
-                        self.sim.write(name, v)
-                        self._last[self._sig_by_node_name(name)] = v
+                    if name is not None and value is not None and st.is_good():
+                        self.sim.write(name, value)
+                        self._last[self._sig_by_node_name(name)] = value
             if user.role != UserRole.Admin:
                 for st in results:
                     if st is not None and st.is_good():
@@ -382,7 +382,7 @@ class SimLineServer:
                         self.stats.writes_refused += 1
             return [st or ua.StatusCode(ua.StatusCodes.BadInternalError) for st in results]
 
-        service.write = write  # type: ignore[method-assign]
+        service.write = write
 
     @staticmethod
     def _sig_by_node_name(setpoint: str) -> str:
