@@ -7,12 +7,16 @@ import enum
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
-from twin.config import ConfigError, check_config
+from twin.config import ConfigError, TwinConfig, check_config
+
+if TYPE_CHECKING:  # annotations only: the daemon is loaded by the commands that run it
+    from ontology.tagmap import TagMap
+    from twin.daemon import Daemon
 
 app = typer.Typer(help="Digital twin of a battery electrode pilot line.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -32,7 +36,7 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(config: Path):
+def _load(config: Path) -> tuple[TwinConfig, TagMap]:
     try:
         return check_config(config)
     except ConfigError as err:
@@ -165,7 +169,7 @@ def token_cmd(name: str = typer.Argument(..., help="who will hold the token"),
     print(f'[[api.tokens]]\nname = "{name}"\nsha256 = "{hashlib.sha256(tok.encode()).hexdigest()}"\nscopes = {scopes}')
 
 
-def _run_daemon(cfg, tagmap, *, ack_log: Path | None = None, exit_when_finished: bool = False) -> int:
+def _run_daemon(cfg: TwinConfig, tagmap: TagMap, *, ack_log: Path | None = None, exit_when_finished: bool = False) -> int:
     from twin.daemon import Daemon  # lazy: CLI, each command loads only its own code
 
     _logging(cfg.log_level.value)
@@ -232,9 +236,9 @@ def replay_cmd(
     raise typer.Exit(code)
 
 
-def replay_summary(file: Path, daemon) -> tuple[str, int]:
+def replay_summary(file: Path, daemon: Daemon) -> tuple[str, int]:
     """The one line ``twin replay`` ends with, and its exit status (see replay_cmd)."""
-    conn = daemon.connectors[0]
+    conn: Any = daemon.connectors[0]  # `twin replay` runs one ReplayConnector (rows_sent, rows_acked, error)
     st = daemon.pipeline.stats
     read, acked = conn.rows_sent, min(conn.rows_acked, conn.rows_sent)
     not_stored = read - acked
@@ -260,7 +264,7 @@ class DemoSource(str, enum.Enum):
     RECORDED = "recorded"
 
 
-async def _demo_simulated(cfg, tagmap, opcua_port: int, seed: int, scenario: str = "steady",
+async def _demo_simulated(cfg: TwinConfig, tagmap: TagMap, opcua_port: int, seed: int, scenario: str = "steady",
                           time_scale: float = 1.0) -> None:
     from twin.daemon import Daemon  # lazy: CLI, each command loads only its own code
     from twin.simline.model import make_scenario  # lazy: CLI, each command loads only its own code
@@ -268,7 +272,8 @@ async def _demo_simulated(cfg, tagmap, opcua_port: int, seed: int, scenario: str
 
     async with SimLineServer(port=opcua_port, seed=seed, scenario=make_scenario(scenario),
                              time_scale=time_scale) as line:
-        conns = [c.model_copy(update={"url": line.url}) if c.kind == "opcua" else c for c in cfg.connectors]
+        configured: list[Any] = cfg.connectors  # a union built from the registry at import: opaque to mypy
+        conns = [c.model_copy(update={"url": line.url}) if c.kind == "opcua" else c for c in configured]
         daemon = Daemon(cfg.model_copy(update={"connectors": conns}), tagmap=tagmap)
         await daemon.run()
 

@@ -568,10 +568,10 @@ def initial_state(params: LineParams | None = None, setpoints: Setpoints | None 
     web = p.gauge_after_m + 2 * p.segment_m
     nxt = _coat(coated, 0.0, web, roll_name(1), 0.0, loading, wet, 0.0, p)
     mode = CalenderMode(sp.calender_mode)
-    def eps0_of(c):
+    def eps0_of(c: Coated) -> float:
         return _eps0(zones, sp.dryer_airflow_m3_h, 0.0, 0.0, p)
 
-    def calender(d):
+    def calender(d: Dried) -> NipResult:
         return nip(d, mode, sp.calender_gap_um, sp.line_load_N_per_mm, sp.roll_temp_C, p)
 
     ade, inn, nres, atg, c2, d2, k2 = _transport(coated, [], [], web, None, None, None, None, eps0_of, calender, rng, p)
@@ -624,10 +624,10 @@ def step(state: LineState, setpoints: Setpoints, dt_s: float, rng: random.Random
     coated = list(s.coated)
     nxt = _coat(coated, s.next_seg_m, web, roll_name(roll_no), roll_start, loading, wet, roll_eo, p)
 
-    def eps0_of(c):
+    def eps0_of(c: Coated) -> float:
         return _eps0(zones, airflow, eps0_drift, c.eps0_offset, p)
 
-    def calender(d):
+    def calender(d: Dried) -> NipResult:
         return nip(d, mode, gap_pos, load_state, roll_temp, p)
 
     ade, inn, nres, atg, coated, dried, calendered = _transport(
