@@ -97,7 +97,7 @@ def replicate_design(base: list[dict], n_points: int = N_REPLICATE_POINTS,
                      seeds: Iterable[int] = REPLICATE_SEEDS, model: str = "v1") -> list[dict]:
     """Repeat a few design points (centre point + the first Sobol points) with other packing seeds."""
     ranges = design_ranges(model)
-    centre = {k: 0.5 * (v[0] + v[1]) for k, v in ranges.items()}
+    centre: dict[str, Any] = {k: 0.5 * (v[0] + v[1]) for k, v in ranges.items()}
     centre.update(run_id="c0000", seed=1000, replicate_of="", design="centre")
     points = [centre] + base[: max(0, n_points - 1)]
     rows = [centre]
@@ -116,7 +116,7 @@ LOW_CD_TEMPERATURES = (25.0, 100.0)
 def low_cd_design(model: str = "v1") -> list[dict]:
     """Light-compaction sweep (CD 2-18 %, outside the Sobol range) at the centre point, at two roll
     temperatures: resolves the exponential (Meyer) regime before the porosity floor."""
-    centre = {k: 0.5 * (v[0] + v[1]) for k, v in design_ranges(model).items()}
+    centre: dict[str, Any] = {k: 0.5 * (v[0] + v[1]) for k, v in design_ranges(model).items()}
     rows = []
     for T in LOW_CD_TEMPERATURES:
         for cd in LOW_CD_VALUES:
@@ -132,7 +132,7 @@ CENTRE_SWEEP_CD = (0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50)
 def centre_sweep_design(model: str = "v2", seeds: Iterable[int] = (3000, 3001, 3002)) -> list[dict]:
     """Compaction sweep at the design centre, replicated with other packing seeds (monotonicity and the
     porosity floor are judged on it, within its replicate scatter)."""
-    centre = {k: 0.5 * (v[0] + v[1]) for k, v in design_ranges(model).items()}
+    centre: dict[str, Any] = {k: 0.5 * (v[0] + v[1]) for k, v in design_ranges(model).items()}
     rows = []
     for s in seeds:
         for cd in CENTRE_SWEEP_CD:
@@ -295,7 +295,8 @@ def refresh_time_series(path: Path) -> None:
     """Recompute voxels / thickness / porosity of a saved series from its particle positions."""
     with np.load(path) as z:
         d = {k: z[k] for k in z.files}
-    box = tuple(float(b) for b in d["box_um"]) if "box_um" in d else (d["voxels"].shape[1] * 0.4,) * 2
+    bx, by = (float(b) for b in d["box_um"]) if "box_um" in d else (d["voxels"].shape[1] * 0.4,) * 2
+    box = (bx, by)
     d["box_um"] = np.asarray(box, dtype=np.float32)
     d["voxels"], d["thickness_um"], d["porosity"] = _series_arrays(
         d["positions"], d["radius"].astype(np.float64), d["ptype"], box, d["voxels"].shape[3])
@@ -534,7 +535,8 @@ def load_time_series(run_id: str | None = None, path: Path | str | None = None) 
     with np.load(files[0]) as z:
         out = {k: z[k] for k in z.files}
     if "voxels" not in out:
-        box = tuple(float(b) for b in out["box_um"])
+        bx, by = (float(b) for b in out["box_um"])
+        box = (bx, by)
         out["voxels"], out["thickness_um"], out["porosity"] = _series_arrays(
             out["positions"], out["radius"].astype(np.float64), out["ptype"], box, int(out["nz"]))
     return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +122,7 @@ class FitResult:
     mape_pct: float
     n: int
     formula: str
-    predict: Callable = field(repr=False, default=None)
+    predict: Callable[..., Any] | None = field(repr=False, default=None)
 
     def summary(self) -> str:
         ps = ", ".join(f"{k}={v:.4g}±{self.stderr.get(k, float('nan')):.2g}" for k, v in self.params.items())
