@@ -200,7 +200,7 @@ def main() -> int:
     cfg = tmp / "twin.toml"
     cfg.write_text(f'line_id = "{LINE}"\nlog_level = "warning"\ntagmap = "{ROOT / "twin/defaults/tagmap.toml"}"\n'
                    f'[store.embedded]\npath = "{db}"\n[api]\nport = {port}\n')
-    log = open(tmp / "daemon.log", "w")
+    log = open(tmp / "daemon.log", "w")  # noqa: SIM115 - the daemon writes it while it runs; closed at the end
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     daemon = subprocess.Popen([sys.executable, "-m", "twin.cli", "run", "-c", str(cfg)], cwd=ROOT, env=env,
                               stdout=log, stderr=subprocess.STDOUT)

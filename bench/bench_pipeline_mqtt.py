@@ -19,15 +19,14 @@ import time
 from pathlib import Path
 
 from bench.common import write_result
+from twin.testing.publisher import AckingPublisher
 
 T0 = 1_790_000_000
 
 
-def publisher(port: int, n: int, batch: int, ready: "mp.synchronize.Event", start: "mp.Value") -> None:
+def publisher(port: int, n: int, batch: int, ready: mp.synchronize.Event, start: mp.Value) -> None:
     """The load generator (its own process): the shared QoS-1 publisher (twin/testing/publisher.py),
     at most 2000 messages unacknowledged."""
-    from twin.testing.publisher import AckingPublisher
-
     pub = AckingPublisher(port, "bench-pub", clean_session=True)
     tags = ["gap_actual", "line_load", "roll_speed", "roll_temperature", "thickness_after"]
     ready.wait()

@@ -36,7 +36,7 @@ def main() -> None:
     params = DEMParams(am_fraction=0.96, initial_porosity=0.48, initial_thickness_um=48.0, compaction_degree=0.35,
                        wall_speed_mm_s=50.0, roll_temperature_C=60.0, seed=1)
     dem_times, res = [], None
-    for i in range(args.dem_repeats):
+    for _ in range(args.dem_repeats):
         t0 = time.perf_counter()
         res = run_calendering(params)
         dem_times.append(time.perf_counter() - t0)

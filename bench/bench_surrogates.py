@@ -44,7 +44,7 @@ def main() -> None:
     hi = np.array([model.domain[k][1] for k in model.input_names])
     xs = (lo + rng.random((args.batch, len(lo))) * (hi - lo)).astype(np.float32)
 
-    def timed(fn, x, n):  # noqa: ANN001, ANN202
+    def timed(fn, x, n):
         for _ in range(min(50, n)):
             fn(x)  # warm-up
         out = []
@@ -60,7 +60,9 @@ def main() -> None:
     big = timed(model.predict, xs, args.batch_repeats)
     big_graph = timed(model.run, xs, args.batch_repeats)
 
-    ms = lambda v: v * 1e3  # noqa: E731
+    def ms(v):
+        return v * 1e3
+
     ref_path = RESULTS / "reference.json"
     ref = json.loads(ref_path.read_text())
     dem_s = float(ref["dem_run"]["wall_s_median"])

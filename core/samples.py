@@ -15,7 +15,7 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 
@@ -27,7 +27,7 @@ class Quality(enum.IntEnum):
     BAD = 2
 
     @classmethod
-    def parse(cls, value: Any) -> "Quality":
+    def parse(cls, value: Any) -> Quality:
         """Accept 'good'/'uncertain'/'bad' (any case), 0/1/2, or a Quality."""
         if isinstance(value, Quality):
             return value
@@ -54,13 +54,13 @@ def now_ns() -> int:
 
 
 def ns_to_datetime(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
 
 def ns_to_iso(ns: int) -> str:
     """ISO 8601 with offset and microseconds, e.g. ``2026-11-22T10:00:00.123456+00:00``."""
     secs, rem = divmod(ns, 1_000_000_000)
-    dt = datetime.fromtimestamp(secs, tz=timezone.utc).replace(microsecond=rem // 1000)
+    dt = datetime.fromtimestamp(secs, tz=UTC).replace(microsecond=rem // 1000)
     return dt.isoformat(timespec="microseconds")
 
 
@@ -122,7 +122,7 @@ def parse_time_ns(value: Any) -> int:
     return ns
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TRUNCATED = "...[truncated, {} chars in all]"
 
 
@@ -153,7 +153,7 @@ def safe_text(s: object, limit: int) -> str:
         except Exception:  # noqa: BLE001 - a __str__ that raises
             try:
                 s = f"<{type(s).__name__}>"
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - even the type's name can raise (a hostile metaclass)
                 s = "<object>"
         if type(s) is not str:  # a str subclass
             s = str.__str__(s)

@@ -194,7 +194,7 @@ class Supervisor:
         if self.on_failure is not None:
             try:
                 self.on_failure(h, err)
-            except Exception:  # noqa: BLE001 - counting must never take the supervisor down
+            except Exception:
                 log.exception("supervisor failure callback raised")
 
     def degraded(self) -> list[str]:

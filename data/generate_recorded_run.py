@@ -24,7 +24,7 @@ import argparse
 import csv
 import gzip
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--start", default="2026-11-02T06:00:00+00:00")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "recorded" / "calendering_run_01.csv.gz")
     a = ap.parse_args()
-    rows = generate(a.hours, a.seed, datetime.fromisoformat(a.start).astimezone(timezone.utc))
+    rows = generate(a.hours, a.seed, datetime.fromisoformat(a.start).astimezone(UTC))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if a.out.suffix == ".gz" else open
     with opener(a.out, "wt", newline="") as fh:  # type: ignore[operator]

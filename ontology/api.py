@@ -34,7 +34,7 @@ def _timed(g: Any, deadline: float) -> Any:
     import rdflib
 
     class _TimedGraph(rdflib.Graph):
-        def triples(self, triple: Any) -> Any:  # noqa: ANN401 - rdflib's own signature
+        def triples(self, triple: Any) -> Any:
             if time.monotonic() > deadline:
                 raise _Timeout()
             return super().triples(triple)
@@ -107,7 +107,7 @@ def make_router(daemon: Any) -> APIRouter:
             raise HTTPException(400, detail="only SELECT queries are allowed (read-only endpoint)")
         try:
             q = prepareQuery(query)
-        except Exception as err:  # noqa: BLE001 - pyparsing raises several types
+        except Exception as err:
             raise HTTPException(400, detail=f"SPARQL syntax error: {err}") from err
         if q.algebra.name != "SelectQuery":
             raise HTTPException(400, detail=f"only SELECT queries are allowed (got {q.algebra.name})")
@@ -136,7 +136,7 @@ def make_router(daemon: Any) -> APIRouter:
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             names, rows, truncated = await asyncio.wait_for(asyncio.shield(fut), timeout=timeout_s)
-        except (asyncio.TimeoutError, _Timeout):
+        except (TimeoutError, _Timeout):
             stop.set()
             raise HTTPException(504, detail=f"query exceeded the {timeout_s:g} s limit") from None
         return JSONResponse({"head": {"vars": names},

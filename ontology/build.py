@@ -27,6 +27,7 @@ import csv
 import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 HERE = Path(__file__).resolve().parent
@@ -176,10 +177,18 @@ def all_rows() -> list[ParamRow]:
     return load_rows() + PROJECT_PARAMETERS
 
 
-def build_world():  # noqa: ANN201 - owlready2 types
+def build_world() -> Any:  # an owlready2 World (the library has no type hints)
     """The ontology in a fresh owlready2 World (nothing global is touched)."""
-    from owlready2 import (AllDisjoint, AnnotationProperty, DataProperty, FunctionalProperty, ObjectProperty,
-                           Thing, World, locstr)
+    from owlready2 import (
+        AllDisjoint,
+        AnnotationProperty,
+        DataProperty,
+        FunctionalProperty,
+        ObjectProperty,
+        Thing,
+        World,
+        locstr,
+    )
 
     world = World()
     onto = world.get_ontology(NS)
@@ -187,8 +196,8 @@ def build_world():  # noqa: ANN201 - owlready2 types
     qudt_qk = onto.get_namespace(QUDT_QK)
     skos = onto.get_namespace(SKOS)
 
-    def cls(name: str, bases: tuple, label: str | None = None, comment: str | None = None):  # noqa: ANN202
-        c = types.new_class(name, bases)
+    def cls(name: str, bases: tuple[Any, ...], label: str | None = None, comment: str | None = None) -> Any:
+        c: Any = types.new_class(name, bases)
         if label:
             c.label = [locstr(label, "en")]
         if comment:
@@ -252,7 +261,7 @@ def build_world():  # noqa: ANN201 - owlready2 types
         prev = None
         for order, (name, label, ins, outs, eqs) in enumerate(STEPS, start=1):
             s = cls(name, (Process,), label)
-            getattr(s, "stepOrder").append(order)
+            s.stepOrder.append(order)
             if prev is not None:
                 s.is_a.append(hasPredecessor.some(prev))
             for i in ins:
@@ -277,53 +286,53 @@ def build_world():  # noqa: ANN201 - owlready2 types
                       "resulting or output property of a step"),
         }
         for code, k in kinds.items():
-            getattr(k, "kindCode").append(code)
+            k.kindCode.append(code)
         AllDisjoint(list(kinds.values()))
         Trace = cls("TraceQuantity", (Thing,), "traceability quantity",
                     "roll id, web position and other values that place a sample, not a parameter")
-        getattr(Trace, "kindCode").append("TRACE")
+        Trace.kindCode.append("TRACE")
         AllDisjoint([Parameter, Trace, Process, Product, Equip])
 
         units_done: dict[str, object] = {}
         qk_done: dict[str, object] = {}
 
-        def unit_ind(code: str):  # noqa: ANN202
+        def unit_ind(code: str) -> object:
             if code not in units_done:
                 units_done[code] = Thing(code, namespace=qudt_u)
             return units_done[code]
 
-        def qk_ind(name: str):  # noqa: ANN202
+        def qk_ind(name: str) -> object:
             qudt_name = QUANTITY_KINDS[name][0]
             if qudt_name not in qk_done:
                 qk_done[qudt_name] = Thing(qudt_name, namespace=qudt_qk)
             return qk_done[qudt_name]
 
-        def annotate(c, step: str, canonical: str, ucum: str, qudt: str, qk: str) -> None:  # noqa: ANN001
+        def annotate(c: Any, step: str, canonical: str, ucum: str, qudt: str, qk: str) -> None:
             if step:
-                getattr(c, "ofStep").append(step_cls[step])
-            getattr(c, "canonicalUnit").append(canonical)
-            getattr(c, "ucumCode").append(ucum)
+                c.ofStep.append(step_cls[step])
+            c.canonicalUnit.append(canonical)
+            c.ucumCode.append(ucum)
             if qudt:
-                getattr(c, "qudtUnit").append(unit_ind(qudt))
+                c.qudtUnit.append(unit_ind(qudt))
             if QUANTITY_KINDS[qk][0]:
-                getattr(c, "quantityKind").append(qk_ind(qk))
+                c.quantityKind.append(qk_ind(qk))
             else:
-                getattr(c, "quantityKind").append(qk)
+                c.quantityKind.append(qk)
 
         for r in all_rows():
             c = cls(r.local_name, (kinds[r.kind],), r.name)
             c.prefLabel = [locstr(r.name, "en")] if r.table else []
             annotate(c, r.step, r.canonical_unit, r.ucum, r.qudt_unit, r.quantity_kind)
-            getattr(c, "measurability").append(r.measurability)
-            getattr(c, "accuracy").append(r.accuracy)
-            getattr(c, "measurementMode").append(r.online_offline or "unspecified")
+            c.measurability.append(r.measurability)
+            c.accuracy.append(r.accuracy)
+            c.measurementMode.append(r.online_offline or "unspecified")
             if r.table:
-                getattr(c, "seedTable").append(int(r.table))
-                getattr(c, "paperUnit").append(r.unit_paper)
-                getattr(c, "criticalityEmpirical").append(r.crit_empirical)
-                getattr(c, "criticalityContinuum").append(r.crit_continuum)
-                getattr(c, "criticalityDiscrete").append(r.crit_discrete)
-                getattr(c, "criticalityML").append(r.crit_ml)
+                c.seedTable.append(int(r.table))
+                c.paperUnit.append(r.unit_paper)
+                c.criticalityEmpirical.append(r.crit_empirical)
+                c.criticalityContinuum.append(r.crit_continuum)
+                c.criticalityDiscrete.append(r.crit_discrete)
+                c.criticalityML.append(r.crit_ml)
             if r.note:
                 c.comment = [locstr(r.note, "en")]
         for name, label, canonical, ucum, qudt, qk in TRACE_QUANTITIES:
@@ -337,7 +346,7 @@ def build_world():  # noqa: ANN201 - owlready2 types
             ind = Role(name)
             ind.label = [locstr(code, "en")]
             ind.comment = [locstr(comment, "en")]
-            getattr(ind, "roleCode").append(code)
+            ind.roleCode.append(code)
         AllDisjoint([Role, Parameter, Trace, Process, Product, Equip])
         cls("Point", (Thing,), "data point",
             "a source address of the plant (OPC-UA node, MQTT topic, recorded column) that yields values of one "

@@ -85,7 +85,7 @@ def _local(iri: Any) -> str:
 
 
 @lru_cache(maxsize=1)
-def ontology_graph() -> "rdflib.Graph":
+def ontology_graph() -> rdflib.Graph:
     import rdflib
 
     g = rdflib.Graph()
@@ -94,7 +94,7 @@ def ontology_graph() -> "rdflib.Graph":
 
 
 @lru_cache(maxsize=1)
-def alignment_graph() -> "rdflib.Graph":
+def alignment_graph() -> rdflib.Graph:
     import rdflib
 
     g = rdflib.Graph()
@@ -193,7 +193,7 @@ def _dim(unit: str) -> str:
     return str(parse_unit(unit).dimensionality)
 
 
-def check_tag(t: "TagSpec", idx: OntologyIndex | None = None) -> list[str]:
+def check_tag(t: TagSpec, idx: OntologyIndex | None = None) -> list[str]:
     """Problems of one tag against the ontology (empty: fine)."""
     idx = idx or ontology_index()
     out: list[str] = []
@@ -241,10 +241,10 @@ def check_tag(t: "TagSpec", idx: OntologyIndex | None = None) -> list[str]:
     return out
 
 
-def validate_plant(tags: list["TagSpec"], require_parameters: bool = False) -> list[str]:
+def validate_plant(tags: list[TagSpec], require_parameters: bool = False) -> list[str]:
     """Every problem of the plant's points, each line naming the point."""
     idx = ontology_index()
-    problems = []
+    problems: list[str] = []
     for t in tags:
         msgs = check_tag(t, idx)
         if require_parameters and t.parameter is None:
@@ -261,7 +261,7 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def plant_graph(tagmap: "TagMap", line_id: str, *, with_ontology: bool = True) -> "rdflib.Graph":
+def plant_graph(tagmap: TagMap, line_id: str, *, with_ontology: bool = True) -> rdflib.Graph:
     """Ontology (+ alignment) + the plant's individuals: line, equipment, one point per tag."""
     import rdflib
     from rdflib import OWL, RDF, RDFS, XSD, Literal, URIRef
@@ -275,7 +275,9 @@ def plant_graph(tagmap: "TagMap", line_id: str, *, with_ontology: bool = True) -
     g.bind("plt", NS)
     g.bind("plant", PLANT)
     g.bind("skos", "http://www.w3.org/2004/02/skos/core#")
-    p = lambda name: URIRef(NS + name)  # noqa: E731
+    def p(name: str) -> URIRef:
+        return URIRef(NS + name)
+
     idx = ontology_index()
     line = URIRef(f"{PLANT}{_slug(line_id)}")
     g.add((line, RDF.type, OWL.NamedIndividual))
@@ -318,7 +320,7 @@ def plant_graph(tagmap: "TagMap", line_id: str, *, with_ontology: bool = True) -
     return g
 
 
-def points(tagmap: "TagMap", line_id: str) -> list[dict[str, Any]]:
+def points(tagmap: TagMap, line_id: str) -> list[dict[str, Any]]:
     """The plant's points as plain dicts (API)."""
     idx = ontology_index()
     out = []
@@ -333,7 +335,7 @@ def points(tagmap: "TagMap", line_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def owl_bytes(g: "rdflib.Graph") -> bytes:
+def owl_bytes(g: rdflib.Graph) -> bytes:
     return g.serialize(format="xml", encoding="utf-8")
 
 

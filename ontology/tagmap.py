@@ -39,6 +39,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ontology.plant import ontology_index, validate_plant
 from ontology.units import Q_, UnitError, affine, parse_unit
 
 
@@ -77,7 +78,7 @@ class SourceSpec(BaseModel):
     unit: str | None = Field(None, description="unit the source speaks (default: canonical unit)")
 
     @model_validator(mode="after")
-    def _one_address(self) -> "SourceSpec":
+    def _one_address(self) -> SourceSpec:
         given = [k for k in ("mqtt", "replay", "opcua") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"a source names exactly one of mqtt / replay / opcua (got {given or 'none'})")
@@ -136,8 +137,8 @@ class TagSpec(BaseModel):
                 out.append(b)
                 continue
             try:
-                q = Q_(b)
-            except Exception as err:  # noqa: BLE001 - pint raises many kinds
+                q: Any = Q_(b)
+            except Exception as err:
                 raise ValueError(f"range bound {b!r} is not a quantity") from err
             mag, unit = float(getattr(q, "magnitude", q)), str(getattr(q, "units", "dimensionless"))
             try:
@@ -151,7 +152,7 @@ class TagSpec(BaseModel):
         return {**data, "range": out}
 
     @model_validator(mode="after")
-    def _check(self) -> "TagSpec":
+    def _check(self) -> TagSpec:
         if self.range is not None and not self.range[0] <= self.range[1]:
             raise ValueError(f"range {list(self.range)} has min > max")
         if self.traceability in (Traceability.ROLL_ID, Traceability.PARENT_ROLL_ID) \
@@ -179,7 +180,7 @@ class TagMapFile(BaseModel):
     tags: list[TagSpec]
 
     @model_validator(mode="after")
-    def _unique(self) -> "TagMapFile":
+    def _unique(self) -> TagMapFile:
         seen: dict[str, int] = {}
         for t in self.tags:
             if t.id in seen:
@@ -241,8 +242,6 @@ def _compile_tag(t: TagSpec) -> Tag:
     lo, hi = t.range if t.range is not None else (float("-inf"), float("inf"))
     iri = None
     if t.parameter is not None:
-        from ontology.plant import ontology_index
-
         term = ontology_index().resolve(t.parameter)
         iri = term.iri if term is not None else None
     return Tag(t.id, t.step, t.kind, t.role, t.canonical_unit, float(lo), float(hi), t.value_type, t.traceability,
@@ -251,7 +250,7 @@ def _compile_tag(t: TagSpec) -> Tag:
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
     parts = []
-    for i, level in enumerate(pattern.split("/")):
+    for _i, level in enumerate(pattern.split("/")):
         if level == "#":
             parts.append("(?:.*)")
             break
@@ -292,8 +291,6 @@ class TagMap:
             if t.id in self.tags:
                 continue
             if t.parameter is not None:
-                from ontology.plant import validate_plant
-
                 problems = validate_plant([t])
                 if problems:
                     raise TagMapError("added tag is invalid:\n" + "\n".join(f"  {p}" for p in problems))
@@ -305,7 +302,7 @@ class TagMap:
         return list(self._sources.get(tag_id, []))
 
     @classmethod
-    def load(cls, path: str | Path) -> "TagMap":
+    def load(cls, path: str | Path) -> TagMap:
         path = Path(path)
         try:
             raw = tomllib.loads(path.read_text())
@@ -316,7 +313,7 @@ class TagMap:
         return cls.from_dict(raw, origin=str(path))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], origin: str = "<dict>") -> "TagMap":
+    def from_dict(cls, raw: dict[str, Any], origin: str = "<dict>") -> TagMap:
         try:
             spec = TagMapFile.model_validate(raw)
         except ValidationError as err:
@@ -329,8 +326,6 @@ class TagMap:
                     where = f"tag {tid!r} ({where})"
                 lines.append(f"  {where}: {e['msg']}")
             raise TagMapError(f"tag map {origin} is invalid:\n" + "\n".join(lines)) from err
-        from ontology.plant import validate_plant
-
         problems = validate_plant(spec.tags, require_parameters=spec.plant.require_parameters)
         if problems:
             raise TagMapError(f"tag map {origin} does not fit the ontology:\n"

@@ -37,18 +37,20 @@ from functools import lru_cache
 
 import pint
 
-ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+ureg: pint.UnitRegistry = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
 Q_ = ureg.Quantity
 
+# Spellings pint does not read as meant. Bare "C" and "F" are deliberately absent: in pint (and SI) they are
+# coulomb and farad, and they keep that meaning here; a temperature is written "°C", "℃", "degC" or
+# "degree_Celsius" ("°F", "degF", "degree_Fahrenheit"). A source that sends "C" for a temperature tag gets a
+# unit_dimension refusal that names the fix (see _TEMPERATURE_HINT).
 _ALIASES = {
     "µm": "micrometer",
     "μm": "micrometer",
     "um": "micrometer",
     "°C": "degC",
     "℃": "degC",
-    "C": "degC",
     "°F": "degF",
-    "F": "degF",
     "%": "percent",
     "1": "dimensionless",
     "": "dimensionless",
@@ -60,6 +62,12 @@ _ALIASES = {
     "g/cm³": "g/cm**3",
     "N/mm": "newton/millimeter",
     "kN/m": "kilonewton/meter",
+}
+
+# appended to a dimension refusal whose source is a bare "C" or "F" (read as coulomb / farad)
+_TEMPERATURE_HINT = {
+    "C": " ('C' is coulomb; a temperature in Celsius is written 'degC' or '°C')",
+    "F": " ('F' is farad; a temperature in Fahrenheit is written 'degF' or '°F')",
 }
 
 MAX_UNIT_LEN = 64  # characters of a unit string (as given, and after aliasing)
@@ -185,7 +193,7 @@ def _bound_pint_caches() -> None:
 
 
 def _exponents_ok(u: pint.Unit) -> bool:
-    return all(abs(float(p)) <= MAX_EXPONENT for p in u._units.values())
+    return all(abs(float(p)) <= MAX_EXPONENT for p in u._units.values())  # type: ignore[arg-type]  # pint: Number
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -229,7 +237,7 @@ def _affine(source: str, target: str) -> tuple[float, float] | UnitError:
     try:
         if su.dimensionality != tu.dimensionality:
             return UnitError(f"unit {{source}} {su.dimensionality} cannot convert to {{target}} "
-                             f"{tu.dimensionality}", "unit_dimension")
+                             f"{tu.dimensionality}{_TEMPERATURE_HINT.get(source, '')}", "unit_dimension")
         y0 = float(Q_(0.0, su).to(tu).magnitude)
         y1 = float(Q_(1.0, su).to(tu).magnitude)
         y2 = float(Q_(1000.0, su).to(tu).magnitude)

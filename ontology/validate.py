@@ -18,12 +18,23 @@ import json
 import math
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
+from core.samples import (
+    DEAD_LETTER_PAYLOAD_CHARS,
+    TS_MAX_NS,
+    TS_MIN_NS,
+    DeadLetter,
+    Quality,
+    RawReading,
+    RollEvent,
+    Sample,
+    SourceKind,
+    safe_text,
+    text_ok,
+)
 from ontology.tagmap import Binding, Tag, TagMap, Traceability, ValueType
 from ontology.units import UnitError, affine
-from core.samples import (DEAD_LETTER_PAYLOAD_CHARS, TS_MAX_NS, TS_MIN_NS, DeadLetter, Quality, RawReading,
-                          RollEvent, Sample, SourceKind, safe_text, text_ok)
 
 REASON_CODES = (
     "unknown_address", "wrong_type", "non_finite", "unknown_unit", "unit_dimension",
@@ -99,7 +110,7 @@ class Tagger:
 
     def __init__(self, tagmap: TagMap, default_line_id: str, *, max_future_skew_s: float | None = None,
                  max_past_age_s: float | None = None,
-                 skew_exempt: "tuple[SourceKind, ...]" = (SourceKind.REPLAY,)) -> None:
+                 skew_exempt: tuple[SourceKind, ...] = (SourceKind.REPLAY,)) -> None:
         """``max_future_skew_s`` / ``max_past_age_s``: a source timestamp more than this after / before
         the reading's receive time is a ``clock_skew`` dead letter (None: no limit; the store's range,
         1677..2262, always applies: ``bad_timestamp``). Sources in ``skew_exempt`` (recorded files:
@@ -119,7 +130,7 @@ class Tagger:
         self._build_fast()
 
     def set_time_window(self, max_future_skew_s: float | None, max_past_age_s: float | None,
-                        skew_exempt: "tuple[SourceKind, ...]" = (SourceKind.REPLAY,)) -> None:
+                        skew_exempt: tuple[SourceKind, ...] = (SourceKind.REPLAY,)) -> None:
         """Set the skew window (the pipeline applies its config here; see :meth:`__init__`)."""
         hi = _NO_LIMIT if max_future_skew_s is None else int(max_future_skew_s * 1e9)
         lo = -_NO_LIMIT if max_past_age_s is None else -int(max_past_age_s * 1e9)
@@ -168,7 +179,7 @@ class Tagger:
                 return Binding(tag, unit, m.groupdict().get("line"))
         return None
 
-    def _bound_trace(self, d: dict) -> None:  # type: ignore[type-arg]
+    def _bound_trace(self, d: dict[Any, Any]) -> None:
         """Keep a TraceState dict at most TraceState.LIMIT keys: drop the oldest inserted."""
         while len(d) > TraceState.LIMIT:
             del d[next(iter(d))]
@@ -228,19 +239,19 @@ class Tagger:
                 return self._dead(r, "wrong_type",
                                   f"{tag.id}: expected a non-empty string, got {type(v).__name__} "
                                   f"{safe_text(repr(v) if isinstance(v, str) else v, 200)}", line)
-            roll = v.strip()
-            if not text_ok(roll, MAX_ID_CHARS):
+            new_roll = v.strip()
+            if not text_ok(new_roll, MAX_ID_CHARS):
                 return self._dead(r, "bad_text", f"{tag.id}: value is not storable text (invalid Unicode, NUL, or "
                                                  f"longer than {MAX_ID_CHARS} characters)", line)
             key = (line, tag.id)
             trace = self.trace
-            if trace.last_roll_value.get(key) == roll:
+            if trace.last_roll_value.get(key) == new_roll:
                 return None  # unchanged roll id: nothing to store
-            trace.last_roll_value[key] = roll
+            trace.last_roll_value[key] = new_roll
             self._bound_trace(trace.last_roll_value)
             if tag.traceability is Traceability.ROLL_ID:
-                trace.roll[line] = roll
-                trace.step_roll[(line, tag.step)] = roll
+                trace.roll[line] = new_roll
+                trace.step_roll[(line, tag.step)] = new_roll
                 trace.step_web[(line, tag.step)] = 0.0  # a new roll starts at 0 m
                 trace.web_pos_m[line] = 0.0
                 spd = trace.speed_at.get((line, tag.step))
@@ -248,7 +259,7 @@ class Tagger:
                     trace.speed_at[(line, tag.step)] = (r.source_ts_ns, spd[1])
                 for d in (trace.roll, trace.step_roll, trace.step_web, trace.web_pos_m):
                     self._bound_trace(d)
-            return RollEvent(line, tag.step, roll, r.source_ts_ns, tag.id)
+            return RollEvent(line, tag.step, new_roll, r.source_ts_ns, tag.id)
         bad = self._screen(r, line)
         if bad is not None:
             return bad
@@ -260,7 +271,7 @@ class Tagger:
         try:
             x = float(v)
         except OverflowError:  # an int beyond the float range (> ~1.8e308)
-            return self._dead(r, "non_finite", f"{tag.id}: integer value of {v.bit_length()} bits does not "
+            return self._dead(r, "non_finite", f"{tag.id}: integer value of {int(v).bit_length()} bits does not "
                                                "fit a float (overflow)", line)
         if not math.isfinite(x):
             return self._dead(r, "non_finite", f"{tag.id}: value {x!r} is not finite", line)
@@ -312,7 +323,7 @@ class Tagger:
         b = self._binding(r.source, r.address) if text_ok(r.address, MAX_ADDRESS_CHARS) else None
         return 0 if b is not None and b.tag.traceability is not Traceability.NONE else 1
 
-    def tag_batch_per_reading(self, readings: "tuple[RawReading, ...] | list[RawReading]") -> "list[Sample | RollEvent | DeadLetter | None]":
+    def tag_batch_per_reading(self, readings: tuple[RawReading, ...] | list[RawReading]) -> list[Sample | RollEvent | DeadLetter | None]:
         """The reference batch path: :meth:`tag` per reading, rows sorted trace-first. Same results
         as :meth:`tag_batch` (kept for the equivalence tests and the benchmark's old/new ratio)."""
         out: list[Sample | RollEvent | DeadLetter | None] = []
@@ -387,7 +398,7 @@ class Tagger:
     UNITS_PER_ENTRY = 16  # units a reading states that one compiled entry keeps beyond its own
     UNITS_KEPT = 4096  # such units kept over all entries; then all are dropped and learnt again
 
-    def _unit_miss(self, entry: _Entry, unit: str) -> tuple[float, float] | None | bool:
+    def _unit_miss(self, entry: _Entry, unit: str) -> tuple[float, float] | Literal[False]:
         """(a, c) for a unit the reading states that this entry has not seen; False: refused.
 
         Bounded under a hostile sender: a refused unit is never kept (the reading goes through
@@ -448,14 +459,14 @@ class Tagger:
         if web is not None and (type(web) is not float or web - web != 0.0):
             return self.tag(r)
         try:
-            ac = units[unit]
+            ac: tuple[float, float] | Literal[False] | None = units[unit]
         except KeyError:
-            if unit is not None and not text_ok(unit, MAX_UNIT_CHARS):
+            if unit is None or not text_ok(unit, MAX_UNIT_CHARS):  # None is always a key: not reached
                 return self.tag(r)
             ac = self._unit_miss(e, unit)
             if ac is False:
                 return self.tag(r)
-        if ac is not None:
+        if ac:  # (a, c); None: the canonical unit, no conversion
             x = ac[0] * x + ac[1]
         if not lo <= x <= hi:
             return self.tag(r)
@@ -494,8 +505,8 @@ class Tagger:
             e = self._fast_miss(r[0], r[1])
         return e is not None and e[8]
 
-    def _finish_row(self, readings: "tuple[RawReading, ...] | list[RawReading]",
-                    out: "list[Sample | RollEvent | DeadLetter | None]") -> int:
+    def _finish_row(self, readings: tuple[RawReading, ...] | list[RawReading],
+                    out: list[Sample | RollEvent | DeadLetter | None]) -> int:
         """Keep the row rule of :meth:`tag_batch_per_reading` when the trace reading ``readings[i]``
         (``i = len(out)``) comes after other readings of its row: readings that share a source
         timestamp are a row, its trace readings (roll id, web position, web speed) are tagged before
@@ -524,7 +535,8 @@ class Tagger:
         while j < n and readings[j].source_ts_ns == ts:
             j += 1
         rest = readings[i:j]
-        trace_rest, later = [], []
+        trace_rest: list[RawReading] = []
+        later: list[RawReading] = []
         for x, t in zip(rest, map(is_trace, rest)):
             (trace_rest if t else later).append(x)
         previous = out[s + nt:]  # results of the row's earlier other readings, in their order
@@ -539,7 +551,7 @@ class Tagger:
         out.extend(again_it)
         return j - i
 
-    def tag_batch(self, readings: "tuple[RawReading, ...] | list[RawReading]") -> "list[Sample | RollEvent | DeadLetter | None]":
+    def tag_batch(self, readings: tuple[RawReading, ...] | list[RawReading]) -> list[Sample | RollEvent | DeadLetter | None]:
         """Tag a delivery. Readings that share a source timestamp (one row of a recording, one
         OPC-UA publish) are a row: its roll id and web position apply to all of it, wherever the
         columns stand.
@@ -550,8 +562,8 @@ class Tagger:
         :meth:`tag_batch_per_reading`'s (tests/test_tagging.py compares them)."""
         return self._tag_batch(readings, True)
 
-    def _tag_batch(self, readings: "tuple[RawReading, ...] | list[RawReading]",
-                   rows: bool) -> "list[Sample | RollEvent | DeadLetter | None]":
+    def _tag_batch(self, readings: tuple[RawReading, ...] | list[RawReading],
+                   rows: bool) -> list[Sample | RollEvent | DeadLetter | None]:
         out: list[Sample | RollEvent | DeadLetter | None] = []
         append = out.append
         fast = self._fast
@@ -614,16 +626,16 @@ class Tagger:
                 continue
             _, tag_id, canon, lo, hi, step, eline, units, _, _ = e
             try:
-                ac = units[unit]
+                ac: tuple[float, float] | Literal[False] | None = units[unit]
             except KeyError:
-                if unit is not None and not text_ok(unit, MAX_UNIT_CHARS):
+                if unit is None or not text_ok(unit, MAX_UNIT_CHARS):  # None is always a key: not reached
                     append(tag(r))
                     continue
                 ac = self._unit_miss(e, unit)
                 if ac is False:
                     append(tag(r))
                     continue
-            if ac is not None:
+            if ac:  # (a, c); None: the canonical unit, no conversion
                 x = ac[0] * x + ac[1]
             if not lo <= x <= hi:
                 append(tag(r))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the default test suite. Extra arguments go to pytest,
-# e.g. `bash scripts/test.sh -m slow` for the slow tests.
+# Set up (scripts/setup.sh), run the static checks (ruff, mypy) and the default test suite. Extra arguments
+# go to pytest, e.g. `bash scripts/test.sh -m slow` for the slow tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,6 +13,14 @@ if command -v npm >/dev/null 2>&1 && \
   echo "test: installing node-opcua@$NODE_OPCUA into tests/init/node"
   mkdir -p tests/init/node
   npm install --prefix tests/init/node --no-audit --no-fund --silent --save-exact "node-opcua@$NODE_OPCUA" >/dev/null
+fi
+# Static checks first (configured in pyproject.toml: [tool.ruff], [tool.mypy]); a violation fails the run
+# before any test starts. TWIN_SKIP_STATIC=1 skips them (e.g. a quick local re-run of one test).
+if [ "${TWIN_SKIP_STATIC:-0}" != 1 ]; then
+  echo "test: ruff check"
+  .venv/bin/ruff check .
+  echo "test: mypy"
+  .venv/bin/mypy
 fi
 set +e
 .venv/bin/python -m pytest -ra --durations=30 "$@"

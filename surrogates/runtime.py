@@ -78,7 +78,7 @@ class OODReasons(Sequence[list[str]]):
                 r.append(f"in the {ex['name']}: {ex['reason']}")
         return r
 
-    def __getitem__(self, i):  # type: ignore[no-untyped-def,override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return [self.row(j) for j in range(*i.indices(len(self)))]
         i = int(i)
@@ -152,7 +152,7 @@ class SurrogateModel:
             m = ((v >= lo) & (v <= hi)).all(axis=1)
             ex_masks.append(m)
             flagged |= m
-        return flagged, bad, ex_masks
+        return flagged, bad, ex_masks  # type: ignore[return-value]  # numpy types .any()/.all() as bool | array
 
     def domain_check(self, x: np.ndarray) -> tuple[np.ndarray, OODReasons]:
         """Per row: out-of-domain flag and its reasons (input outside the training box, non-finite input,
@@ -174,10 +174,11 @@ class SurrogateModel:
                              f"got shape {x.shape}")
         out = dict(zip(self._heads, self.session.run(self._heads, {"x": x})))
         if not reasons:
-            return PredictionBatch(out["mean"], out["std"], out.get("spread", out["std"]), self.ood_mask(x),
-                                   [[] for _ in range(len(x))])
+            return PredictionBatch(out["mean"], out["std"], out["spread"] if "spread" in out else out["std"],
+                                   self.ood_mask(x), [[] for _ in range(len(x))])
         ood, reasons_ = self.domain_check(x)
-        return PredictionBatch(out["mean"], out["std"], out.get("spread", out["std"]), ood, reasons_)
+        return PredictionBatch(out["mean"], out["std"], out["spread"] if "spread" in out else out["std"], ood,
+                               reasons_)
 
     def predict_dict(self, inputs: dict[str, float]) -> dict[str, Any]:
         """One row by input name -> {mean, std, spread (by output name), ood, ood_reasons}."""

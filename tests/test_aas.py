@@ -23,6 +23,7 @@ from basyx.aas.adapter.json import read_aas_json_file
 from basyx.aas.examples.data._helper import AASDataChecker
 from fastapi.testclient import TestClient
 
+from core.samples import Quality, Sample
 from ontology.plant import NS, point_iri
 from tests.conftest import write_config
 from twin import aas
@@ -30,7 +31,6 @@ from twin.api import create_app
 from twin.config import load_config
 from twin.daemon import Daemon
 from twin.predictor import predicted_tag_specs
-from core.samples import Quality, Sample
 
 T0 = 1_790_000_000 * 10**9
 S = 10**9

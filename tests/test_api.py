@@ -10,11 +10,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from core.samples import DeadLetter, Quality, Sample, SourceKind, ns_to_iso
 from tests.conftest import write_config
 from twin.api import create_app
 from twin.config import load_config
 from twin.daemon import Daemon
-from core.samples import DeadLetter, Quality, Sample, SourceKind, ns_to_iso
 
 T0 = 1_790_000_000 * 10**9
 S = 10**9
@@ -100,13 +100,12 @@ async def test_live_stream_delivers_committed_samples(daemon: Daemon) -> None:
         got: list[dict] = []
 
         async def listen() -> None:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.api_port}", timeout=10) as c:
-                async with c.stream("GET", "/api/v1/stream") as r:
-                    assert r.headers["content-type"].startswith("text/event-stream")
-                    async for line in r.aiter_lines():
-                        if line.startswith("data: "):
-                            got.append(json.loads(line[6:]))
-                            return
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.api_port}", timeout=10) as c, c.stream("GET", "/api/v1/stream") as r:
+                assert r.headers["content-type"].startswith("text/event-stream")
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "):
+                        got.append(json.loads(line[6:]))
+                        return
 
         listener = asyncio.create_task(listen())
         for _ in range(500):
@@ -130,7 +129,9 @@ def test_writes_need_a_write_scope_token(tmp_path: Path) -> None:
     r = c.post("/api/v1/models/reload")
     assert r.status_code == 403 and "read-only" in r.json()["detail"]
     assert c.get("/api/v1/latest").status_code == 200
-    h = lambda t: hashlib.sha256(t.encode()).hexdigest()  # noqa: E731
+    def h(t):
+        return hashlib.sha256(t.encode()).hexdigest()
+
     extra = (f'[[api.tokens]]\nname = "viewer"\nsha256 = "{h("r-token")}"\nscopes = ["read"]\n'
              f'[[api.tokens]]\nname = "engineer"\nsha256 = "{h("w-token")}"\nscopes = ["read", "write"]\n')
     d = tmp_path / "auth"

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,12 @@ import pytest
 import rdflib
 from fastapi.testclient import TestClient
 
+from core.samples import Quality, Sample
 from tests.conftest import write_config
 from twin import export
 from twin.api import create_app
 from twin.config import load_config
 from twin.daemon import Daemon
-from core.samples import Quality, Sample
 from twin.store.base import StoredSample
 
 T0 = 1_790_000_000 * 10**9 + 123_456_789  # nanoseconds matter: they must survive both formats
@@ -81,9 +82,9 @@ def test_csv_has_every_sample_of_the_range_once_with_exact_values(client: TestCl
     assert len(got) == len(want) == 2 * 2 * 1800
     assert [g[:2] + g[3:] for g in got] == [w[:2] + w[3:] for w in want]  # values read back exactly
     assert [g[2] for g in got] == [_iso(w[2]) for w in want]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    first = datetime.fromtimestamp((T0 + 100 * S) // S, tz=timezone.utc).isoformat()[:19]
+    first = datetime.fromtimestamp((T0 + 100 * S) // S, tz=UTC).isoformat()[:19]
     assert rows[1][2] == first + ".123456789+00:00"  # nanoseconds, UTC, offset stated
     one_line = client.get("/api/v1/export", params={"tags": GAP, "line": "pilot-2",
                                                     "start": _iso(T0), "end": _iso(T0 + 10 * S)}).text

@@ -27,9 +27,9 @@ except ImportError:  # pragma: no cover
 
 import pytest
 
+from core.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
 from ontology.tagmap import TagMap
 from twin.predictor import predicted_tag_specs
-from core.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
 from twin.store.influx import LineProtocol, tag_info_from_tagmap
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def test_every_tag_named_in_the_dashboard_exists(path: Path) -> None:
                 named.add(m.group(0))
     regexes: dict[str, set[str]] = {}
     for q in _queries(dash):
-        for key, op, val in KEY_COND.findall(q):
+        for key, _op, val in KEY_COND.findall(q):
             if key != "tag" or not val.startswith("/") or re.search(r"\$\{?\w", val):
                 continue  # a template variable ($tag) stands for the stored tags themselves
             expanded = _expand(val[1:-1])
@@ -185,7 +185,7 @@ def test_every_tag_named_in_the_dashboard_exists(path: Path) -> None:
             else:
                 regexes[val] = expanded
                 named |= expanded
-        for key, op, val in KEY_COND.findall(q):
+        for key, _op, val in KEY_COND.findall(q):
             if key == "tag" and val.startswith("'"):
                 named.add(val[1:-1])
     unknown = sorted(n for n in named if n not in KNOWN)
@@ -201,7 +201,7 @@ def test_kind_role_step_values_exist(path: Path) -> None:
     have = {"kind": {t.kind.value for t in KNOWN.values()}, "role": {t.role.value for t in KNOWN.values()},
             "step": {t.step for t in KNOWN.values()}}
     for q in _queries(dash):
-        for key, op, val in KEY_COND.findall(q):
+        for key, _op, val in KEY_COND.findall(q):
             if key in have and val.startswith("'") and "$" not in val:
                 assert val[1:-1] in have[key], f"{path.name}: {key} = {val}: no tag has it ({sorted(have[key])})"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.supervise import Supervisor, TaskState, full_jitter
 from tests.conftest import Mosquitto, write_config
 from tests.integration.test_mqtt import Publisher, single, start_daemon, wait_count
 from twin.api import create_app
-from core.supervise import Supervisor, TaskState, full_jitter
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +116,7 @@ async def test_a_failing_consumer_is_restarted_counted_and_reported(tmp_path: Pa
     real = d.pipeline.consume
     calls = []
 
-    async def consume_once_broken(name, batches):  # noqa: ANN001
+    async def consume_once_broken(name, batches):
         calls.append(name)
         if len(calls) == 1:
             async for _ in batches:  # takes one delivery, then fails like a bug would

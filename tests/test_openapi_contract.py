@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-
-import schemathesis
 from schemathesis.generation import GenerationMode
+
+from core.samples import Quality, Sample, now_ns
 from twin.api import create_app
 from twin.config import ApiToken, load_config
 from twin.daemon import Daemon
-from core.samples import Quality, Sample, now_ns
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ROOT / "twin" / "defaults"

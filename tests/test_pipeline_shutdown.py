@@ -7,12 +7,12 @@ import threading
 import time
 from pathlib import Path
 
+from core.samples import RawBatch, RawReading, SourceKind
 from ontology.tagmap import TagMap
 from ontology.validate import Tagger
 from twin.config import PipelineConfig
 from twin.metrics import Metrics
 from twin.pipeline import Pipeline
-from core.samples import RawBatch, RawReading, SourceKind
 from twin.store.sqlite import SQLiteStore
 
 T = 1_790_000_000 * 10**9

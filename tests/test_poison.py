@@ -17,13 +17,25 @@ from pathlib import Path
 
 import pytest
 
+from core.samples import (
+    DEAD_LETTER_PAYLOAD_CHARS,
+    TS_MAX_NS,
+    DeadLetter,
+    Quality,
+    RawBatch,
+    RawReading,
+    Redelivery,
+    Sample,
+    SourceKind,
+    now_ns,
+    parse_time_ns,
+    safe_text,
+)
 from ontology.tagmap import TagMap
 from ontology.validate import Tagger, TraceState
 from twin.config import PipelineConfig
 from twin.metrics import Metrics
 from twin.pipeline import Pipeline
-from core.samples import (DEAD_LETTER_PAYLOAD_CHARS, TS_MAX_NS, DeadLetter, Quality, RawBatch, RawReading,
-                          Redelivery, Sample, SourceKind, now_ns, parse_time_ns, safe_text)
 from twin.store.sqlite import SQLiteStore
 
 GAP = "pilot/L1/calendering/gap_actual"

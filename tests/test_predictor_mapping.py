@@ -53,16 +53,16 @@ def test_slow_stream_clients_lose_oldest_events_counted() -> None:
     asyncio.run(run())
 
 
-def test_dead_letters_reach_the_live_stream(tmp_path) -> None:  # noqa: ANN001
+def test_dead_letters_reach_the_live_stream(tmp_path) -> None:
     """A commit with dead letters broadcasts a `dead_letters` event (count, reasons) to stream clients."""
     import asyncio
 
+    from core.samples import RawBatch, RawReading, SourceKind
     from ontology.tagmap import TagMap
     from ontology.validate import Tagger
     from twin.config import PipelineConfig
     from twin.metrics import Metrics
     from twin.pipeline import Pipeline
-    from core.samples import RawBatch, RawReading, SourceKind
     from twin.store.sqlite import SQLiteStore
 
     async def run() -> list[dict]:

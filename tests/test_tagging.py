@@ -6,11 +6,11 @@ import math
 
 import pytest
 
+from core.samples import DeadLetter, Quality, RawReading, RollEvent, Sample, SourceKind
 from ontology.tagmap import TagMap, TagMapError
 from ontology.units import UnitError, affine
 from ontology.validate import Tagger
 from tests.conftest import DEFAULTS
-from core.samples import DeadLetter, Quality, RawReading, RollEvent, Sample, SourceKind
 
 T = 1_790_000_000 * 10**9
 
@@ -139,7 +139,9 @@ def test_roll_per_step_and_web_position_integrated_from_speed() -> None:
          "sources": [{"replay": "gap"}]},
     ]}
     t = Tagger(TagMap.from_dict(spec), "L")
-    r = lambda addr, v, ts: RawReading(SourceKind.REPLAY, addr, v, T + ts * 10**9, T)  # noqa: E731
+    def r(addr, v, ts):
+        return RawReading(SourceKind.REPLAY, addr, v, T + ts * 10**9, T)
+
     t.tag(r("coat_roll", "C-7", 0))
     t.tag(r("cal_roll", "K-3", 0))
     t.tag(r("coat_speed", 6.0, 0))
@@ -228,7 +230,9 @@ def test_tag_batch_equals_the_per_reading_path(seed: int) -> None:
 
 def test_tag_batch_rows_put_trace_readings_first_wherever_they_stand() -> None:
     t = Tagger(TagMap.from_dict(_EQUIV_SPEC), "L")
-    r = lambda addr, v, ts=0: RawReading(SourceKind.REPLAY, addr, v, T + ts, T)  # noqa: E731
+    def r(addr, v, ts=0):
+        return RawReading(SourceKind.REPLAY, addr, v, T + ts, T)
+
     out = t.tag_batch([r("gap", 70.0), r("cal_roll", "K-1"), r("load", 1.0), r("cal_web", 2.5), r("recipe", "A"),
                        r("gap", 71.0, 1), r("cal_web", 3.0, 1)])
     assert [getattr(o, "tag_id", None) for o in out] == [

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.samples import DeadLetter, RawReading, Sample, SourceKind
 from ontology import units
 from ontology.tagmap import TagMap
 from ontology.units import UnitError, affine, parse_unit
 from ontology.validate import Tagger
 from tests.conftest import DEFAULTS
-from core.samples import DeadLetter, RawReading, Sample, SourceKind
 
 LIMIT_S = 0.050  # CPU time of one call (thread time: other processes on the machine do not count)
 T = 1_790_000_000 * 10**9
@@ -213,3 +213,39 @@ def test_tagger_units_kept_over_all_entries_are_bounded(monkeypatch: pytest.Monk
     assert len(kept) <= 40 and tg.unit_cache_resets >= 1
     entry = tg._fast[SourceKind.MQTT]["pilot/line-0/calendering/gap_actual"]
     assert len(entry[7]) - 3 <= 40
+
+
+# ---- "C" and "F" keep pint's meaning (coulomb, farad); temperatures have unambiguous names (#20) ----------
+
+def test_bare_c_and_f_are_coulomb_and_farad() -> None:
+    assert parse_unit("C") == units.ureg.coulomb and parse_unit("F") == units.ureg.farad
+    assert affine("C", "A*s") == pytest.approx((1.0, 0.0))
+    assert affine("mC", "C") == pytest.approx((1e-3, 0.0))
+    assert affine("uF", "F") == pytest.approx((1e-6, 0.0))
+
+
+@pytest.mark.parametrize("unit", ["°C", "℃", "degC", "degree_Celsius", "celsius", " °C "])
+def test_celsius_is_reachable_by_unambiguous_names(unit: str) -> None:
+    assert parse_unit(unit) == units.ureg.degC
+    assert affine(unit, "K") == pytest.approx((1.0, 273.15))
+
+
+@pytest.mark.parametrize("unit", ["°F", "degF", "degree_Fahrenheit", "fahrenheit"])
+def test_fahrenheit_is_reachable_by_unambiguous_names(unit: str) -> None:
+    assert affine(unit, "degC") == pytest.approx((5 / 9, -160 / 9))
+
+
+@pytest.mark.parametrize(("unit", "hint"), [("C", "'C' is coulomb"), ("F", "'F' is farad")])
+def test_a_bare_c_or_f_for_a_temperature_is_refused_with_the_fix_named(unit: str, hint: str) -> None:
+    with pytest.raises(UnitError) as err:
+        affine(unit, "degC")
+    assert err.value.code == "unit_dimension" and hint in str(err.value) and "°" in str(err.value)
+
+
+def test_a_temperature_reading_in_bare_c_becomes_a_dead_letter_not_a_temperature() -> None:
+    tg = Tagger(TagMap.load(DEFAULTS / "tagmap.toml"), "pilot-1")
+    addr = "pilot/line-7/drying/zone1_temperature_setpoint"
+    ok, bad = tg.tag_batch([RawReading(SourceKind.MQTT, addr, 80.0, T, T + 1, "°C"),
+                            RawReading(SourceKind.MQTT, addr, 80.0, T + 1, T + 2, "C")])
+    assert isinstance(ok, Sample) and ok.value == pytest.approx(80.0) and ok.unit == "degC"
+    assert isinstance(bad, DeadLetter) and bad.reason_code == "unit_dimension" and "coulomb" in bad.reason

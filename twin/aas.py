@@ -110,7 +110,7 @@ def en(text: str) -> model.MultiLanguageTextType:
 
 def _time(ns: int) -> dt.datetime:
     secs, rem = divmod(ns, 1_000_000_000)
-    return dt.datetime.fromtimestamp(secs, tz=dt.timezone.utc).replace(microsecond=rem // 1000)
+    return dt.datetime.fromtimestamp(secs, tz=dt.UTC).replace(microsecond=rem // 1000)
 
 
 def _iso(ns: int) -> str:
@@ -463,6 +463,6 @@ def aasx_bytes(objects: model.AbstractObjectStore, *, created: dt.datetime | Non
         writer.write_all_aas_objects("/aasx/data.xml", objects, aasx.DictSupplementaryFileContainer())
         props = pyecma376_2.OPCCoreProperties()
         props.creator = creator
-        props.created = created or dt.datetime.now(dt.timezone.utc)
+        props.created = created or dt.datetime.now(dt.UTC)
         writer.write_core_properties(props)
     return buf.getvalue()

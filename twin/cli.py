@@ -7,12 +7,16 @@ import enum
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
-from twin.config import ConfigError, check_config, load_config
+from twin.config import ConfigError, TwinConfig, check_config
+
+if TYPE_CHECKING:  # annotations only: the daemon is loaded by the commands that run it
+    from ontology.tagmap import TagMap
+    from twin.daemon import Daemon
 
 app = typer.Typer(help="Digital twin of a battery electrode pilot line.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -32,7 +36,7 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(config: Path):  # noqa: ANN202
+def _load(config: Path) -> tuple[TwinConfig, TagMap]:
     try:
         return check_config(config)
     except ConfigError as err:
@@ -51,7 +55,7 @@ def check_config_cmd(
 
     Exit 0: usable (warnings printed); 2: a problem (each named by its field path, with the fix);
     3: with --connect, a source or the store did not answer."""
-    from twin.config import check_config_report
+    from twin.config import check_config_report  # lazy: CLI, each command loads only its own code
 
     try:
         cfg, tagmap, resolutions, warnings = check_config_report(config)
@@ -65,13 +69,14 @@ def check_config_cmd(
             console.print(f"  {r.spec.path} -> {r.tag_id}{how}", highlight=False, markup=False)
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    kinds = ", ".join(f"{c.kind}:{c.name}" for c in cfg.connectors) or "none"
+    connectors: list[Any] = cfg.connectors  # a union built from the registry at import: opaque to mypy
+    kinds = ", ".join(f"{c.kind}:{c.name}" for c in connectors) or "none"
     if strict and warnings:
         _fail(f"{len(warnings)} warning(s) with --strict")
     console.print(f"[green]ok[/] {config}: line {cfg.line_id!r}, {len(tagmap.tags)} tags, "
                   f"store {cfg.store.backend.value}, connectors {kinds}", highlight=False)
     if connect:
-        from twin.probe import probe
+        from twin.probe import probe  # lazy: CLI, each command loads only its own code
 
         logging.getLogger("asyncua").setLevel(logging.CRITICAL)
         results = asyncio.run(probe(cfg, tagmap, timeout=timeout))
@@ -84,12 +89,12 @@ def check_config_cmd(
 
 @app.command("init")
 def init_cmd(
-    opcua: Optional[str] = typer.Option(None, "--opcua", help="browse this OPC-UA server: opc.tcp://HOST:PORT"),
-    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="listen to this MQTT broker: mqtt://HOST:PORT"),
+    opcua: str | None = typer.Option(None, "--opcua", help="browse this OPC-UA server: opc.tcp://HOST:PORT"),
+    mqtt: str | None = typer.Option(None, "--mqtt", help="listen to this MQTT broker: mqtt://HOST:PORT"),
     listen: float = typer.Option(10.0, "--listen", help="with --mqtt: seconds to listen"),
     topic: list[str] = typer.Option([], "--topic", help="with --mqtt: topic filters (repeatable; default #)"),
     out: Path = typer.Option(Path("twin.toml"), "--out", help="configuration to write"),
-    tagmap: Optional[Path] = typer.Option(None, "--tagmap", help="tag map to write (default: tagmap.toml beside --out)"),
+    tagmap: Path | None = typer.Option(None, "--tagmap", help="tag map to write (default: tagmap.toml beside --out)"),
     yes: bool = typer.Option(False, "--yes", "-y", help="no questions: take the suggestions and --bind"),
     force: bool = typer.Option(False, "--force", help="replace existing files"),
     line_id: str = typer.Option("pilot-1", "--line-id", help="line id of the readings"),
@@ -98,8 +103,8 @@ def init_cmd(
     mode: str = typer.Option("sign_and_encrypt", "--mode", help="sign or sign_and_encrypt"),
     pki: Path = typer.Option(Path("pki"), "--pki", help="client PKI folder (own/, trusted/, rejected/)"),
     trust_server: bool = typer.Option(False, "--trust-server", help="trust the server certificate it presents"),
-    username: Optional[str] = typer.Option(None, "--username", help="user name"),
-    password: Optional[str] = typer.Option(None, "--password", envvar="TWIN_OPCUA_PASSWORD",
+    username: str | None = typer.Option(None, "--username", help="user name"),
+    password: str | None = typer.Option(None, "--password", envvar="TWIN_OPCUA_PASSWORD",
                                            help="password (or TWIN_OPCUA_PASSWORD); never written to the file"),
     root: list[str] = typer.Option([], "--root", help="browse below this NodeId (repeatable; default Objects)"),
     min_confidence: float = typer.Option(0.5, "--min-confidence", help="take a suggested parameter at or above this"),
@@ -116,7 +121,7 @@ def init_cmd(
     port: int = typer.Option(8000, "--port", help="API and dashboard port"),
 ) -> None:
     """Guided set-up: discover the line, map its points to the ontology, write and check twin.toml."""
-    from twin.init import InitError, InitOptions, run_init
+    from twin.init import InitError, InitOptions, run_init  # lazy: CLI, each command loads only its own code
 
     binds: dict[str, str] = {}
     for b in bind:
@@ -164,8 +169,8 @@ def token_cmd(name: str = typer.Argument(..., help="who will hold the token"),
     print(f'[[api.tokens]]\nname = "{name}"\nsha256 = "{hashlib.sha256(tok.encode()).hexdigest()}"\nscopes = {scopes}')
 
 
-def _run_daemon(cfg, tagmap, *, ack_log: Path | None = None, exit_when_finished: bool = False) -> int:  # noqa: ANN001
-    from twin.daemon import Daemon
+def _run_daemon(cfg: TwinConfig, tagmap: TagMap, *, ack_log: Path | None = None, exit_when_finished: bool = False) -> int:
+    from twin.daemon import Daemon  # lazy: CLI, each command loads only its own code
 
     _logging(cfg.log_level.value)
     try:
@@ -189,7 +194,7 @@ def replay_cmd(
     file: Path = typer.Argument(..., help="recorded line data (CSV or JSONL, optionally .gz)"),
     config: Path = typer.Option(..., "--config", "-c", help="configuration file (TOML)"),
     speed: str = typer.Option("max", help="'realtime', 'max', or a factor such as '10' (10x faster)"),
-    ack_log: Optional[Path] = typer.Option(None, help="append the number of rows stored after each commit"),
+    ack_log: Path | None = typer.Option(None, help="append the number of rows stored after each commit"),
     serve_api: bool = typer.Option(False, "--api/--no-api", help="also serve the API while replaying"),
 ) -> None:
     """Replay a recorded file through the same pipeline as live data, then exit.
@@ -200,7 +205,10 @@ def replay_cmd(
     over-long line, a CSV without its time column...: everything before the error is stored);
     3 rows were read but could not be stored (the store kept failing); 2 configuration errors.
     """
-    from connectors.replay.config import ReplayConnectorConfig, ReplaySpeed
+    from connectors.replay.config import (  # lazy: CLI, each command loads only its own code
+        ReplayConnectorConfig,
+        ReplaySpeed,
+    )
 
     cfg, tagmap = _load(config)
     if not file.exists():
@@ -214,7 +222,7 @@ def replay_cmd(
         _fail(f"--speed {speed!r}: {err}")
         return
     cfg = cfg.model_copy(update={"connectors": [rc], "api": cfg.api.model_copy(update={"enabled": serve_api})})
-    from twin.daemon import Daemon
+    from twin.daemon import Daemon  # lazy: CLI, each command loads only its own code
 
     _logging(cfg.log_level.value)
     try:
@@ -228,9 +236,9 @@ def replay_cmd(
     raise typer.Exit(code)
 
 
-def replay_summary(file: Path, daemon) -> tuple[str, int]:  # noqa: ANN001
+def replay_summary(file: Path, daemon: Daemon) -> tuple[str, int]:
     """The one line ``twin replay`` ends with, and its exit status (see replay_cmd)."""
-    conn = daemon.connectors[0]
+    conn: Any = daemon.connectors[0]  # `twin replay` runs one ReplayConnector (rows_sent, rows_acked, error)
     st = daemon.pipeline.stats
     read, acked = conn.rows_sent, min(conn.rows_acked, conn.rows_sent)
     not_stored = read - acked
@@ -256,15 +264,16 @@ class DemoSource(str, enum.Enum):
     RECORDED = "recorded"
 
 
-async def _demo_simulated(cfg, tagmap, opcua_port: int, seed: int, scenario: str = "steady",  # noqa: ANN001
+async def _demo_simulated(cfg: TwinConfig, tagmap: TagMap, opcua_port: int, seed: int, scenario: str = "steady",
                           time_scale: float = 1.0) -> None:
-    from twin.daemon import Daemon
-    from twin.simline.model import make_scenario
-    from twin.simline.opcua_server import SimLineServer
+    from twin.daemon import Daemon  # lazy: CLI, each command loads only its own code
+    from twin.simline.model import make_scenario  # lazy: CLI, each command loads only its own code
+    from twin.simline.opcua_server import SimLineServer  # lazy: CLI, each command loads only its own code
 
     async with SimLineServer(port=opcua_port, seed=seed, scenario=make_scenario(scenario),
                              time_scale=time_scale) as line:
-        conns = [c.model_copy(update={"url": line.url}) if c.kind == "opcua" else c for c in cfg.connectors]
+        configured: list[Any] = cfg.connectors  # a union built from the registry at import: opaque to mypy
+        conns = [c.model_copy(update={"url": line.url}) if c.kind == "opcua" else c for c in configured]
         daemon = Daemon(cfg.model_copy(update={"connectors": conns}), tagmap=tagmap)
         await daemon.run()
 
@@ -292,7 +301,7 @@ def demo_cmd(
     if write_token:
         import hashlib
 
-        from twin.config import ApiToken
+        from twin.config import ApiToken  # lazy: CLI, each command loads only its own code
 
         api = api.model_copy(update={"tokens": [*api.tokens, ApiToken(
             name="demo", sha256=hashlib.sha256(write_token.encode()).hexdigest(), scopes=["read", "write"])]})
@@ -308,7 +317,7 @@ def demo_cmd(
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             opcua_port = sock.getsockname()[1]
-    from twin.simline.model import SCENARIOS
+    from twin.simline.model import SCENARIOS  # lazy: CLI, each command loads only its own code
 
     if scenario not in SCENARIOS:
         raise typer.BadParameter(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -324,7 +333,7 @@ ontology_app = typer.Typer(help="Ontology: build the committed OWL files.", no_a
 def ontology_build_cmd(check: bool = typer.Option(False, "--check",
                                                   help="only compare with the committed files (exit 1 if stale)")) -> None:
     """Regenerate ontology/pilotline.owl and ontology/alignment.owl from ontology/build.py and the seed table."""
-    from ontology.build import ALIGNMENT_PATH, OWL_PATH, build
+    from ontology.build import ALIGNMENT_PATH, OWL_PATH, build  # lazy: CLI, each command loads only its own code
 
     owl, alignment = build(write=False)
     stale = [p for p, b in ((OWL_PATH, owl), (ALIGNMENT_PATH, alignment)) if not p.exists() or p.read_bytes() != b]
@@ -339,17 +348,17 @@ def ontology_build_cmd(check: bool = typer.Option(False, "--check",
 
 
 def _mount() -> None:
-    from twin.simline.cli import register
+    from twin.simline.cli import register  # lazy: CLI, each command loads only its own code
 
     register(app)  # simulate-line, browse, opcua make-cert / trust
     try:  # the physics reference needs the [physics] extra only when its commands run
-        from surrogates.reference import cli as reference_cli
+        from surrogates.reference import cli as reference_cli  # lazy: CLI, may be missing in a trimmed install
 
         surrogates_app.command("generate")(reference_cli.generate)
     except ImportError:  # pragma: no cover - folder missing in a trimmed install
         pass
     try:
-        from surrogates.train import cli as train_cli  # imports torch lazily inside its commands
+        from surrogates.train import cli as train_cli  # lazy: CLI, may be missing; torch only inside its commands
 
         for name in ("train", "evaluate"):
             if hasattr(train_cli, name):
@@ -358,7 +367,7 @@ def _mount() -> None:
         pass
     app.add_typer(surrogates_app, name="surrogates")
     app.add_typer(ontology_app, name="ontology")
-    from connectors.mqtt.discover import cli_app as mqtt_app  # twin mqtt discover
+    from connectors.mqtt.discover import cli_app as mqtt_app  # lazy: CLI, twin mqtt discover
 
     app.add_typer(mqtt_app, name="mqtt")
 

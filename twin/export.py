@@ -26,17 +26,17 @@ import enum
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from twin.jsonld import CONTEXT, roll_document
 from core.samples import TS_MAX_NS, TS_MIN_NS, now_ns, parse_time_ns
+from twin.jsonld import CONTEXT, roll_document
 from twin.store.base import StoredSample
 
 _log = logging.getLogger("twin.export")
@@ -48,7 +48,7 @@ EXPORT_THREADS = 2  # exports stream concurrently, their steps share this many t
 COLUMNS = ("line_id", "tag", "ts", "value", "unit", "quality", "roll_id", "web_pos_m")
 JSONLD_LIMIT_DEFAULT, JSONLD_LIMIT_MAX = 10_000, 100_000
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ExportFormat(str, enum.Enum):
@@ -92,7 +92,7 @@ def iso_ns(ns: int) -> str:
 
 
 # --- encoders: an iterable of store pages in, an iterator of byte chunks out --------------------------
-def csv_chunks(pages: Iterable[list[StoredSample]]) -> Iterator[bytes]:
+def csv_chunks(pages: Iterable[list[StoredSample]]) -> Generator[bytes, None, None]:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)
@@ -183,7 +183,7 @@ def _record_batch(rows: list[StoredSample], schema: Any, pa: Any) -> Any:
 
 
 def parquet_chunks(pages: Iterable[list[StoredSample]], pa: Any, pq: Any,
-                   row_group: int | None = None) -> Iterator[bytes]:
+                   row_group: int | None = None) -> Generator[bytes, None, None]:
     """Parquet (zstd) written one row group at a time; each row group's bytes are yielded once written."""
     row_group = row_group or ROW_GROUP
     schema = parquet_schema(pa)
@@ -267,7 +267,7 @@ def make_router(daemon: Any) -> APIRouter:
     async def export(tags: list[str] = Query(..., description=f"tag ids (repeat: tags=a&tags=b), 1 to {MAX_TAGS}"),
                      start: str | None = Query(None, description="ISO 8601 with offset; default end - 1 h"),
                      end: str | None = Query(None, description="ISO 8601 with offset; default now"),
-                     format: ExportFormat = Query(ExportFormat.CSV, description="csv or parquet"),  # noqa: A002
+                     format: ExportFormat = Query(ExportFormat.CSV, description="csv or parquet"),
                      line: str | None = Query(None, description="line id (default: every line)")) -> StreamingResponse:
         wanted = _tag_list("tags", tags)
         unknown = [t for t in wanted if t not in daemon.tagmap.tags]
@@ -289,7 +289,7 @@ def make_router(daemon: Any) -> APIRouter:
                 yield first
                 yield from pages
 
-        async def streamed(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+        async def streamed(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
             # each step (store page + encoding) on the export pool, one step at a time: the client's pace
             # sets the server's (back-pressure), and an export uses the pool threads' store connections
             loop = asyncio.get_running_loop()

@@ -46,8 +46,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from connectors.mqtt.config import MqttConnectorConfig
+from connectors.mqtt.discover import discover_points
+from connectors.mqtt.payload import parse_payload
+from connectors.opcua.config import OpcUaConnectorConfig, SecurityConfig
+from connectors.opcua.errors import ClientCertificateRejected, OpcUaError, UntrustedServerCertificate
+from ontology.plant import ontology_index
+from twin.config import ConfigError, check_config_report
 from twin.roles import FEEDBACK_MEASURED_ROLES, FEEDBACK_ROLES, FEEDBACK_SETPOINT_ROLES, PREDICTOR_ROLES, RoleSpec
-from twin.semantic import Point, Suggestion, point_from_browsed, suggest_all
+from twin.semantic import Point, Suggestion, _conv, point_from_browsed, suggest_all
 
 
 class InitError(RuntimeError):
@@ -96,8 +103,6 @@ Ask = Callable[[str, str], str]  # (question, default) -> answer
 # -- discovery -------------------------------------------------------------------------------------
 
 def _opcua_config(opts: InitOptions) -> Any:
-    from connectors.opcua.config import OpcUaConnectorConfig, SecurityConfig
-
     pki = opts.pki
     return OpcUaConnectorConfig(
         name="init", url=opts.opcua, browse_roots=list(opts.roots) or ["i=85"], username=opts.username,
@@ -109,7 +114,7 @@ def _opcua_config(opts: InitOptions) -> Any:
 
 def ensure_client_certificate(opts: InitOptions, say: Callable[[str], None]) -> None:
     """A secure policy needs the twin's application certificate: create it once (reuses `twin opcua make-cert`)."""
-    from connectors.opcua import security as pki
+    from connectors.opcua import security as pki  # lazy: cryptography, only for an OPC-UA line
 
     if (opts.pki / "own" / "cert.der").exists():
         say(f"client certificate: {opts.pki / 'own' / 'cert.der'} (exists)")
@@ -122,8 +127,8 @@ def ensure_client_certificate(opts: InitOptions, say: Callable[[str], None]) -> 
 
 
 async def _browse(opts: InitOptions) -> list[Any]:
-    from connectors.opcua.browse import browse_variables
-    from connectors.opcua.connector import close_client, open_client
+    from connectors.opcua.browse import browse_variables  # lazy: asyncua, only for an OPC-UA line
+    from connectors.opcua.connector import close_client, open_client  # lazy: asyncua, only for an OPC-UA line
 
     cfg = _opcua_config(opts)
     client = await open_client(cfg)
@@ -135,9 +140,7 @@ async def _browse(opts: InitOptions) -> list[Any]:
 
 def discover_opcua(opts: InitOptions, say: Callable[[str], None], ask: Ask | None) -> list[Point]:
     """Browse the server; with a secure policy, create the client certificate and trust the server's."""
-    from connectors.opcua import security as pki
-    from connectors.opcua.errors import ClientCertificateRejected, OpcUaError, UntrustedServerCertificate
-
+    from connectors.opcua import security as pki  # lazy: cryptography, only for an OPC-UA line
     if opts.security != "none":
         ensure_client_certificate(opts, say)
     for _attempt in range(3):
@@ -171,18 +174,12 @@ SPARKPLUG_POINTS = "__sparkplug_points__"  # key of discover_mqtt's extra: addre
 
 
 def _mqtt_discoverer() -> Callable[..., Any] | None:
-    try:
-        from connectors.mqtt import discover as mod  # connectors/mqtt/discover.py, when present
-    except ImportError:
-        return None
-    return getattr(mod, "discover_points", None)
+    return discover_points
 
 
 def _readings(topic: str, payload: bytes) -> list[tuple[str, Any, str | None, bool]]:
     """(address, value, unit, has_ts) of the readings the MQTT connector itself takes from this message
     (its own parser, so init proposes only topics the running twin understands); empty if none."""
-    from connectors.mqtt.payload import parse_payload
-
     recv = 1  # a receive time no real timestamp equals: tells readings without ts apart
     readings, _dead = parse_payload(topic, payload, recv, fill_receive_time=True)
     return [(r.address, r.value, r.unit, r.source_ts_ns != recv) for r in readings]
@@ -190,8 +187,6 @@ def _readings(topic: str, payload: bytes) -> list[tuple[str, Any, str | None, bo
 
 def discover_mqtt(opts: InitOptions, say: Callable[[str], None]) -> tuple[list[Point], dict[str, Any]]:
     """Listen to the broker; (points, extra settings for the written [[connectors]] table)."""
-    from connectors.mqtt.config import MqttConnectorConfig
-
     u = urlparse(opts.mqtt or "")
     if u.scheme not in ("mqtt", "mqtts", "tcp") or not u.hostname:
         raise InitError(f"--mqtt {opts.mqtt!r}: expected mqtt://HOST:PORT")
@@ -251,7 +246,11 @@ def discover_mqtt(opts: InitOptions, say: Callable[[str], None]) -> tuple[list[P
     if opts.username:
         client.username_pw_set(opts.username, opts.password)
     client.on_message = on_message
-    client.on_connect = lambda c, *_a: [c.subscribe(t, qos=0) for t in opts.mqtt_topics]
+    def on_connect(c: Any, *_a: Any) -> None:
+        for t in opts.mqtt_topics:
+            c.subscribe(t, qos=0)
+
+    client.on_connect = on_connect
     try:
         client.connect(cfg.host, cfg.port, keepalive=30)
     except OSError as err:
@@ -306,9 +305,6 @@ BIND_ALIASES = {
 
 def _retarget(s: Suggestion, spec: RoleSpec) -> None:
     """The user bound this point to a role: it takes the role's term, role and id."""
-    from ontology.plant import ontology_index
-    from twin.semantic import _conv
-
     term = ontology_index().terms[spec.term]
     s.term, s.iri, s.role, s.kind = term.local, term.iri, spec.role, term.kind
     s.tag_id, s.step = spec.default_id, spec.default_id.split(".", 1)[0]
@@ -332,8 +328,6 @@ def make_plan(points: Sequence[Point], opts: InitOptions, ask: Ask | None, say: 
             if ans.lower().startswith("y"):
                 accepted[s.point.address] = True
             elif ans and ans.lower() not in ("n", "no"):
-                from ontology.plant import ontology_index
-
                 if ontology_index().resolve(ans) is None:
                     say(f"  {ans!r} is not a term of the ontology: left unmapped")
                 else:
@@ -394,27 +388,27 @@ def make_plan(points: Sequence[Point], opts: InitOptions, ask: Ask | None, say: 
     manips = [m for m in opts.manipulate if roles.get(f"setpoint.{m}", (None, None))[1] is not None]
     if ask is not None and opts.feedback:
         for m in list(manips):
-            s = roles[f"setpoint.{m}"][1]
-            assert s is not None
-            if not ask(f"may the feedback service propose writes to {s.point.address} ({s.point.name}, "
+            sp = roles[f"setpoint.{m}"][1]
+            assert sp is not None
+            if not ask(f"may the feedback service propose writes to {sp.point.address} ({sp.point.name}, "
                        f"{m} setpoint; each needs approval)? [y/n]", "y").strip().lower().startswith("y"):
                 manips.remove(m)
     missing_fb = [spec.term + "/" + spec.role for k, (spec, s) in roles.items()
                   if (k.startswith("feedback.") or k == "measured.porosity") and s is None]
     limits: dict[str, tuple[float, float]] = {}
     for m in list(manips):
-        s = roles[f"setpoint.{m}"][1]
-        assert s is not None
+        sp = roles[f"setpoint.{m}"][1]
+        assert sp is not None
         text = opts.limits.get(m)
-        if text is None and s.range is None and ask is not None and opts.feedback:
-            text = ask(f"limits of the {m} setpoint {s.point.address} (it states no range), LO:HI in "
-                       f"{s.canonical_unit} or with a unit (0.04:0.2mm); empty: none", "").strip() or None
+        if text is None and sp.range is None and ask is not None and opts.feedback:
+            text = ask(f"limits of the {m} setpoint {sp.point.address} (it states no range), LO:HI in "
+                       f"{sp.canonical_unit} or with a unit (0.04:0.2mm); empty: none", "").strip() or None
         if text is not None:
-            limits[m] = parse_limit(m, text, s.canonical_unit)
-        elif s.range is None:
+            limits[m] = parse_limit(m, text, sp.canonical_unit)
+        elif sp.range is None:
             manips.remove(m)
-            missing_fb.append(f"limits of the {m} setpoint ({s.point.address} states no range: give --limit "
-                              f"{m}=LO:HI in {s.canonical_unit}, or with a unit such as {m}=0.04:0.2mm)")
+            missing_fb.append(f"limits of the {m} setpoint ({sp.point.address} states no range: give --limit "
+                              f"{m}=LO:HI in {sp.canonical_unit}, or with a unit such as {m}=0.04:0.2mm)")
     if not manips and not any(x.startswith("limits of") for x in missing_fb):
         missing_fb.append("a writable setpoint (CalenderGap/setpoint or CalenderRollTemperature/setpoint)")
     feedback = opts.feedback and predictor and not missing_fb
@@ -427,8 +421,6 @@ def make_plan(points: Sequence[Point], opts: InitOptions, ask: Ask | None, say: 
 def parse_limit(name: str, text: str, canonical: str) -> tuple[float, float]:
     """``--limit gap=40:200`` (canonical unit) or ``gap=0.04:0.2mm`` (converted by pint) -> (lo, hi) canonical."""
     import re
-
-    from twin.semantic import _conv
 
     hit = re.fullmatch(r"\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*:\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*(\S.*)?",
                        text)
@@ -462,8 +454,6 @@ def _num(x: float) -> str:
 
 
 def render_tagmap(plan: Plan, source_url: str, opts: InitOptions, *, gap_tag: bool = True) -> str:
-    from ontology.plant import ontology_index
-
     idx = ontology_index()
     n_map = sum(1 for s in plan.suggestions if plan.accepted[s.point.address])
     out = [f"# Tag map written by `twin init` from {source_url} on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
@@ -625,8 +615,6 @@ def _tv(v: Any) -> str:
 
 def _limits_in(plan: Plan, m: str, s: Suggestion, unit: str | None) -> tuple[float, float] | None:
     """The manipulable's limits (given, else the tag's range), canonical -> ``unit``."""
-    from twin.semantic import _conv
-
     lim = plan.limits.get(m) or s.range
     if lim is None or not unit or unit == s.canonical_unit:
         return lim
@@ -703,16 +691,14 @@ def tagmap_for_browse(nodes: Sequence[Any], source_url: str, *, min_confidence: 
 
 def run_init(opts: InitOptions, *, ask: Ask | None, say: Callable[[str], None]) -> int:
     """The whole set-up; returns the exit status (0 ok, 2 a problem named in the output)."""
-    from twin.config import ConfigError, check_config_report
-
     if (opts.opcua is None) == (opts.mqtt is None):
         raise InitError("give the line's server: --opcua opc.tcp://HOST:PORT or --mqtt mqtt://HOST:PORT")
     out = opts.out
     tagmap = opts.tagmap or out.with_name("tagmap.toml")
     for f in (out, tagmap):
-        if f.exists() and not opts.force:
-            if ask is None or not ask(f"{f} exists; replace it? [y/n]", "n").strip().lower().startswith("y"):
-                raise InitError(f"{f} exists (give --force to replace it)")
+        if f.exists() and not opts.force and (
+                ask is None or not ask(f"{f} exists; replace it? [y/n]", "n").strip().lower().startswith("y")):
+            raise InitError(f"{f} exists (give --force to replace it)")
     extra: dict[str, Any] = {}
     if opts.opcua:
         points = discover_opcua(opts, say, ask)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.samples import ns_to_iso
+from ontology.plant import ontology_index, step_class
 
 NS = "https://w3id.org/pilotline-twin/ontology#"
 DATA = "https://w3id.org/pilotline-twin/data/"
@@ -70,14 +71,12 @@ def _by_order(rows: list[dict[str, Any]], tags: dict[str, Any],
               explicit: set[tuple[str, str]]) -> list[tuple[str, str, str, str]]:
     """Without a parent-roll tag: rolls pass the steps in order, so the n-th roll to enter a step is made
     from the n-th roll that entered the nearest upstream step with a roll-id tag (same line)."""
-    from ontology.plant import ontology_index, step_class
-
     order = {s["local_name"]: s["order"] for s in ontology_index().steps}
     seq: dict[tuple[str, str], list[str]] = {}
     for r in rows:  # already in time order
         if _trace(tags, r.get("tag_id")) == "roll_id":
             seq.setdefault((r["line_id"], r["step"]), []).append(r["roll_id"])
-    out = []
+    out: list[tuple[str, str, str, str]] = []
     for (line, step), rolls in seq.items():
         pos = order.get(step_class(step) or "")
         if pos is None or (line, step) in explicit:
@@ -92,8 +91,6 @@ def _by_order(rows: list[dict[str, Any]], tags: dict[str, Any],
 
 
 def _step_iri(step: str) -> str:
-    from ontology.plant import step_class
-
     return f"{NS}{step_class(step) or _slug(step)}"
 
 

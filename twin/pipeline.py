@@ -32,18 +32,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from core.samples import DeadLetter, RawBatch, Redelivery, RollEvent, Sample, SourceKind, now_ns, ns_to_iso, safe_text
+from core.supervise import RateLimitedLog
 from ontology.validate import Tagger, payload_text
 from twin.config import PipelineConfig
 from twin.metrics import Metrics
-from core.samples import (DeadLetter, RawBatch, Redelivery, RollEvent, Sample, SourceKind, now_ns,
-                          ns_to_iso, safe_text)
 from twin.state import LineState
 from twin.store.base import Store, StoreErrorKind, WriteResult, classify_store_error
-from core.supervise import RateLimitedLog
 
 log = logging.getLogger("twin.pipeline")
 
@@ -140,7 +139,7 @@ class Pipeline:
                 pass
 
     # -- intake ------------------------------------------------------------------------------
-    async def consume(self, connector_name: str, batches: "asyncio.AsyncIterator[RawBatch]") -> None:
+    async def consume(self, connector_name: str, batches: AsyncIterator[RawBatch]) -> None:
         """Take a connector's deliveries until it ends. No single delivery ends it: what goes wrong
         with one is logged, counted and turned into dead letters (see :meth:`ingest`)."""
         async for batch in batches:
@@ -153,7 +152,7 @@ class Pipeline:
                 self._log_event("consume", logging.ERROR, "pipeline: delivery from %s failed; it is not "
                                 "acknowledged", connector_name, exc_info=True)
 
-    def _tag(self, batch: RawBatch, connector_name: str) -> "list[Sample | RollEvent | DeadLetter | None]":
+    def _tag(self, batch: RawBatch, connector_name: str) -> list[Sample | RollEvent | DeadLetter | None]:
         try:
             return self.tagger.tag_batch(batch.readings)
         except Exception as err:  # noqa: BLE001 - one delivery must never stop the consumer
@@ -192,7 +191,7 @@ class Pipeline:
         n = len(batch.readings) + len(batch.dead_letters)
         try:
             redelivery = batch.redelivery_of()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a connector's bug must not stop the consumer; assume a first delivery
             redelivery = Redelivery.NONE
         self._acks.append(_Delivery(batch.ack, connector_name, n, redelivery))
         self.stats.received += n
@@ -256,7 +255,7 @@ class Pipeline:
             self.commit_started_ns = now_ns()  # a commit that hangs (a locked file) shows in /healthz
             try:
                 result = await asyncio.to_thread(self.store.write, samples, dead, rolls)
-            except Exception as err:  # noqa: BLE001 - classified below
+            except Exception as err:
                 self.commit_started_ns = 0
                 if classify_store_error(err) is StoreErrorKind.PERMANENT:
                     self.stats.commit_errors += 1
@@ -279,14 +278,14 @@ class Pipeline:
     @staticmethod
     def _rejected_dead(row: Sample | DeadLetter | RollEvent, err: BaseException) -> DeadLetter:
         why = safe_text(f"{type(err).__name__}: {err}", 500)
-        if type(row) is DeadLetter:
+        if isinstance(row, DeadLetter):
             body = {"dead_letter": {"source": getattr(row.source, "value", row.source), "address": row.address,
                                     "reason_code": row.reason_code, "reason": row.reason, "payload": row.payload}}
             return DeadLetter(row.source if isinstance(row.source, SourceKind) else SourceKind.INTERNAL,
                               row.address, safe_text(json.dumps(body, default=str), 4096),
                               f"the store refused this dead letter ({why})", "store_rejected", row.received_ts_ns,
                               row.connector, row.line_id)
-        if type(row) is RollEvent:
+        if isinstance(row, RollEvent):
             body = {"roll_event": {"line_id": row.line_id, "step": row.step, "roll_id": row.roll_id,
                                    "source_ts_ns": row.source_ts_ns, "tag_id": row.tag_id}}
             return DeadLetter(SourceKind.INTERNAL, row.tag_id, safe_text(json.dumps(body, default=str), 4096),
@@ -429,7 +428,7 @@ class Pipeline:
             for fn in self.after_commit:
                 try:
                     fn(stored)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - a hook's failure is logged; the data is stored already
                     self._log_event("after_commit", logging.ERROR, "after-commit hook failed", exc_info=True)
             return len(stored)
 

@@ -30,7 +30,7 @@ class ProbeResult:
 
 
 async def _opcua(c: Any, tagmap: Any) -> str:
-    from connectors.opcua.connector import OpcUaConnector
+    from connectors.opcua.connector import OpcUaConnector  # lazy: asyncua, only when a source is OPC-UA
 
     info = await OpcUaConnector(c).check()
     wanted = set(tagmap.addresses("opcua")) if tagmap is not None else set()
@@ -109,7 +109,7 @@ def _influx(store: Any, timeout: float) -> str:
         req.add_header("Authorization", f"Token {i.token}")
     ctx = ssl.create_default_context(cafile=str(i.ca_file)) if i.ca_file else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310 - configured URL
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
             version = resp.headers.get("X-Influxdb-Version", "?")
             return f"{i.url}: /ping {resp.status} (InfluxDB {version})"
     except urllib.error.HTTPError as err:
@@ -122,7 +122,7 @@ async def probe(cfg: Any, tagmap: Any = None, *, timeout: float = 5.0) -> list[P
     async def one(what: str, coro: Any) -> ProbeResult:
         try:
             return ProbeResult(what, True, await asyncio.wait_for(coro, timeout))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return ProbeResult(what, False, f"no answer within {timeout:g} s")
         except Exception as err:  # noqa: BLE001 - every failure is a finding to report
             return ProbeResult(what, False, f"{type(err).__name__}: {err}")

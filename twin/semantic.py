@@ -37,7 +37,9 @@ from functools import lru_cache
 from typing import Any
 
 from ontology.build import QUANTITY_KINDS, STEP_ALIASES
+from ontology.plant import ontology_index
 from ontology.units import UnitError, affine, normalise, parse_unit
+from twin.roles import canonical_ids
 
 # words plants use -> the word the keywords use
 SYNONYMS = {
@@ -353,9 +355,6 @@ def point_step(p: Point) -> str | None:
 
 def suggest(p: Point, *, top: int = 3, prior_step: str | None = None) -> Suggestion:
     """The best ontology term for a point, with confidence, alternatives, role, id, unit and range."""
-    from ontology.plant import ontology_index
-    from twin.roles import canonical_ids
-
     idx = ontology_index()
     unit, how = resolve_unit(p.unit, p.unit_display)
     qk = quantity_kind(unit)
@@ -377,22 +376,22 @@ def suggest(p: Point, *, top: int = 3, prior_step: str | None = None) -> Suggest
             conf = round(share * min(1.0, s / 8.0), 2)  # ~8: name, qualifier, step, quantity kind and range agree
             cands.append(Candidate(local, conf, s, tuple(reasons)))
     best = cands[0] if cands and cands[0].confidence > 0 else None
-    term = idx.terms[best.term] if best is not None else None
-    role = _role(term, name_w, p.writable)
-    if term is not None and role == "setpoint" and term.kind != "MP":
+    best_term = idx.terms[best.term] if best is not None else None
+    role = _role(best_term, name_w, p.writable)
+    if best_term is not None and role == "setpoint" and best_term.kind != "MP":
         role = "measured"
-    kind = term.kind if term is not None else ("TRACE" if is_string else "MP")
-    tstep = _tag_step(term, step)
+    kind = best_term.kind if best_term is not None else ("TRACE" if is_string else "MP")
+    tstep = _tag_step(best_term, step)
     ids = canonical_ids()
-    if term is not None and (term.local, role) in ids:
-        tag_id = ids[(term.local, role)]
+    if best_term is not None and (best_term.local, role) in ids:
+        tag_id = ids[(best_term.local, role)]
         tstep = tag_id.split(".", 1)[0]
-    elif term is not None and term.kind == "TRACE":
-        tag_id = f"{tstep}.{_snake(term.local)}"
+    elif best_term is not None and best_term.kind == "TRACE":
+        tag_id = f"{tstep}.{_snake(best_term.local)}"
     else:
         tag_id = f"{tstep}.{_snake(p.name)}"
-    if term is not None and term.canonical_unit:
-        canonical = term.canonical_unit
+    if best_term is not None and best_term.canonical_unit:
+        canonical = best_term.canonical_unit
     elif unit is not None:
         canonical = PLAIN_CANONICAL.get(qk or "", unit)
     else:
@@ -404,10 +403,10 @@ def suggest(p: Point, *, top: int = 3, prior_step: str | None = None) -> Suggest
         rng = _conv(p.eu_range, unit, canonical) if unit is not None else (p.eu_range if canonical == "dimensionless"
                                                                            else None)
     trace = None
-    if term is not None and term.kind == "TRACE":
+    if best_term is not None and best_term.kind == "TRACE":
         trace = {"RollId": "roll_id", "ParentRollId": "parent_roll_id", "WebPosition": "web_position",
-                 "WebSpeed": "web_speed"}.get(term.local)
-    return Suggestion(p, unit, how, term.local if term else None, term.iri if term else None,
+                 "WebSpeed": "web_speed"}.get(best_term.local)
+    return Suggestion(p, unit, how, best_term.local if best_term else None, best_term.iri if best_term else None,
                       best.confidence if best else 0.0, role, kind, tstep, tag_id, canonical, rng,
                       cands[1:], best.reasons if best else (), "string" if is_string else "number", trace)
 

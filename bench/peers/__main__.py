@@ -278,7 +278,7 @@ class Twin(Contender):
                        f'[[connectors]]\nkind = "opcua"\nname = "src"\nurl = "{src.url}"\n'
                        f'browse_roots = ["ns=1;s=Bench"]\n[connectors.security]\npolicy = "none"\n'
                        f'[connectors.subscription]\npublishing_interval_ms = {PERIOD_MS}\nqueue_size = 10\n')
-        self.log = open(workdir / "twin.log", "w")
+        self.log = open(workdir / "twin.log", "w")  # noqa: SIM115 - the peer writes it while it runs; closed on stop
         self.proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "run", "-c", str(cfg)], cwd=ROOT,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -360,7 +360,7 @@ class NodeRed(SqliteTable):
         (userdir / "settings.js").write_text(
             "module.exports = { uiPort: %d, uiHost: '127.0.0.1', flowFile: 'flows.json', credentialSecret: false,"
             " logging: { console: { level: 'warn' } }, editorTheme: { tours: false } };\n" % port)
-        self.log = open(workdir / "nodered.log", "w")
+        self.log = open(workdir / "nodered.log", "w")  # noqa: SIM115 - the peer writes it while it runs; closed on stop
         self.proc = subprocess.Popen(["node", str(HERE / "node_modules" / "node-red" / "red.js"), "--userDir",
                                       str(userdir), "--settings", str(userdir / "settings.js")], cwd=HERE,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -434,7 +434,7 @@ class ThingsBoardGateway(SqliteTable):
                                   "filename": str(workdir / "tb.log")}},
             "root": {"level": "WARNING", "handlers": ["file"]},
         }))
-        self.log = open(workdir / "tb.out", "w")
+        self.log = open(workdir / "tb.out", "w")  # noqa: SIM115 - the peer writes it while it runs; closed on stop
         self.proc = subprocess.Popen([str(HERE / ".venv-tb" / "bin" / "python"), "-c",
                                       "from thingsboard_gateway.tb_gateway import daemon; daemon()"],
                                      cwd=workdir / "tb", env={**os.environ, "TB_GW_CONFIG_DIR": str(cfg)},

@@ -92,7 +92,7 @@ def render(res: dict[str, Any], restart: dict[str, Any] | None = None) -> str:
           [f"p99: {LABEL[c]} ÷ twin" for c in others]
     out += ["| " + " | ".join(hdr) + " |", "|" + " --- |" * len(hdr)]
     for load in loads:
-        def col(c: str, key: str) -> list[float]:
+        def col(c: str, key: str, load: float = load) -> list[float]:
             return [r[key] for r in runs if r["offered_per_s"] == load and r["contender"] == c and "error" not in r]
         cells = [ratio(col("twin", "cpu_ms_per_1000"), col(c, "cpu_ms_per_1000")) for c in others]
         cells += [ratio(col("twin", "p99_ms"), col(c, "p99_ms")) for c in others]

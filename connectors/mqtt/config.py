@@ -34,7 +34,7 @@ class TlsConfig(BaseModel):
     verify: TlsVerify = Field(TlsVerify.VERIFY, description="verify or no_hostname")
 
     @model_validator(mode="after")
-    def _pair(self) -> "TlsConfig":
+    def _pair(self) -> TlsConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file are given together or not at all")
         return self
@@ -108,7 +108,7 @@ class PayloadMapping(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "PayloadMapping":
+    def _check(self) -> PayloadMapping:
         if self.timestamp_format not in TIMESTAMP_FORMATS and "%" not in self.timestamp_format:
             raise ValueError(f"timestamp_format {self.timestamp_format!r}: one of {', '.join(TIMESTAMP_FORMATS)} "
                              "or a strptime format with % directives")
@@ -168,7 +168,7 @@ class MqttSetpoint(BaseModel):
     retain: bool = Field(False, description="publish the command retained")
 
     @model_validator(mode="after")
-    def _check(self) -> "MqttSetpoint":
+    def _check(self) -> MqttSetpoint:
         if self.sparkplug and self.command_topic is not None:
             raise ValueError(f"setpoint {self.address!r}: a Sparkplug write goes to the DCMD topic; drop command_topic")
         if not self.sparkplug and self.command_topic is None:
@@ -191,7 +191,7 @@ class MqttWriteConfig(BaseModel):
     float_tolerance: float = Field(1e-6, ge=0, description="relative tolerance of the echoed value")
 
     @model_validator(mode="after")
-    def _unique(self) -> "MqttWriteConfig":
+    def _unique(self) -> MqttWriteConfig:
         seen = [s.address for s in self.setpoints]
         if len(set(seen)) != len(seen):
             raise ValueError(f"writes.setpoints: each address once (got {seen})")

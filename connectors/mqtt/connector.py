@@ -50,11 +50,26 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from connectors.base import Backoff, Connector, error_text, storable_text
-from connectors.mqtt.config import CommandFormat, MqttConnectorConfig, MqttProtocol, MqttSetpoint, TimestampPolicy, TlsVerify
+from connectors.mqtt.config import (
+    CommandFormat,
+    MqttConnectorConfig,
+    MqttProtocol,
+    MqttSetpoint,
+    TimestampPolicy,
+    TlsVerify,
+)
 from connectors.mqtt.mapping import PayloadMapper
 from connectors.mqtt.payload import MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, parse_payload
-from connectors.mqtt.writes import (SetpointWriteError, WriteResult, check_value, coerce_sparkplug, json_command,
-                                    matches, number_command)
+from connectors.mqtt.sparkplug import SparkplugHost, state_payload
+from connectors.mqtt.writes import (
+    SetpointWriteError,
+    WriteResult,
+    check_value,
+    coerce_sparkplug,
+    json_command,
+    matches,
+    number_command,
+)
 from core.samples import DeadLetter, RawBatch, Redelivery, SourceKind, now_ns, ns_to_iso
 
 log = logging.getLogger("twin.connectors.mqtt")
@@ -81,8 +96,6 @@ class MqttConnector(Connector):
         self._mapper = (PayloadMapper(config.payloads, config.missing_timestamp) if config.payloads else None)
         self._sparkplug: Any = None
         if config.sparkplug.enabled:
-            from connectors.mqtt.sparkplug import SparkplugHost
-
             self._sparkplug = SparkplugHost(config.sparkplug, config.name, self._publish_raw, self.counters.extra)
         self._state_ts_ms = 0
         # setpoint write-back: the allow-list, the addresses whose values confirm a write
@@ -138,8 +151,6 @@ class MqttConnector(Connector):
         else:
             client.subscribe([(t, 1) for t in self.subscriptions()])
         if self._sparkplug is not None and self.config.sparkplug.host_id:
-            from connectors.mqtt.sparkplug import state_payload
-
             client.publish(self._state_topic(), state_payload(True, self._state_ts_ms), qos=1, retain=True)
         log.info("mqtt %s: connected to %s:%s (session present: %s)", self.name, self.config.host,
                  self.config.port, getattr(flags, "session_present", "?"))
@@ -222,7 +233,7 @@ class MqttConnector(Connector):
         try:
             topic = bytes(msg._topic[:MAX_ADDRESS]).decode("utf-8", "backslashreplace")
             payload = bytes(msg.payload[:MAX_PAYLOAD_TEXT]).decode("utf-8", "backslashreplace")
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a dead letter must be made even from a message paho cannot show
             topic, payload = "?", ""
         return DeadLetter(SourceKind.MQTT, storable_text(topic, MAX_ADDRESS), storable_text(payload, MAX_PAYLOAD_TEXT),
                           "internal error while handling this message: " + error_text(err, MAX_REASON - 60),
@@ -232,8 +243,6 @@ class MqttConnector(Connector):
     def _connect_blocking(self, first: bool) -> None:
         c = self.config
         if self._sparkplug is not None and c.sparkplug.host_id:
-            from connectors.mqtt.sparkplug import state_payload
-
             # Sparkplug B 3.0 host application: the will (offline) and the birth (online) share a timestamp
             self._state_ts_ms = int(time.time() * 1000)
             self._client.will_set(self._state_topic(), state_payload(False, self._state_ts_ms), qos=1, retain=True)
@@ -385,7 +394,7 @@ class MqttConnector(Connector):
                     await asyncio.sleep(0.01)
                 try:
                     rb = await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     seen = self._last_echo.get(echo)
                     raise SetpointWriteError(
                         f"{address}: published {written!r} on {topic} but the controller did not echo it on {echo} "
@@ -428,8 +437,6 @@ class MqttConnector(Connector):
         self._closing = True
         self.queue.close()
         if self._sparkplug is not None and self.config.sparkplug.host_id and self.counters.connected:
-            from connectors.mqtt.sparkplug import state_payload
-
             try:  # a graceful host death: Sparkplug B 3.0 wants the offline STATE before the disconnect
                 self._client.publish(self._state_topic(), state_payload(False, self._state_ts_ms), qos=1,
                                      retain=True)
@@ -442,5 +449,5 @@ class MqttConnector(Connector):
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=5)
-            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001 - closing must not raise
                 self._task.cancel()

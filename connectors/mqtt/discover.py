@@ -39,6 +39,11 @@ from typing import Any
 
 import typer
 
+from connectors.mqtt.config import PayloadMapping, TimestampPolicy
+from connectors.mqtt.mapping import PayloadMapper
+from connectors.mqtt.payload import parse_payload
+from connectors.mqtt.sparkplug import rebirth_command, strip_unsupported
+
 MAX_TOPICS = 5000  # topics remembered, at most
 SAMPLES = 3  # payloads kept per topic
 
@@ -273,8 +278,6 @@ def _sparkplug(disc: Discovery, topic: str, payload: bytes, births: dict[tuple[s
         try:
             import pysparkplug as spb
 
-            from connectors.mqtt.sparkplug import strip_unsupported
-
             raw, _aliases, _dropped = strip_unsupported(bytes(payload), set())  # DataSets etc.: the rest counts
             birth = (spb.DBirth if device else spb.NBirth).decode(raw)
             props = _birth_properties(raw)
@@ -295,8 +298,6 @@ def _sparkplug(disc: Discovery, topic: str, payload: bytes, births: dict[tuple[s
     elif mtype in ("NDATA", "DDATA") and (group, edge) not in births:
         disc.sparkplug_nodes_without_birth.add(f"{group}/{edge}")
         if client is not None:
-            from connectors.mqtt.sparkplug import rebirth_command
-
             births[(group, edge)] = False  # asked once
             client.publish(f"spBv1.0/{group}/NCMD/{edge}", rebirth_command(int(time.time() * 1000)), qos=0)
             disc.rebirths_requested += 1
@@ -451,10 +452,6 @@ def discover_points(config: Any, seconds: float) -> list[dict[str, Any]]:
     messages that arrived with the proposed mappings (the connector's own parsers), so init proposes
     only addresses the running twin produces. Topics nothing reads come as rows with ``unmapped`` (the
     reason) instead. Raises OSError if the broker cannot be reached."""
-    from connectors.mqtt.config import PayloadMapping, TimestampPolicy
-    from connectors.mqtt.mapping import PayloadMapper
-    from connectors.mqtt.payload import parse_payload
-
     disc = discover(config.host, config.port, seconds, list(config.topics), username=config.username,
                     password=config.password, request_rebirth=True, batch_suffix=config.batch_topic_suffix)
     tables = payload_tables(disc)

@@ -20,19 +20,29 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from connectors.base import storable_text
 from connectors.mqtt.config import PayloadFormat, PayloadMapping, TimestampPolicy
-from connectors.mqtt.payload import (MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, MAX_TEXT, MAX_UNIT, TS_MAX_NS, TS_MIN_NS, _dead,
-                                     _short, text_problem)
+from connectors.mqtt.payload import (
+    MAX_ADDRESS,
+    MAX_PAYLOAD_TEXT,
+    MAX_REASON,
+    MAX_TEXT,
+    MAX_UNIT,
+    TS_MAX_NS,
+    TS_MIN_NS,
+    _dead,
+    _short,
+    text_problem,
+)
 from core.samples import DeadLetter, Quality, RawReading, SourceKind
 
 _SOURCE = SourceKind.MQTT
 _MISSING = object()
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CACHE_MAX = 10_000
 _EPOCH_SCALE = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000, "epoch_ns": 1}
 
@@ -223,7 +233,7 @@ class PayloadMapper:
         self._cache[bytes(topic)] = found
         return found
 
-    def parse(self, m: CompiledMapping, topic_b: bytes, payload: bytes, recv: int, *, connector: str = "mqtt",
+    def parse(self, m: CompiledMapping, topic_b: bytes, payload: bytes | bytearray, recv: int, *, connector: str = "mqtt",
               max_bytes: int = 4 * 1024 * 1024) -> tuple[list[RawReading], list[DeadLetter]]:
         """Readings and dead letters of one message on a topic that ``m`` matched (never raises)."""
         topic = topic_b.decode("utf-8")  # match() decoded it already
@@ -282,8 +292,8 @@ class PayloadMapper:
                     continue
             r = m.reading(item, obj, address, recv, connector, "")
             if type(r) is RawReading:
-                readings.append(r)  # type: ignore[arg-type]
+                readings.append(r)
             else:  # the item's text only for a dead letter
-                dead.append(DeadLetter(r.source, r.address, storable_text(_item_text(item), MAX_PAYLOAD_TEXT),  # type: ignore[union-attr]
+                dead.append(DeadLetter(r.source, r.address, storable_text(_item_text(item), MAX_PAYLOAD_TEXT),
                                        storable_text(f"item {i}: {r.reason}", MAX_REASON), r.reason_code, r.received_ts_ns, r.connector))  # type: ignore[union-attr]
         return readings, dead

@@ -162,16 +162,17 @@ def _item_text(item: Any) -> str:
         return f"<batch item: {type(item).__name__} that cannot be written back as JSON>"
 
 
-def parse_payload(topic: str | bytes, payload: bytes, recv_ns: int, *, connector: str = "mqtt",
+def parse_payload(topic: str | bytes | bytearray, payload: bytes | bytearray, recv_ns: int, *, connector: str = "mqtt",
                   batch_suffix: str = "batch", fill_receive_time: bool = False,
                   max_bytes: int = 4 * 1024 * 1024) -> tuple[list[RawReading], list[DeadLetter]]:
     """Turn one MQTT message into readings and dead letters. Never raises for any payload or topic
     (``topic`` may be the raw bytes of the PUBLISH packet)."""
     if isinstance(topic, (bytes, bytearray)):
+        raw = bytes(topic)
         try:
-            topic = bytes(topic).decode("utf-8")
+            topic = raw.decode("utf-8")
         except UnicodeDecodeError:
-            shown = bytes(topic[:MAX_ADDRESS]).decode("utf-8", "backslashreplace")
+            shown = raw[:MAX_ADDRESS].decode("utf-8", "backslashreplace")
             return [], [_dead(shown, payload[:MAX_PAYLOAD_TEXT // 2].hex(), "bad_text",
                               "topic is not valid UTF-8", recv_ns, connector)]
     why = text_problem(topic, MAX_ADDRESS)
@@ -216,8 +217,8 @@ def parse_payload(topic: str | bytes, payload: bytes, recv_ns: int, *, connector
             continue
         r = _reading(item, addr, recv_ns, connector, fill_receive_time, "")
         if type(r) is RawReading:
-            readings.append(r)  # type: ignore[arg-type]
+            readings.append(r)
         else:  # the item's text only for a dead letter (json.dumps per good reading would cost)
-            dead.append(DeadLetter(r.source, r.address, storable_text(_item_text(item), MAX_PAYLOAD_TEXT),  # type: ignore[union-attr]
+            dead.append(DeadLetter(r.source, r.address, storable_text(_item_text(item), MAX_PAYLOAD_TEXT),
                                    r.reason, r.reason_code, r.received_ts_ns, r.connector))  # type: ignore[union-attr]
     return readings, dead

@@ -209,12 +209,13 @@ class SparkplugHost:
     def _check_seq(self, group: str, edge: str, node: _Node, seq: int | None) -> None:
         if seq is None:
             return
-        gap = node.seq is not None and seq != (node.seq + 1) % 256
+        last = node.seq
+        gap = last is not None and seq != (last + 1) % 256
         if gap or node.rebirth_held:  # (in sequence, nothing held back: no clock read)
             due = time.monotonic() - node.last_rebirth_req >= self.config.rebirth_min_interval_s
             if gap and (not node.awaiting_rebirth or due):  # awaiting a rebirth that did not come: ask again
                 self.counters["sparkplug_seq_gaps"] += 1
-                self._request_rebirth(group, edge, node, f"sequence gap: expected {(node.seq + 1) % 256}, got {seq}")
+                self._request_rebirth(group, edge, node, f"sequence gap: expected {((last or 0) + 1) % 256}, got {seq}")
             elif node.rebirth_held and due:
                 self._request_rebirth(group, edge, node, "a request held back by rebirth_min_interval_s")
         node.seq = seq
@@ -352,7 +353,7 @@ class SparkplugHost:
         cls = self._spb.DDeath if device is not None else self._spb.NDeath
         try:
             death = cls.decode(payload)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - any decoding failure is this payload's fault
             return [], [self._bad(topic, payload, "malformed_payload", f"undecodable {cls.__name__}: "
                                   f"{error_text(err, 300)}", recv)]
         if device is None:

@@ -49,7 +49,7 @@ class ReplayConnectorConfig(BaseModel):
     queue: QueueConfig = Field(default_factory=QueueConfig, description="bounded queue")
 
     @model_validator(mode="after")
-    def _check(self) -> "ReplayConnectorConfig":
+    def _check(self) -> ReplayConnectorConfig:
         if self.repeat is Repeat.FOREVER and self.timestamps is TimestampMode.ORIGINAL:
             raise ValueError("repeat = 'forever' needs timestamps = 'shift_to_now' "
                              "(with original timestamps every pass after the first is a duplicate)")

@@ -23,9 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import Connector
-from connectors.replay.config import ReplayConnectorConfig, ReplayFormat, ReplaySpeed, Repeat, TimestampMode
-from core.samples import (DeadLetter, Quality, RawBatch, RawReading, Redelivery, SourceKind, now_ns, parse_time_ns,
-                          safe_text)
+from connectors.replay.config import Repeat, ReplayConnectorConfig, ReplayFormat, ReplaySpeed, TimestampMode
+from core.samples import (
+    DeadLetter,
+    Quality,
+    RawBatch,
+    RawReading,
+    Redelivery,
+    SourceKind,
+    now_ns,
+    parse_time_ns,
+    safe_text,
+)
 
 log = logging.getLogger("twin.connectors.replay")
 
@@ -47,8 +56,8 @@ class ReplayFileError(Exception):
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")  # noqa: SIM115
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
 def _lines(path: Path, fh: io.BufferedIOBase, pos: list[int], limit: int) -> Iterator[str]:
@@ -114,8 +123,9 @@ def read_rows(path: Path, fmt: ReplayFormat, time_column: str, *, max_line_bytes
     pos = pos if pos is not None else [0]
     try:
         fh = _open_binary(path)
-    except OSError as err:
-        raise ReplayFileError(path, 0, f"cannot open the file ({err})") from err
+    except OSError as oerr:
+        raise ReplayFileError(path, 0, f"cannot open the file ({oerr})") from oerr
+    err: str | None  # the row's problem, if any
     with fh:
         lines = _lines(path, fh, pos, max_line_bytes)
         if fmt is ReplayFormat.CSV:
@@ -148,10 +158,11 @@ def read_rows(path: Path, fmt: ReplayFormat, time_column: str, *, max_line_bytes
                         err = None
                     except ValueError as e:
                         ts, err = None, f"line {n}: bad {time_column!r}: {e}"
-                    vals = [(h, _cell(rec[i]), None, Quality.GOOD) for i, h in cols if rec[i] != ""]
+                    vals: list[tuple[str, Any, str | None, Quality]] = [
+                        (h, _cell(rec[i]), None, Quality.GOOD) for i, h in cols if rec[i] != ""]
                     yield ts, vals, err, n
-            except csv.Error as err:  # a NUL byte, a field over the csv module's limit
-                raise ReplayFileError(path, pos[0], f"not readable as CSV ({err})") from err
+            except csv.Error as cerr:  # a NUL byte, a field over the csv module's limit
+                raise ReplayFileError(path, pos[0], f"not readable as CSV ({cerr})") from cerr
         else:
             for line in lines:
                 n = pos[0]

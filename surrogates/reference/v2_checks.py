@@ -16,8 +16,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from .dataset import V2_CONTACT, V2_PROTOCOL
+from .dem import DEMParams, run_calendering
+from .dem_v2 import ContactV2, DEMParamsV2, run_calendering_v2
+from .voxel import metrics, voxelize
 
 CENTRE = dict(am_fraction=0.945, initial_porosity=0.46, initial_thickness_um=48.0, wall_speed_mm_s=60.0,
               roll_temperature_C=62.5, seed=1000)
@@ -32,16 +38,12 @@ QS_POINTS = {
 
 
 def one(model: str, params: dict, contact: dict | None = None) -> dict:
-    from .dem import DEMParams, run_calendering  # noqa: PLC0415
-    from .dem_v2 import ContactV2, DEMParamsV2, run_calendering_v2  # noqa: PLC0415
-    from .voxel import metrics, voxelize  # noqa: PLC0415
-
     t, c0 = time.perf_counter(), time.process_time()
     if model == "v1":
         r = run_calendering(DEMParams(**params))
     else:
         r = run_calendering_v2(DEMParamsV2(**params, contact=ContactV2(**(contact or {}))))
-    out = dict(h0=r.thickness_before_um, hmax=r.thickness_max_um, gap=r.gap_um, h1=r.thickness_after_um,
+    out: dict[str, Any] = dict(h0=r.thickness_before_um, hmax=r.thickness_max_um, gap=r.gap_um, h1=r.thickness_after_um,
                springback_pct=r.springback_pct, compaction_kept=r.compaction_final, pmax_MPa=r.max_pressure_MPa,
                line_load_N_mm=r.line_load_N_per_mm, inertial_number=r.inertial_number, lost=r.lost_particles,
                steps=r.n_steps, dt_us=r.dt_us, n=int(r.n_am + r.n_cbd),
@@ -78,7 +80,6 @@ def specs(kind: str) -> list[dict]:
         return [dict(key=f"v2p_cd{cd:.2f}", model="v2", params=dict(CENTRE, compaction_degree=cd))
                 for cd in (0.20, 0.30, 0.40, 0.45, 0.50)]
     if kind == "qs2":  # speed check with every wall speed (compression and release) quartered, data-set settings
-        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
 
         out = []
         for name, pt in QS_POINTS.items():
@@ -99,7 +100,6 @@ def specs(kind: str) -> list[dict]:
                                 params=dict(base, wall_speed_mm_s=v / 4, release_speed_mm_s=5.0 / 4)))
         return out
     if kind == "qs3":  # the three points at half the first wall speed (30 mm/s vs 7.5 mm/s), with copies
-        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
 
         out = []
         for name in ("centre", "low", "high"):
@@ -118,7 +118,6 @@ def specs(kind: str) -> list[dict]:
             out.append(dict(key=f"qs3_centre_v30r1.25_p{j}", model="v2", params=base, contact=cj))
         return out
     if kind == "qs4":  # the servo release waits for the layer at p_end (release_wait_us 20): 30 vs 7.5 mm/s
-        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
 
         out = []
         for name in ("high", "centre", "low"):
@@ -128,21 +127,18 @@ def specs(kind: str) -> list[dict]:
                             params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25)))
         return out
     if kind == "qs5":  # the high point with a weaker release drag (100 us instead of 30 us): 30 vs 7.5 mm/s
-        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
 
         base = {**QS_POINTS["high"], **V2_PROTOCOL, "wall_speed_mm_s": 30.0, "drag_release_us": 100.0}
         return [dict(key="qs5_high_v30_p0", model="v2", params=base, contact=dict(V2_CONTACT)),
                 dict(key="qs5_high_v7.5_p0", model="v2", contact=dict(V2_CONTACT),
                      params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25))]
     if kind == "qs6":  # the high point with a weaker release drag still (300 us): 30 vs 7.5 mm/s
-        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
 
         base = {**QS_POINTS["high"], **V2_PROTOCOL, "wall_speed_mm_s": 30.0, "drag_release_us": 300.0}
         return [dict(key="qs6_high_v30_p0", model="v2", params=base, contact=dict(V2_CONTACT)),
                 dict(key="qs6_high_v7.5_p0", model="v2", contact=dict(V2_CONTACT),
                      params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25))]
     if kind == "qs7":  # the high point: which speed moves it, the compression's or the release's
-        from .dataset import V2_CONTACT, V2_PROTOCOL  # noqa: PLC0415
 
         base = {**QS_POINTS["high"], **V2_PROTOCOL, "wall_speed_mm_s": 30.0}
         return [dict(key="qs7_high_v30r1.25_p0", model="v2", contact=dict(V2_CONTACT),

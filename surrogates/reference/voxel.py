@@ -156,7 +156,7 @@ def interface_face_counts(img: np.ndarray, periodic_xy: bool = True) -> dict[tup
 
 def _solve_through_z(mask: np.ndarray, periodic_xy: bool = True, conv_crit: float = 1e-2, iter_limit: int = 20000):
     """taufactor diffusion solve along z on a binary mask [x, y, z]; returns (tau, D_rel, vf)."""
-    import taufactor as tau  # noqa: PLC0415
+    import taufactor as tau
 
     vf = float(mask.mean())
     if vf == 0.0:
@@ -165,7 +165,7 @@ def _solve_through_z(mask: np.ndarray, periodic_xy: bool = True, conv_crit: floa
         return 1.0, 1.0, 1.0
     img = np.ascontiguousarray(np.transpose(mask.astype(np.uint8), (2, 0, 1)))  # flux along axis 0
     # percolation check: a connected path from bottom to top is needed
-    from scipy import ndimage  # noqa: PLC0415
+    from scipy import ndimage
 
     lab, _ = ndimage.label(img)
     spanning = np.intersect1d(np.unique(lab[0][lab[0] > 0]), np.unique(lab[-1][lab[-1] > 0]))
@@ -249,7 +249,7 @@ def multiphase_conductivity(img: np.ndarray, cond: dict[int, float], conv_crit: 
     conductivities (labels missing from ``cond`` are insulating), via taufactor's
     MultiPhaseSolver. Returns sigma_eff in the units of ``cond``. Used for the known-answer
     checks (series / parallel layers) and for AM/CBD networks with different conductivities."""
-    import taufactor as tau  # noqa: PLC0415
+    import taufactor as tau
 
     lab = np.zeros(img.shape, dtype=np.int64)
     c = {}

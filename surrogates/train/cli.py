@@ -10,13 +10,15 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from surrogates.train.pipeline import FAMILY, MODELS_DIR
+from surrogates.train.pipeline import FAMILY, MODELS_DIR, PipelineConfig, evaluate_model, export
+from surrogates.train.pipeline import train as run_train
+from surrogates.train.plots import write_plots
 
 console = Console()
 
@@ -24,27 +26,24 @@ console = Console()
 def train(
     out: Path = typer.Option(MODELS_DIR, help="model registry folder; the model goes to <out>/<family>/<version>/"),
     family: str = typer.Option(FAMILY, help="model family"),
-    version: Optional[str] = typer.Option(None, help="version name (default: UTC time stamp YYYYMMDDTHHMMSSZ)"),
-    data: Optional[Path] = typer.Option(None, help="DEM data set folder or parquet (default data/dem)"),
+    version: str | None = typer.Option(None, help="version name (default: UTC time stamp YYYYMMDDTHHMMSSZ)"),
+    data: Path | None = typer.Option(None, help="DEM data set folder or parquet (default data/dem)"),
     budget_s: float = typer.Option(60.0, help="wall-clock budget of the optuna hyperparameter search [s]"),
     max_trials: int = typer.Option(30, help="at most this many search trials"),
     members: int = typer.Option(5, min=2, help="ensemble members (>= 5 for a shipped model)"),
     bootstrap: str = typer.Option("none", help="per-member bootstrap of the training runs: none | bayesian"),
     seed: int = typer.Option(0, help="seed of the members, the bootstrap and the search"),
     split_seed: int = typer.Option(0, help="seed of the train/val/test split by design point"),
-    subset: Optional[int] = typer.Option(None, help="train on this many design points only (smoke run)"),
+    subset: int | None = typer.Option(None, help="train on this many design points only (smoke run)"),
     refit: bool = typer.Option(True, help="ship an ensemble trained on train + validation (noise calibrated by "
                                           "k-fold); --no-refit: train only, calibrate on validation"),
-    hparams: Optional[str] = typer.Option(None, help="JSON hyperparameters: skip the search"),
+    hparams: str | None = typer.Option(None, help="JSON hyperparameters: skip the search"),
     loss: str = typer.Option("uniform", help="uniform: every output alike in normalised units; noise: each output's "
                                              "error in units of its DEM noise sd (search and training)"),
     no_export: bool = typer.Option(False, help="train and report, write nothing"),
 ) -> None:
     """Train the surrogate ensemble on the DEM data set, export it to ONNX behind the parity gate, write its card."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
-
-    from surrogates.train.pipeline import PipelineConfig, export  # noqa: PLC0415
-    from surrogates.train.pipeline import train as run_train  # noqa: PLC0415
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     cfg = PipelineConfig(family=family, version=version, out=out, data=data, split_seed=split_seed, seed=seed,
                          members=members, bootstrap=bootstrap, budget_s=budget_s, max_trials=max_trials,
@@ -53,7 +52,7 @@ def train(
                              shlex.quote(a) for a in sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, Any] = {}  # stage -> rich's TaskID
 
         def progress(stage: str, done: int, total: int, info: str) -> None:
             if stage not in tasks:
@@ -75,17 +74,15 @@ def train(
 
 
 def evaluate(
-    model_dir: Optional[Path] = typer.Option(None, help="model folder (default: newest of the family)"),
+    model_dir: Path | None = typer.Option(None, help="model folder (default: newest of the family)"),
     models: Path = typer.Option(MODELS_DIR, help="model registry folder"),
     family: str = typer.Option(FAMILY, help="model family"),
-    data: Optional[Path] = typer.Option(None, help="DEM data set folder or parquet (default data/dem)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the recomputed metrics here"),
-    plots: Optional[Path] = typer.Option(None, help="write parity plots per output and the calibration curve here"),
+    data: Path | None = typer.Option(None, help="DEM data set folder or parquet (default data/dem)"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the recomputed metrics here"),
+    plots: Path | None = typer.Option(None, help="write parity plots per output and the calibration curve here"),
 ) -> None:
     """Recompute a saved model's metrics (test runs, held-out corner, low-compaction OOD runs) on onnxruntime."""
-    from surrogates.runtime import ModelRegistry  # noqa: PLC0415
-    from surrogates.train.pipeline import evaluate_model  # noqa: PLC0415
-
+    from surrogates.runtime import ModelRegistry  # lazy: onnxruntime, only when this command runs
     path = model_dir or ModelRegistry(models).path(family)
     res = evaluate_model(path, data)
     console.print(f"model {res['family']} {res['version']}  data sha256 {res['dataset_sha256'][:16]}… "
@@ -95,8 +92,6 @@ def evaluate(
     if json_out is not None:
         json_out.write_text(json.dumps(res, indent=2) + "\n")
     if plots is not None:
-        from surrogates.train.plots import write_plots  # noqa: PLC0415 - matplotlib
-
         for p in write_plots(path, plots):
             console.print(f"plot: {p}")
     if not res["dataset_matches_card"]:

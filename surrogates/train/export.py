@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from surrogates.train.model import EnsembleMLP
+from surrogates.train.card import card_markdown as render
+from surrogates.train.model import ACTIVATIONS, EnsembleMLP, derive
 
 PARITY_TOL = 1e-5
 OUTPUT_HEADS = ("mean", "std", "spread")
@@ -40,6 +41,17 @@ class ExportGraph(torch.nn.Module):
     de-normalisation to physical units runs in float64 (float32 outputs of ~50 um thickness would round in
     4e-6 steps, too close to the 1e-5 gate). The parity gate compares this graph on onnxruntime with the *training* module.
     """
+
+    # buffers (register_buffer): declared for the type checker, which sees Module.__getattr__ otherwise
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+    noise_var: torch.Tensor
+    skip: torch.Tensor
+    avg: torch.Tensor
+    rep: torch.Tensor
+    bessel: torch.Tensor
 
     def __init__(self, model: EnsembleMLP) -> None:
         super().__init__()
@@ -71,8 +83,6 @@ class ExportGraph(torch.nn.Module):
                 self.bias.append(f"b{i}")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from surrogates.train.model import ACTIVATIONS, derive  # noqa: PLC0415
-
         act = ACTIVATIONS[self.activation]
         if self.derived:
             x = derive(x)
@@ -104,7 +114,7 @@ def export_onnx(graph: torch.nn.Module, path: Path, input_names: list[str], outp
                 metadata: dict[str, str] | None = None) -> Path:
     """torch -> ONNX: input ``x`` [batch, n_inputs] float32, outputs ``mean``/``std``/``spread``
     [batch, n_outputs]. Column names travel as metadata (and in the card)."""
-    import onnx  # noqa: PLC0415
+    import onnx
 
     if isinstance(graph, EnsembleMLP):
         graph = ExportGraph(graph)
@@ -126,7 +136,7 @@ def export_onnx(graph: torch.nn.Module, path: Path, input_names: list[str], outp
 
 
 def onnx_predict(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -170,8 +180,6 @@ def write_model(model: EnsembleMLP, out_dir: Path, x_parity: np.ndarray, card: d
         card = dict(card, parity=gate)
         (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
         if card_markdown is None:
-            from surrogates.train.card import card_markdown as render  # noqa: PLC0415
-
             card_markdown = render(card)
         (tmp / "card.md").write_text(card_markdown)
         tmp.rename(out_dir)

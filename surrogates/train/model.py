@@ -83,6 +83,14 @@ class TrainConfig:
 
 
 class EnsembleMLP(nn.Module):
+    # buffers (register_buffer): declared for the type checker, which sees Module.__getattr__ otherwise
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+    noise_var: torch.Tensor
+    skip: torch.Tensor
+
     def __init__(self, n_in: int, n_out: int, members: int, width: int, depth: int, activation: str,
                  x_mean: np.ndarray, x_std: np.ndarray, y_mean: np.ndarray, y_std: np.ndarray,
                  seed: int = 0, derived: bool = False) -> None:
@@ -210,7 +218,7 @@ COVERAGE_CALIBRATION = 0.9545
 
 
 def noise_from_residuals(mean: np.ndarray, spread: np.ndarray, y: np.ndarray,
-                         replicate_sd: np.ndarray, coverage: float = COVERAGE_CALIBRATION) -> dict[str, list[float]]:
+                         replicate_sd: np.ndarray, coverage: float = COVERAGE_CALIBRATION) -> dict[str, Any]:
     """Noise sd per output, from predictions ``mean``/``spread`` for runs the ensemble did not train on:
     the largest of
     - the floor ``replicate_sd`` (the DEM scatter the inputs cannot explain),
@@ -236,7 +244,7 @@ def set_noise(model: EnsembleMLP, noise_sd: list[float]) -> None:
 
 
 def calibrate_noise(model: EnsembleMLP, x_val: np.ndarray, y_val: np.ndarray,
-                    replicate_sd: np.ndarray) -> dict[str, list[float]]:
+                    replicate_sd: np.ndarray) -> dict[str, Any]:
     """Set the noise variance buffer from a validation set (see ``noise_from_residuals``)."""
     mean, _, spread = predict(model, x_val)
     res = noise_from_residuals(mean, spread, y_val, replicate_sd)
@@ -260,7 +268,7 @@ def output_weights(y: np.ndarray, noise_sd: np.ndarray) -> list[float]:
     return (w / w.mean()).tolist()
 
 
-SEARCH_SPACE = {
+SEARCH_SPACE: dict[str, Any] = {
     "width": [16, 32, 64],
     "depth": (1, 3),
     "activation": ["tanh", "silu"],
@@ -286,7 +294,7 @@ def search(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndar
     Selection (parsimony rule, in the spirit of the one-standard-error rule): of the trials whose validation
     loss is within ``parsimony`` (relative) of the best, the one with the cheapest inference graph wins;
     on 30 validation runs smaller differences are noise, and the cheaper graph serves the line faster."""
-    import optuna  # noqa: PLC0415
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
@@ -311,11 +319,17 @@ def search(x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.ndarray, y_val: np.ndar
     study.optimize(objective, n_trials=max_trials, timeout=budget_s)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = float(study.best_value)
-    near = [t for t in done if t.value <= best * (1.0 + parsimony)]
+    near = [t for t in done if t.value is not None and t.value <= best * (1.0 + parsimony)]
     chosen = min(near, key=lambda t: (inference_macs(HParams.from_dict(t.params)), t.value, t.number))
-    return {"best": HParams.from_dict(chosen.params), "best_val_loss": float(chosen.value),
+    return {"best": HParams.from_dict(chosen.params), "best_val_loss": _value(chosen),
             "lowest_val_loss": best, "lowest_trial_params": study.best_params, "chosen_trial": chosen.number,
             "selection": f"cheapest graph within {100 * parsimony:g} % of the lowest validation loss",
             "trials": len(done), "budget_s": budget_s, "max_trials": max_trials,
             "elapsed_s": time.perf_counter() - t0, "space": {k: list(v) for k, v in SEARCH_SPACE.items()},
-            "history": [{"number": t.number, "value": float(t.value), "params": t.params} for t in done]}
+            "history": [{"number": t.number, "value": _value(t), "params": t.params} for t in done]}
+
+
+def _value(trial: Any) -> float:
+    """The objective value of a completed optuna trial (never None for one)."""
+    assert trial.value is not None
+    return float(trial.value)

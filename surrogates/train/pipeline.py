@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class PipelineConfig:
 
 def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | None = None) -> dict[str, Any]:
     """Run the whole training; returns {model, card, split, data}. Nothing is written (see ``export``)."""
-    from surrogates.train import model as M  # noqa: PLC0415 - torch only here
+    from surrogates.train import model as M  # lazy: torch (the [train] extra), only when training
 
     t0 = time.perf_counter()
     d = D.load(cfg.data)
@@ -123,9 +124,9 @@ def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | 
 
     # the card's metrics are those of the graph that ships: the ONNX export run on onnxruntime (the parity
     # gate at export then ties that graph to the torch ensemble)
-    import tempfile  # noqa: PLC0415
+    import tempfile
 
-    from surrogates.train.export import export_onnx, onnx_predict  # noqa: PLC0415
+    from surrogates.train.export import export_onnx, onnx_predict  # lazy: torch (the [train] extra), only when training
 
     tmpdir = tempfile.TemporaryDirectory(prefix="surrogate-eval-")
     onnx_path = export_onnx(model, Path(tmpdir.name) / "model.onnx", D.inputs_of(d), D.OUTPUTS)
@@ -187,7 +188,7 @@ def train(cfg: PipelineConfig, progress: Callable[[str, int, int, str], None] | 
 
 def export(result: dict[str, Any], out: Path, tol: float | None = None) -> Path:
     """Write ``out/<family>/<version>/`` behind the parity gate (on the test inputs)."""
-    from surrogates.train.export import PARITY_TOL, write_model  # noqa: PLC0415
+    from surrogates.train.export import PARITY_TOL, write_model  # lazy: torch (the [train] extra), only when training
 
     card = result["card"]
     x_test, _ = D.matrices(result["data"], result["split"].test)
@@ -197,13 +198,13 @@ def export(result: dict[str, Any], out: Path, tol: float | None = None) -> Path:
 
 
 def _derived_features() -> dict[str, str]:
-    from surrogates.train.model import DERIVED_FEATURES  # noqa: PLC0415 - torch
+    from surrogates.train.model import DERIVED_FEATURES  # lazy: torch (the [train] extra), only when training
 
     return dict(DERIVED_FEATURES)
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md  # noqa: PLC0415
+    import importlib.metadata as md
 
     out = {}
     for p in ("torch", "optuna", "onnx", "onnxruntime", "numpy"):
@@ -217,7 +218,7 @@ def _versions() -> dict[str, str]:
 def evaluate_model(model_dir: Path | str, data: Path | None = None) -> dict[str, Any]:
     """Recompute a saved model's metrics from the data set with onnxruntime (no torch): the split comes from
     the card's seed, the data set must hash to the card's sha256."""
-    from surrogates.runtime import SurrogateModel  # noqa: PLC0415
+    from surrogates.runtime import SurrogateModel  # lazy: onnxruntime, only when checking an exported model
 
     m = SurrogateModel(model_dir)
     card = m.card

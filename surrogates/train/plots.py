@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from surrogates.runtime import SurrogateModel
 from surrogates.train import data as D
 
 
 def _predictions(model_dir: Path) -> dict[str, Any]:
-    from surrogates.runtime import SurrogateModel  # noqa: PLC0415
-
     m = SurrogateModel(model_dir)
     d = D.load()
     split = D.make_split(d, int(m.card["split"]["seed"]), subset=m.card["training"].get("subset"))
@@ -31,10 +30,10 @@ def _predictions(model_dir: Path) -> dict[str, Any]:
 
 
 def write_plots(model_dir: Path, out_dir: Path) -> list[Path]:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
     P = _predictions(Path(model_dir))

@@ -65,7 +65,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, record_property: Any) ->
     token = secrets.token_urlsafe(24)
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "demo.log"
-    log = open(log_path, "w")
+    log = open(log_path, "w")  # noqa: SIM115 - the demo process writes it until the test ends; closed there
     demo = subprocess.Popen([sys.executable, "-m", "twin.cli", "demo", "--port", str(port), "--state-dir",
                              str(tmp_path / "state"), "--time-scale", "30", "--write-token", token],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -167,7 +167,7 @@ def test_targets_table_shows_units_and_saves_a_porosity_target_in_percent(tmp_pa
     token = secrets.token_urlsafe(24)
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "demo.log"
-    log = open(log_path, "w")
+    log = open(log_path, "w")  # noqa: SIM115 - the demo process writes it until the test ends; closed there
     demo = subprocess.Popen([sys.executable, "-m", "twin.cli", "demo", "--port", str(port), "--state-dir",
                              str(tmp_path / "state"), "--time-scale", "30", "--write-token", token],
                             stdout=log, stderr=subprocess.STDOUT, text=True)

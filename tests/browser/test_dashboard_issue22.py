@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -45,10 +45,10 @@ from tests.opcua.conftest import ServerProcess
 pytestmark = pytest.mark.integration
 
 ZONE = "Asia/Kolkata"
-RUN_FROM = datetime(2026, 11, 2, 6, 35, tzinfo=timezone.utc)   # the recorded run, cut to 50 minutes:
-RUN_TO = datetime(2026, 11, 2, 7, 25, tzinfo=timezone.utc)     # R-0001 from 06:35, gap 69 -> 67 um at 06:40,
-ROLL2_AT = datetime(2026, 11, 2, 7, 20, tzinfo=timezone.utc)   # R-0002 from 07:20
-CUSTOM = (datetime(2026, 11, 2, 6, 50, tzinfo=timezone.utc), datetime(2026, 11, 2, 7, 0, tzinfo=timezone.utc))
+RUN_FROM = datetime(2026, 11, 2, 6, 35, tzinfo=UTC)   # the recorded run, cut to 50 minutes:
+RUN_TO = datetime(2026, 11, 2, 7, 25, tzinfo=UTC)     # R-0001 from 06:35, gap 69 -> 67 um at 06:40,
+ROLL2_AT = datetime(2026, 11, 2, 7, 20, tzinfo=UTC)   # R-0002 from 07:20
+CUSTOM = (datetime(2026, 11, 2, 6, 50, tzinfo=UTC), datetime(2026, 11, 2, 7, 0, tzinfo=UTC))
 PANEL_TAG = "drying.zone1_temperature"                          # sent by the MQTT publisher below
 WIDTHS = (1400, 768, 360)
 
@@ -59,7 +59,7 @@ class Twin:
     proc: subprocess.Popen[str]
     broker: Mosquitto
     opcua: ServerProcess
-    publisher: "_Publisher"
+    publisher: _Publisher
     workdir: Path
     log: Path
 
@@ -170,7 +170,7 @@ class _Publisher:
             if self.pause.is_set():
                 continue
             i += 1
-            body = {"ts": datetime.now(timezone.utc).isoformat(), "value": 80.0 + (i % 10) * 0.1}
+            body = {"ts": datetime.now(UTC).isoformat(), "value": 80.0 + (i % 10) * 0.1}
             self.client.publish("pilot/pilot-1/drying/zone1_temperature", json.dumps(body), qos=0)
 
     def close(self) -> None:
@@ -196,7 +196,7 @@ def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
     proc = None
     publisher = None
     log_path = workdir / "twin.log"
-    log = open(log_path, "w")
+    log = open(log_path, "w")  # noqa: SIM115 - the twin writes it until the test ends; closed in finally
     try:
         # 1. the recorded run into the store, as its own line, through `twin replay`
         run = workdir / "run.csv"
@@ -304,7 +304,9 @@ def test_replayed_run_browsable_by_its_rolls_and_a_custom_range(tour: dict[str, 
     # a line without recent data opens on its newest hour, not on an empty "last 30 min"
     assert rp["default_label"].startswith("custom range"), rp["default_label"]
     assert any(o.startswith("R-0001 ") for o in rp["rolls_offered"]) and any(o.startswith("R-0002 ") for o in rp["rolls_offered"])
-    ms = lambda t: int(t.timestamp() * 1000)  # noqa: E731
+    def ms(t):
+        return int(t.timestamp() * 1000)
+
     r1 = rp["rolls"]["R-0001"]
     assert r1["range"]["start"] == ms(RUN_FROM) and r1["range"]["end"] == ms(ROLL2_AT) and r1["range"]["live"] is False
     assert "history (not following live data)" in r1["label"], r1["label"]
@@ -343,7 +345,7 @@ def test_history_range_of_the_live_line_does_not_follow_the_stream(tour: dict[st
     assert "history (not following live data)" in h["label"], h["label"]
     assert h["stream_after"] == h["stream_before"] and h["points_after"] == h["points_before"], h
     meas = _traces(h["points_before"], "plot-thickness")["measured"]
-    assert meas["points"] == 0 or meas["x_max"] <= _wall(datetime.fromtimestamp(h["range"]["end"] / 1000, timezone.utc)), meas
+    assert meas["points"] == 0 or meas["x_max"] <= _wall(datetime.fromtimestamp(h["range"]["end"] / 1000, UTC)), meas
 
 
 def test_live_range_follows_the_stream_in_the_browser_zone(tour: dict[str, Any]) -> None:
@@ -354,8 +356,8 @@ def test_live_range_follows_the_stream_in_the_browser_zone(tour: dict[str, Any])
     assert live["zone_selected"] in (ZONE, "Asia/Calcutta") and live["zone_options"] > 100
     meas = _traces(live["plots"], "plot-porosity")["measured"]
     assert meas["finite_y"] > 0
-    now_wall = _wall(datetime.now(timezone.utc))
-    assert meas["x_max"][:13] in (now_wall[:13], _wall(datetime.now(timezone.utc) - timedelta(hours=1))[:13]), meas
+    now_wall = _wall(datetime.now(UTC))
+    assert meas["x_max"][:13] in (now_wall[:13], _wall(datetime.now(UTC) - timedelta(hours=1))[:13]), meas
     assert tour["steps"]["keyboard"]["range_after_key"].startswith("last 1 h"), tour["steps"]["keyboard"]
 
 
@@ -444,7 +446,7 @@ def test_keyboard_focus_order_and_visible_focus(tour: dict[str, Any]) -> None:
     assert all(i in ids for i in order), ids
     assert [ids.index(i) for i in order] == sorted(ids.index(i) for i in order), ids
     assert kb["wrapped"] and focus[-1]["text"] == "/metrics", focus[-1]  # once round the whole page, to the footer
-    assert ["panel-tag", "targets-save", "dl-refresh"] == [i for i in ids if i in ("panel-tag", "targets-save", "dl-refresh")]
+    assert [i for i in ids if i in ("panel-tag", "targets-save", "dl-refresh")] == ["panel-tag", "targets-save", "dl-refresh"]
     assert kb["clickable_divs"] == 0
 
 

@@ -33,7 +33,7 @@ def test_pages_and_api_docs_make_no_request_off_the_host(tmp_path: Path) -> None
     port = free_port()
     host = f"127.0.0.1:{port}"
     log_path = tmp_path / "demo.log"
-    log = open(log_path, "w")
+    log = open(log_path, "w")  # noqa: SIM115 - the demo process writes it until the test ends; closed there
     demo = subprocess.Popen([sys.executable, "-m", "twin.cli", "demo", "--port", str(port), "--state-dir",
                              str(tmp_path / "state"), "--time-scale", "30"],
                             stdout=log, stderr=subprocess.STDOUT, text=True)

@@ -34,8 +34,16 @@ import pytest
 
 from tests.conftest import Mosquitto
 from tests.faults.fuzz_payloads import Ledger
-from tests.faults.harness import (HealthSampler, Http, MqttPublisher, StoreReader, TwinProcess, daemon_config,
-                                  mark_passed, write_results)
+from tests.faults.harness import (
+    HealthSampler,
+    Http,
+    MqttPublisher,
+    StoreReader,
+    TwinProcess,
+    daemon_config,
+    mark_passed,
+    write_results,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -252,7 +260,7 @@ def test_huge_parameters_are_4xx_never_500(abused: Abused) -> None:
         f"{SERIES}?points={10**9}", f"{SERIES}?points={10**30}", f"{SERIES}?points=0", f"{SERIES}?points=-1",
         f"{SERIES}?points=1e3", f"{SERIES}?points=NaN",
         f"/api/v1/dead-letters?limit={10**9}", f"/api/v1/dead-letters?limit={10**30}",
-        f"/api/v1/dead-letters?before_id={10**30}", f"/api/v1/dead-letters?before_id=-5",
+        f"/api/v1/dead-letters?before_id={10**30}", "/api/v1/dead-letters?before_id=-5",
         f"/api/v1/rolls?limit={10**9}", f"/api/v1/sparql?query=SELECT&limit={10**9}",
         f"/api/v1/sparql?query={quote('SELECT * WHERE { ?s ?p ?o }')}&timeout_s=1e30",
         f"/api/v1/sparql?query={quote('((((' * 2000)}",

@@ -22,9 +22,22 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mosquitto
-from tests.faults.procs import (DaemonProcess, LedgerPublisher, base_us, daemon_config, metric_sum, mqtt_connector,
-                                outcome, produce, stored_count, stored_rows, stream_messages, table_row, wait_until,
-                                write_result)
+from tests.faults.procs import (
+    DaemonProcess,
+    LedgerPublisher,
+    base_us,
+    daemon_config,
+    metric_sum,
+    mqtt_connector,
+    outcome,
+    produce,
+    stored_count,
+    stored_rows,
+    stream_messages,
+    table_row,
+    wait_until,
+    write_result,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,24 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mosquitto
-from tests.faults.procs import (BASE, LINE, TAGS, DaemonProcess, LedgerPublisher, Key, daemon_config,
-                                dead_letter_codes, metric_sum, mqtt_connector, stored_count, stored_rows,
-                                outcome, wait_until, table_row, write_result)
+from tests.faults.procs import (
+    BASE,
+    LINE,
+    TAGS,
+    DaemonProcess,
+    Key,
+    LedgerPublisher,
+    daemon_config,
+    dead_letter_codes,
+    metric_sum,
+    mqtt_connector,
+    outcome,
+    stored_count,
+    stored_rows,
+    table_row,
+    wait_until,
+    write_result,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mosquitto
-from tests.faults.procs import (LINE, DaemonProcess, LedgerPublisher, base_us, daemon_config, metric_sum,
-                                mqtt_connector, outcome, reading, stored_count, stored_rows, table_row, wait_until,
-                                write_result)
-
 from core.samples import parse_time_ns
+from tests.conftest import Mosquitto
+from tests.faults.procs import (
+    LINE,
+    DaemonProcess,
+    LedgerPublisher,
+    base_us,
+    daemon_config,
+    metric_sum,
+    mqtt_connector,
+    outcome,
+    reading,
+    stored_count,
+    stored_rows,
+    table_row,
+    wait_until,
+    write_result,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +95,7 @@ def run_duplicates(tmp_path: Path, broker: Mosquitto, *, n: int, case: str) -> N
         got = dict(rows)
         wrong = sum(1 for k, v in expected.items() if k in got and abs(got[k] - v) > 1e-9)
         newest: dict[str, tuple[int, float]] = {}
-        for (line, tag, ts), v in expected.items():
+        for (_line, tag, ts), v in expected.items():
             if tag not in newest or ts > newest[tag][0]:
                 newest[tag] = (ts, v)
         latest_ok = all(tag in latest and parse_time_ns(latest[tag][0]) == ts and abs(latest[tag][1] - v) < 1e-9

@@ -26,8 +26,9 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -35,8 +36,16 @@ from hypothesis import strategies as st
 
 from tests.conftest import Mosquitto
 from tests.faults.fuzz_payloads import CATEGORIES, Ledger, messages
-from tests.faults.harness import (HealthSampler, MqttPublisher, StoreReader, TwinProcess, daemon_config,
-                                  mark_passed, metric_sum, write_results)
+from tests.faults.harness import (
+    HealthSampler,
+    MqttPublisher,
+    StoreReader,
+    TwinProcess,
+    daemon_config,
+    mark_passed,
+    metric_sum,
+    write_results,
+)
 
 pytestmark = pytest.mark.integration
 

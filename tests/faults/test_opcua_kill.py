@@ -17,8 +17,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.faults.procs import (DaemonProcess, HealthProbe, SimLineProcess, daemon_config, metric_sum,
-                                outcome, table_row, write_result)
+from tests.faults.procs import (
+    DaemonProcess,
+    HealthProbe,
+    SimLineProcess,
+    daemon_config,
+    metric_sum,
+    outcome,
+    table_row,
+    write_result,
+)
 
 pytestmark = pytest.mark.integration
 

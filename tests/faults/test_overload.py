@@ -24,9 +24,26 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mosquitto
-from tests.faults.procs import (ROOT, DaemonProcess, HealthProbe, Key, LedgerPublisher, base_us, batch_message,
-                                daemon_config, metric_sum, mqtt_connector, produce, reading, stored_count,
-                                stored_rows, outcome, wait_until, table_row, write_result)
+from tests.faults.procs import (
+    ROOT,
+    DaemonProcess,
+    HealthProbe,
+    Key,
+    LedgerPublisher,
+    base_us,
+    batch_message,
+    daemon_config,
+    metric_sum,
+    mqtt_connector,
+    outcome,
+    produce,
+    reading,
+    stored_count,
+    stored_rows,
+    table_row,
+    wait_until,
+    write_result,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -24,9 +24,24 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mosquitto
-from tests.faults.procs import (DaemonProcess, HealthProbe, LedgerPublisher, StoreLock, base_us, daemon_config,
-                                metric_sum, mqtt_connector, produce, stored_count, stored_rows, stream_messages,
-                                outcome, table_row, wait_until, write_result)
+from tests.faults.procs import (
+    DaemonProcess,
+    HealthProbe,
+    LedgerPublisher,
+    StoreLock,
+    base_us,
+    daemon_config,
+    metric_sum,
+    mqtt_connector,
+    outcome,
+    produce,
+    stored_count,
+    stored_rows,
+    stream_messages,
+    table_row,
+    wait_until,
+    write_result,
+)
 from tests.influx.servers import InfluxD
 
 pytestmark = pytest.mark.integration

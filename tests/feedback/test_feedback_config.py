@@ -48,8 +48,8 @@ def test_feedback_without_the_predictor_is_refused(tmp_path: Path) -> None:
 
 
 def test_history_windows_and_last_change() -> None:
-    from twin.feedback import History
     from core.samples import Quality, Sample
+    from twin.feedback import History
 
     h = History({"calendering.gap_setpoint"})
     vals = [85.0, 85.0, 85.0 + 1e-9, 90.0, 90.0, 88.0, 88.0]

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 OUT_OF_TOL_TARGET = {"porosity": {"target": 0.335, "tolerance": 0.01, "weight": 1.0, "unit": "1"}}
 
 
-def fb(daemon):  # noqa: ANN001, ANN201
+def fb(daemon):
     return daemon.extensions["feedback"]
 
 

@@ -79,7 +79,7 @@ class TwinProcess:
     def __init__(self, config: Path, port: int, log: Path) -> None:
         self.base = f"http://127.0.0.1:{port}/api/v1"
         self.log_path = log
-        self.log = open(log, "a")
+        self.log = open(log, "a")  # noqa: SIM115 - the process writes it while it runs; closed on stop
         self.proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "run", "--config", str(config)],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
 from tests.conftest import mosquitto_binary, wait_port
 from tests.influx.conftest import v1_config
 from tests.influx.servers import InfluxD, free_port
 from twin.config import check_config
-from core.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
 from twin.store.influx import InfluxStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def test_compose_structure() -> None:
     assert len(twins) >= 2
     assert services["influxdb"]["image"].startswith("influxdb:2")
     ids, states = set(), set()
-    for name, svc in twins.items():
+    for _name, svc in twins.items():
         env = svc["environment"]
         ids.add(env["TWIN_CONNECTORS__0__CLIENT_ID"])
         assert env["TWIN_STORE__INFLUXDB__TOKEN"].startswith("${INFLUX_TOKEN:?")  # never in the file

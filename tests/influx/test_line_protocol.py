@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from core.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
 from tests.conftest import DEFAULTS, write_config
 from twin.config import ConfigError, InfluxStoreConfig, load_config
-from core.samples import DeadLetter, Quality, RollEvent, Sample, SourceKind
 from twin.store.influx import LineProtocol, _str_field, _unstr, tag_info_from_tagmap
 
 T0 = 1_790_000_000 * 10**9

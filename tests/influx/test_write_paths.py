@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from core.samples import Quality, Sample
 from tests.influx.conftest import v1_config, v2_config
 from tests.influx.servers import InfluxD, VictoriaMetrics
-from core.samples import Quality, Sample
 from twin.store.influx import InfluxStore
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def expected(ss: list[Sample]) -> dict[tuple[str, str, int], float]:
     return {(s.line_id, s.tag_id, s.source_ts_ns // MS): s.value for s in ss}
 
 
-def wait_for(cond, timeout: float, what: str) -> None:  # noqa: ANN001
+def wait_for(cond, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

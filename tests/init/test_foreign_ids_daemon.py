@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from core.samples import Sample, now_ns
 from tests.conftest import write_config
 from tests.init.test_roles import tagmap_file
 from twin.config import load_config
 from twin.daemon import Daemon
-from core.samples import Sample, now_ns
 
 VALUES = {"acme.qcs_thk_in": (100.0, "um"), "acme.qcs_cw": (22.8, "mg/cm**2"), "acme.cal_gap_pv": (85.0, "um"),
           "acme.cal_speed": (6.0, "m/min"), "acme.cal_temp": (50.0, "degC")}

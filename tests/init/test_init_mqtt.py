@@ -50,7 +50,7 @@ class Publisher(threading.Thread):
         c.disconnect()
 
 
-def test_init_listens_and_maps_mqtt_topics(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
+def test_init_listens_and_maps_mqtt_topics(mosquitto, tmp_path: Path) -> None:
     pub = Publisher(mosquitto.port)
     pub.start()
     try:
@@ -79,7 +79,7 @@ def test_init_listens_and_maps_mqtt_topics(mosquitto, tmp_path: Path) -> None:  
 
 
 @pytest.mark.slow
-def test_twin_runs_on_the_mqtt_config_init_wrote(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
+def test_twin_runs_on_the_mqtt_config_init_wrote(mosquitto, tmp_path: Path) -> None:
     pub = Publisher(mosquitto.port)
     pub.start()
     api_port = free_port()

@@ -24,7 +24,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ PLAIN = {"acme/l2/calender/WebSpeed": "6.0", "acme/l2/calender/RollForce": "12.5
 
 
 def _json_topics() -> dict[str, bytes]:
-    t = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")  # no offset: the plant writes UTC
+    t = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")  # no offset: the plant writes UTC
     return {"acme/l2/coater/CoatWeight": json.dumps({"v": 228.0, "t": t, "u": "g/m²"}).encode(),
             "acme/l2/qcs/ThkOut": json.dumps({"v": 71.0, "t": t}).encode()}
 
@@ -206,7 +206,7 @@ def test_quickstart_against_a_sparkplug_b_line_with_plain_and_json_topics(mosqui
             assert rows["calendering.roll_force"]["value"] == pytest.approx(12.5)  # the second plain number
             # the custom JSON's own timestamp ("t", whole seconds, UTC), not the receive time
             t_json = datetime.fromisoformat(rows["coating.areal_loading"]["ts"].replace("Z", "+00:00"))
-            assert t_json.microsecond == 0 and abs((datetime.now(timezone.utc) - t_json).total_seconds()) < 30
+            assert t_json.microsecond == 0 and abs((datetime.now(UTC) - t_json).total_seconds()) < 30
             # nothing the mappings read became a dead letter (data before the twin's first birth may)
             codes = {d["reason_code"] for d in get(api_port, "/api/v1/dead-letters?limit=1000")}
             assert codes <= {"sparkplug_no_birth"}, codes
@@ -238,7 +238,7 @@ def test_quickstart_against_a_sparkplug_b_line_with_plain_and_json_topics(mosqui
             after = sparkplug_status(api_port)
             assert after["sparkplug_seq_gaps"] == before["sparkplug_seq_gaps"] + 1
             assert after["sparkplug_rebirth_requests"] == before["sparkplug_rebirth_requests"] + 1
-            t_reborn = datetime.now(timezone.utc)
+            t_reborn = datetime.now(UTC)
             wait_for("values stored after the rebirth", lambda: datetime.fromisoformat(
                 get(api_port, "/api/v1/latest?tag=calendering.gap_actual")[0]["ts"].replace("Z", "+00:00"))
                 > t_reborn, 20, proc)

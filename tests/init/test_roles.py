@@ -25,7 +25,7 @@ FOREIGN = [
 ]
 
 
-def tagmap_file(tmp_path: Path, rows=FOREIGN, name: str = "tagmap.toml") -> Path:  # noqa: ANN001
+def tagmap_file(tmp_path: Path, rows=FOREIGN, name: str = "tagmap.toml") -> Path:
     lines = ["version = 1"]
     for i, (tid, step, kind, role, param, unit, rng) in enumerate(rows):
         lines += ["[[tags]]", f'id = "{tid}"', f'step = "{step}"', f'kind = "{kind}"', f'role = "{role}"',

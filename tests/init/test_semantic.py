@@ -76,7 +76,7 @@ def test_the_simulated_line_maps_to_the_demo_tag_map() -> None:
     assert hits >= 28, hits  # 29 of 30 today: Line.SpeedSetpoint is taken for the coating speed
 
 
-def _node(node_id: str, name: str, folder: str, unit: str | None, disp: str | None, rng, writable=False,  # noqa: ANN001
+def _node(node_id: str, name: str, folder: str, unit: str | None, disp: str | None, rng, writable=False,
           dtype: str = "Double", desc: str = "") -> BrowsedNode:
     return BrowsedNode(node_id, f"/Objects/1:Acme/1:{folder}/1:{name}", name, dtype, unit, disp, rng, True, writable,
                        desc, folder)

@@ -11,7 +11,7 @@ import pysparkplug as spb
 from tests.mqtt.test_sparkplug_host import T, ddata, feed, host, m, nbirth
 
 
-def _born(h, seq: int = 0) -> None:  # noqa: ANN001
+def _born(h, seq: int = 0) -> None:
     feed(h, "spBv1.0/G/NBIRTH/E", nbirth(seq=seq))
     feed(h, "spBv1.0/G/DBIRTH/E/D", spb.DBirth(timestamp=T, seq=seq + 1, metrics=(m("Gap", 1.0, 10),)).encode())
 

@@ -22,8 +22,8 @@ from connectors.mqtt.config import MqttConnectorConfig
 from connectors.mqtt.connector import MqttConnector
 from connectors.replay.config import ReplayConnectorConfig
 from connectors.replay.connector import ReplayConnector
-from tests.conftest import Mosquitto
 from core.samples import DeadLetter, RawBatch, RawReading, SourceKind
+from tests.conftest import Mosquitto
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def contract(kind: str) -> Callable[[Factory], Factory]:
 
 
 @contract("replay")
-async def _replay(tmp_path: Path, request: pytest.FixtureRequest):  # noqa: ANN202
+async def _replay(tmp_path: Path, request: pytest.FixtureRequest):
     f = tmp_path / "r.csv"
     f.write_text("timestamp,a,b\n2026-11-22T10:00:00Z,1,2\n2026-11-22T10:00:01Z,3,x\n")
 
@@ -51,7 +51,7 @@ async def _replay(tmp_path: Path, request: pytest.FixtureRequest):  # noqa: ANN2
 
 
 @contract("mqtt")
-async def _mqtt(tmp_path: Path, request: pytest.FixtureRequest):  # noqa: ANN202
+async def _mqtt(tmp_path: Path, request: pytest.FixtureRequest):
     d = tmp_path / "broker"
     d.mkdir()
     broker = Mosquitto(d)
@@ -72,7 +72,7 @@ async def _mqtt(tmp_path: Path, request: pytest.FixtureRequest):  # noqa: ANN202
     return c, feed
 
 
-from tests.opcua.contract import opcua_contract  # noqa: E402
+from tests.opcua.contract import opcua_contract  # noqa: E402 - after the MQTT and replay factories, in registry order
 
 FACTORIES["opcua"] = opcua_contract
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def test_demo_serves_health_and_calender_series(tmp_path: Path) -> None:
     port = free_port()
     t0 = time.monotonic()
-    log = open(tmp_path / "demo.log", "w")  # a file, not a pipe nobody reads while it runs
+    log = open(tmp_path / "demo.log", "w")  # noqa: SIM115 - a file, not a pipe nobody reads while it runs
     p = subprocess.Popen([sys.executable, "-m", "twin.cli", "demo", "--port", str(port), "--state-dir",
                           str(tmp_path / "state")], stdout=log, stderr=subprocess.STDOUT, text=True)
     try:

@@ -41,7 +41,7 @@ class Publisher:
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self.lock:
             self.acked.add(mid)
 
@@ -218,7 +218,7 @@ async def test_malformed_input_becomes_dead_letters_with_reasons(tmp_path: Path,
     }
     try:
         def produce() -> None:
-            for code, items in sent.items():
+            for _code, items in sent.items():
                 for topic, payload in items:
                     pub.publish(topic, payload, [])
             # the daemon keeps running: a good reading after all that is stored

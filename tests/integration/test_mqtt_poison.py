@@ -14,9 +14,13 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import connectors.mqtt.connector as mqtt_connector
 from connectors.mqtt.connector import MqttConnector
+from connectors.mqtt.payload import MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, MAX_ROLL, MAX_UNIT, parse_payload
+from core.samples import RawReading as _RawReading
 from tests.conftest import Mosquitto
 from tests.integration.test_mqtt import T0, Publisher, mqtt_config, single, start_daemon, stored_keys, wait_count
 from twin.daemon import Daemon
@@ -86,7 +90,7 @@ async def test_poison_payloads_interleaved_with_valid_readings(tmp_path: Path, m
     # the last line of defence: a parser fault (injected for one marked message) is an internal_error
     real_parse = mqtt_connector.parse_payload
 
-    def parse_with_a_fault(topic: bytes, payload: bytes, *args: object, **kw: object):  # noqa: ANN202
+    def parse_with_a_fault(topic: bytes, payload: bytes, *args: object, **kw: object):
         if b"inject-internal-error" in payload:
             raise KeyError("injected fault")
         return real_parse(topic, payload, *args, **kw)  # type: ignore[arg-type]
@@ -232,11 +236,6 @@ async def test_a_raising_network_loop_reconnects_and_loses_nothing(tmp_path: Pat
 
 
 # ---- property-based: the payload parser never raises and lets nothing unstorable through ----------
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from connectors.mqtt.payload import MAX_ADDRESS, MAX_PAYLOAD_TEXT, MAX_REASON, MAX_ROLL, MAX_UNIT, parse_payload  # noqa: E402
-from core.samples import RawReading as _RawReading  # noqa: E402
 
 _any_text = st.text(st.characters(blacklist_categories=()), max_size=40)  # surrogates and NUL included
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**400, 10**400), st.floats(), _any_text,
@@ -268,7 +267,7 @@ def test_fuzz_parse_payload_never_raises_and_bounds_everything(topic: bytes, pay
     try:  # what the message holds: the items of a well-formed batch, else one reading or dead letter
         items = json.loads(payload)["readings"] if topic.decode("utf-8").endswith("/batch") and len(topic) <= 512 \
             else None
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - fuzzed bytes: any failure means "not a well-formed batch"
         items = None
     assert len(readings) + len(dead) == (len(items) if isinstance(items, list) else 1)
     for r in readings:

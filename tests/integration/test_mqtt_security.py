@@ -21,7 +21,9 @@ pytestmark = pytest.mark.integration
 def make_pki(d: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.fail("openssl is needed to make test certificates")
-    run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)  # noqa: E731
+    def run(*a):
+        return subprocess.run(a, cwd=d, check=True, capture_output=True)
+
     run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
         "-days", "2", "-subj", "/CN=twin-test-ca")
     run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
@@ -32,7 +34,7 @@ def make_pki(d: Path) -> None:
 
 
 @pytest.fixture
-def secure_broker(tmp_path: Path):  # noqa: ANN201
+def secure_broker(tmp_path: Path):
     d = tmp_path / "sbroker"
     d.mkdir()
     make_pki(d)

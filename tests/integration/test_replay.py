@@ -3,7 +3,6 @@ a second replay adds no duplicates."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import gzip
 import json
@@ -17,10 +16,10 @@ import pytest
 
 from connectors.replay.config import ReplayConnectorConfig, ReplaySpeed
 from connectors.replay.connector import ReplayConnector
-from tests.conftest import DEFAULTS, RECORDED, write_config
+from core.samples import parse_time_ns
+from tests.conftest import RECORDED, write_config
 from twin.config import load_config
 from twin.daemon import Daemon
-from core.samples import parse_time_ns
 from twin.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration

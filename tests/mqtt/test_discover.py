@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -111,7 +111,7 @@ def test_discover_proposes_a_mapping_that_parses_what_it_saw(tmp_path: Path, mos
         rs, dead = mapper.parse(mapper.match(topic.encode()), topic.encode(), RETAINED[topic], 123)  # type: ignore[arg-type]
         assert dead == []
         got.update({x.address: (x.value, x.source_ts_ns) for x in rs})
-    t10 = int(datetime(2026, 12, 3, 10, tzinfo=timezone.utc).timestamp()) * 10**9
+    t10 = int(datetime(2026, 12, 3, 10, tzinfo=UTC).timestamp()) * 10**9
     assert got == {"plant/l1/speed": (12.5, 123), "plant/l1/gauge/thickness": (0.0712, t10),
                    "plant/l1/calender/load": (1.2, 1796292000250 * 10**6),
                    "plant/l1/calender/temp": (80.5, 1796292000250 * 10**6)}

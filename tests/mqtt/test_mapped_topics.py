@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -57,11 +57,11 @@ async def test_plain_number_and_custom_json_are_stored_with_the_right_timestamps
         (ts, v, _), = values(daemon, "calendering.roll_speed")
         assert v == pytest.approx(6.0) and before <= ts <= after + 50_000_000  # m/s -> m/min; receive time
         berlin = ns(datetime(2026, 12, 3, 10, tzinfo=ZoneInfo("Europe/Berlin")))
-        assert berlin == ns(datetime(2026, 12, 3, 9, tzinfo=timezone.utc))
+        assert berlin == ns(datetime(2026, 12, 3, 9, tzinfo=UTC))
         assert values(daemon, "calendering.thickness_after") == [(berlin, pytest.approx(71.2), 0)]
         assert values(daemon, "calendering.line_load") == [(t_ms * 1_000_000, pytest.approx(1200.0), 0)]
         assert values(daemon, "calendering.roll_temperature") == [((t_ms + 100) * 1_000_000, pytest.approx(80.0), 0)]
-        assert values(daemon, "calendering.gap_actual") == [(ns(datetime(2026, 12, 3, 9, tzinfo=timezone.utc)),
+        assert values(daemon, "calendering.gap_actual") == [(ns(datetime(2026, 12, 3, 9, tzinfo=UTC)),
                                                              pytest.approx(61.3), 0)]
         (dl,) = daemon.store.dead_letters()
         assert dl["reason_code"] == "bad_timestamp" and "03.12.2026 10:00" in dl["payload"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -25,7 +25,7 @@ def mapper(*maps: dict, policy: TimestampPolicy = TimestampPolicy.REJECT) -> Pay
     return PayloadMapper([PayloadMapping.model_validate(m) for m in maps], policy)
 
 
-def parse(mp: PayloadMapper, topic: str, payload: bytes | str):  # noqa: ANN201
+def parse(mp: PayloadMapper, topic: str, payload: bytes | str):
     raw = payload.encode() if isinstance(payload, str) else payload
     m = mp.match(topic.encode())
     assert m is not None, topic
@@ -46,20 +46,20 @@ def test_custom_fields_naive_timestamp_takes_the_configured_zone() -> None:
     r, d = parse(mp, "plant/gauge/thickness", '{"v": 1.2, "t": "2026-12-03 10:00:00"}')
     assert d == []
     want = datetime(2026, 12, 3, 10, 0, tzinfo=ZoneInfo("Europe/Berlin"))  # 09:00 UTC in winter
-    assert r[0].value == 1.2 and r[0].source_ts_ns == ns(want) == ns(datetime(2026, 12, 3, 9, tzinfo=timezone.utc))
+    assert r[0].value == 1.2 and r[0].source_ts_ns == ns(want) == ns(datetime(2026, 12, 3, 9, tzinfo=UTC))
     # an offset in the text wins over the zone
     r, _ = parse(mp, "plant/gauge/thickness", '{"v": 1, "t": "2026-12-03T10:00:00+00:00"}')
-    assert r[0].source_ts_ns == ns(datetime(2026, 12, 3, 10, tzinfo=timezone.utc))
+    assert r[0].source_ts_ns == ns(datetime(2026, 12, 3, 10, tzinfo=UTC))
     # summer time: +02:00
     r, _ = parse(mp, "plant/gauge/thickness", '{"v": 1, "t": "2026-07-01 10:00:00"}')
-    assert r[0].source_ts_ns == ns(datetime(2026, 7, 1, 8, tzinfo=timezone.utc))
+    assert r[0].source_ts_ns == ns(datetime(2026, 7, 1, 8, tzinfo=UTC))
 
 
 def test_strptime_and_epoch_formats() -> None:
     mp = mapper({"topic": "a", "value": "d.val", "timestamp": "d.time", "timestamp_format": "%d.%m.%Y %H:%M:%S.%f"},
                 {"topic": "b", "value": "x", "timestamp": "ms", "timestamp_format": "epoch_ms"})
     r, d = parse(mp, "a", '{"d": {"val": 3, "time": "03.12.2026 10:00:00.250"}}')
-    assert d == [] and r[0].source_ts_ns == ns(datetime(2026, 12, 3, 10, 0, 0, 250000, tzinfo=timezone.utc))
+    assert d == [] and r[0].source_ts_ns == ns(datetime(2026, 12, 3, 10, 0, 0, 250000, tzinfo=UTC))
     r, d = parse(mp, "b", '{"x": 4, "ms": 1796292000123}')
     assert d == [] and r[0].source_ts_ns == 1796292000123 * 1_000_000
     r, d = parse(mp, "a", '{"d": {"val": 3, "time": "2026-12-03"}}')
@@ -79,7 +79,7 @@ def test_several_readings_per_message_with_names_quality_and_units() -> None:
         {"name": "temp", "v": [1, 2]},  # not a scalar
     ]}
     r, d = parse(mp, "line/l1/calender", json.dumps(payload))
-    t = ns(datetime(2026, 12, 3, 10, tzinfo=timezone.utc))
+    t = ns(datetime(2026, 12, 3, 10, tzinfo=UTC))
     assert [(x.address, x.value, x.unit, x.quality, x.source_ts_ns) for x in r] == [
         ("line/l1/calender/gap", 0.061, "mm", Quality.GOOD, t),
         ("line/l1/calender/load", 1.1, "kN/mm", Quality.BAD, t)]

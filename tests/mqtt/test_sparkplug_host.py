@@ -36,7 +36,7 @@ def ddata(seq: int, value: float, alias: int = 10) -> bytes:
     return spb.DData(timestamp=T + seq, seq=seq, metrics=(m(None, value, alias),)).encode()
 
 
-def feed(h: SparkplugHost, topic: str, payload: bytes):  # noqa: ANN201
+def feed(h: SparkplugHost, topic: str, payload: bytes):
     return h.handle(topic.encode(), payload, RECV)
 
 

@@ -15,10 +15,10 @@ import pysparkplug as spb
 import pytest
 
 from connectors.mqtt.writes import SetpointWriteError
+from core.samples import now_ns, ns_to_iso
 from tests.conftest import Mosquitto
 from tests.mqtt.conftest import running_twin, values, wait_for
 from twin.feedback import Proposal, Setting
-from core.samples import now_ns, ns_to_iso
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ class Controller:
         self.client.loop_stop()
 
 
-async def propose(daemon, current: float, proposed: float) -> Proposal:  # noqa: ANN001
+async def propose(daemon, current: float, proposed: float) -> Proposal:
     """A proposal as the feedback service makes it (the optimizer's part is tested in tests/feedback)."""
     svc = daemon.extensions["feedback"]
     p = Proposal(id=uuid.uuid4().hex[:12], line_id="pilot-1", created_ns=now_ns(), model_version="test",

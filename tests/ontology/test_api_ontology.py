@@ -9,12 +9,12 @@ import pytest
 import rdflib
 from fastapi.testclient import TestClient
 
+from core.samples import Quality, RawReading, RollEvent, Sample, SourceKind
 from ontology.build import NS
 from tests.conftest import DEFAULTS, write_config
 from twin.api import create_app
 from twin.config import load_config
 from twin.daemon import Daemon
-from core.samples import Quality, RawReading, RollEvent, Sample, SourceKind
 
 T0 = 1_790_000_000 * 10**9
 S = 10**9

@@ -108,9 +108,7 @@ def _dump(d: dict, prefix: str = "") -> str:
 
     lines, tables = [], []
     for k, v in d.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+        if isinstance(v, dict) or isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             tables.append((k, v))
         else:
             lines.append(f"{k} = {json.dumps(v)}")

@@ -16,7 +16,7 @@ from tests.conftest import DEFAULTS
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="HermiT needs Java (scripts/setup.sh)")
 
 
-def _consistent(g, tmp_path: Path) -> bool:  # noqa: ANN001
+def _consistent(g, tmp_path: Path) -> bool:
     import owlready2
 
     f = tmp_path / "plant.owl"

@@ -31,7 +31,7 @@ def sample_config(url: str, **update: object) -> OpcUaConnectorConfig:
 
 
 @pytest.fixture
-async def simline() -> AsyncIterator["object"]:
+async def simline() -> AsyncIterator[object]:
     from twin.simline.opcua_server import SimLineServer
 
     srv = SimLineServer(port=free_port(), seed=1)
@@ -89,7 +89,7 @@ async def collect(connector: object, seconds: float, until: object = None) -> li
     while loop.time() < end:
         try:
             batch = await asyncio.wait_for(it.__anext__(), timeout=max(0.01, end - loop.time()))
-        except (asyncio.TimeoutError, StopAsyncIteration):
+        except (TimeoutError, StopAsyncIteration):
             break
         out.extend(batch.readings)
         batch.ack()

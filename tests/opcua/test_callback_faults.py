@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from connectors.opcua.connector import OpcUaConnector
+from core.samples import DeadLetter, RawReading
 from tests.conftest import free_port
 from tests.opcua.conftest import sample_config
-from core.samples import DeadLetter, RawReading
 from twin.simline.opcua_server import SimLineServer
 
 pytestmark = pytest.mark.integration

@@ -42,7 +42,7 @@ def test_publishes_every_signal_to_a_real_broker(mosquitto) -> None:
     done = threading.Event()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-sub", protocol=mqtt.MQTTv5)
 
-    def on_message(c, u, msg):  # noqa: ANN001
+    def on_message(c, u, msg):
         got[msg.topic] = msg.payload
         if len(got) >= len(SIGNALS):
             done.set()

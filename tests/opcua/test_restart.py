@@ -9,9 +9,9 @@ import time
 import pytest
 
 from connectors.opcua.connector import OpcUaConnector
+from core.samples import now_ns
 from tests.conftest import free_port
 from tests.opcua.conftest import sample_config
-from core.samples import now_ns
 
 pytestmark = pytest.mark.integration
 

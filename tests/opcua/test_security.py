@@ -94,7 +94,7 @@ async def test_client_without_the_required_policy_is_refused(secure, monkeypatch
     raw = Client(srv.url)
     orig = Client.find_endpoint
 
-    def any_endpoint(eps, mode, uri):  # noqa: ANN001, ANN202
+    def any_endpoint(eps, mode, uri):
         try:
             return orig(eps, mode, uri)
         except ua.UaError:

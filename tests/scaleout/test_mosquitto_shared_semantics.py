@@ -56,7 +56,7 @@ class Sub:
     def __init__(self, port: int, cid: str, expiry: int, ack: bool, out: Path) -> None:
         self.out = out
         self.proc = subprocess.Popen([sys.executable, "-c", SUB, str(port), cid, str(expiry), "ack" if ack else "no"],
-                                     stdout=open(out, "w"))
+                                     stdout=open(out, "w"))  # noqa: SIM115 - the child owns it
         deadline = time.monotonic() + 20
         while "SUBSCRIBED" not in out.read_text():
             assert time.monotonic() < deadline, "subscriber did not subscribe"

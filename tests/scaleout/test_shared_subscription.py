@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 N_LINES, PER_LINE, BATCH = 5, 10_000, 50
 
 
-def wait_until(cond, timeout: float, what: str) -> None:  # noqa: ANN001
+def wait_until(cond, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -104,7 +104,7 @@ def test_three_workers_exactly_once_and_a_killed_worker_loses_nothing(tmp_path: 
 
         # exactly once, and per line in order (see the module docstring for the definition)
         assert influxd.count() == 50_000
-        for li, line in enumerate(line_names(N_LINES)):
+        for _li, line in enumerate(line_names(N_LINES)):
             want = sorted((ts, tag, v) for (ln, tag, ts), v in expected.items() if ln == line)
             got = stored_line(influxd, line)
             assert len(got) == PER_LINE and got == want, line

@@ -12,13 +12,13 @@ from fastapi.testclient import TestClient
 
 from connectors.replay.config import ReplayConnectorConfig
 from connectors.replay.connector import ReplayConnector
+from core.samples import Quality
 from tests.conftest import RECORDED, write_config
 from tests.surrogates.conftest import add_version
 from twin.api import create_app
 from twin.config import load_config
 from twin.daemon import Daemon
 from twin.predictor import OUTPUT_TAGS
-from core.samples import Quality
 
 # recorded timestamps are historical: no staleness limit here; debounce 0 so each change predicts at once
 PREDICTOR = "[predictor]\nenabled = true\ndebounce_ms = 0\ninterval_s = 3600\nstale_after_s = 1e12\n"

@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-from surrogates.runtime import ModelRegistry  # noqa: E402
-from surrogates.train import data as D  # noqa: E402
-from surrogates.train.export import ExportGraph, ParityError, check_parity, export_onnx  # noqa: E402
-from surrogates.train.pipeline import PipelineConfig, evaluate_model, export, train  # noqa: E402
+from surrogates.runtime import ModelRegistry  # noqa: E402 - after importorskip(torch, onnx)
+from surrogates.train import data as D  # noqa: E402 - after importorskip(torch, onnx)
+from surrogates.train.export import ExportGraph, ParityError, check_parity, export_onnx  # noqa: E402 - after importorskip(torch, onnx)
+from surrogates.train.pipeline import PipelineConfig, evaluate_model, export, train  # noqa: E402 - after importorskip(torch, onnx)
 
 #: smoke run of the shipping path with fixed hyperparameters and no search: 40 training design points, noise
 #: calibrated by 3-fold out-of-fold residuals, then the 5-member ensemble refitted on them plus the 34

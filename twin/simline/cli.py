@@ -13,11 +13,13 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from core.samples import now_ns
 
 console = Console(stderr=True)
 
@@ -65,29 +67,36 @@ def simulate_line(
     trust_client: list[Path] = typer.Option([], "--trust-client", help="trust this client certificate (repeatable)"),
     user: list[str] = typer.Option([], "--user", help="require NAME:PASSWORD (repeatable)"),
     insecure_remote: bool = typer.Option(False, "--insecure-remote", help="allow policy None on a non-loopback address"),
-    mqtt: Optional[str] = typer.Option(None, "--mqtt", help="also publish over MQTT to HOST:PORT"),
+    mqtt: str | None = typer.Option(None, "--mqtt", help="also publish over MQTT to HOST:PORT"),
     mqtt_prefix: str = typer.Option("pilot", help="MQTT topic prefix"),
     mqtt_rate_hz: float = typer.Option(1.0, help="MQTT publishing rate"),
     line_id: str = typer.Option("pilot-1", help="line id in MQTT topics"),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="write a recorded run to this CSV (.gz) instead of serving"),
+    csv: Path | None = typer.Option(None, "--csv", help="write a recorded run to this CSV (.gz) instead of serving"),
     duration_s: float = typer.Option(3600.0, "--duration", help="with --csv: simulated seconds"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log connections and writes"),
 ) -> None:
     """Run the simulated coating -> drying -> calendering line as an OPC-UA server (and over MQTT)."""
-    from twin.simline.model import SCENARIOS, make_scenario, simulate, write_csv
+    from twin.simline.model import (  # lazy: CLI, each command loads only its own code
+        SCENARIOS,
+        make_scenario,
+        simulate,
+        write_csv,
+    )
 
     _logging(verbose)
     if scenario not in SCENARIOS:
         _fail(f"--scenario {scenario!r}: expected one of {', '.join(SCENARIOS)}")
     scen = make_scenario(scenario, start_s=scenario_start_s)
     if csv is not None:
-        from core.samples import now_ns
-
         dt = 1.0 / rate_hz
         n = write_csv(csv, simulate(duration_s, dt, seed=seed, scenario=scen), now_ns() - int(duration_s * 1e9))
         console.print(f"wrote {n} rows ({duration_s:g} s at {rate_hz:g} Hz, scenario {scenario}) to {csv}")
         return
-    from twin.simline.opcua_server import ALL_POLICIES, ServerSecurity, SimLineServer
+    from twin.simline.opcua_server import (  # lazy: CLI, each command loads only its own code
+        ALL_POLICIES,
+        ServerSecurity,
+        SimLineServer,
+    )
 
     sec = None
     if security:
@@ -96,7 +105,7 @@ def simulate_line(
             sec.policy_types()
         except ValueError as err:
             _fail(str(err))
-        from connectors.opcua import security as pki
+        from connectors.opcua import security as pki  # lazy: CLI, each command loads only its own code
 
         for c in trust_client:
             try:
@@ -114,7 +123,7 @@ def simulate_line(
         return
     pub = None
     if mqtt:
-        from twin.simline.mqtt_publisher import MqttLinePublisher
+        from twin.simline.mqtt_publisher import MqttLinePublisher  # lazy: CLI, each command loads only its own code
 
         mh, _, mp = mqtt.rpartition(":")
         pub = MqttLinePublisher(host=mh or "127.0.0.1", port=int(mp or 1883), prefix=mqtt_prefix, line_id=line_id,
@@ -146,26 +155,29 @@ def simulate_line(
 
 def browse(
     url: str = typer.Argument(..., help="opc.tcp://HOST:PORT"),
-    write_tagmap: Optional[Path] = typer.Option(None, "--write-tagmap", help="write a tag-map skeleton (TOML)"),
+    write_tagmap: Path | None = typer.Option(None, "--write-tagmap", help="write a tag-map skeleton (TOML)"),
     root: list[str] = typer.Option([], "--root", help="start here (NodeId; repeatable; default Objects)"),
     depth: int = typer.Option(10, help="maximum depth below each root"),
     all_namespaces: bool = typer.Option(False, "--all-namespaces", help="include namespace 0 (the Server object)"),
     policy: str = typer.Option("none", help="none, basic256sha256, aes128_sha256_rsaoaep, aes256_sha256_rsapss"),
     mode: str = typer.Option("sign_and_encrypt", help="sign or sign_and_encrypt"),
     pki_dir: Path = typer.Option(Path("pki"), "--pki", help="client PKI folder (own/, trusted/, rejected/)"),
-    username: Optional[str] = typer.Option(None, help="user name"),
-    password: Optional[str] = typer.Option(None, help="password (or TWIN_OPCUA_PASSWORD)", envvar="TWIN_OPCUA_PASSWORD"),
+    username: str | None = typer.Option(None, help="user name"),
+    password: str | None = typer.Option(None, help="password (or TWIN_OPCUA_PASSWORD)", envvar="TWIN_OPCUA_PASSWORD"),
     plain: bool = typer.Option(False, "--plain", help="tab-separated lines instead of a table"),
     suggest: bool = typer.Option(False, "--suggest", help="with --plain: add the suggested ontology parameter column "
                                  "(the table always shows it)"),
 ) -> None:
     """Print the address space: node ids, browse paths, data types, units, access and the suggested ontology
     parameter (twin/semantic.py); write a tag map with those suggestions."""
-    from connectors.opcua.browse import browse_variables
-    from connectors.opcua.config import OpcUaConnectorConfig, SecurityConfig
-    from connectors.opcua.connector import close_client, open_client
-    from connectors.opcua.errors import OpcUaError
-    from twin.init import tagmap_for_browse
+    from connectors.opcua.browse import browse_variables  # lazy: CLI, each command loads only its own code
+    from connectors.opcua.config import (  # lazy: CLI, each command loads only its own code
+        OpcUaConnectorConfig,
+        SecurityConfig,
+    )
+    from connectors.opcua.connector import close_client, open_client  # lazy: CLI, each command loads only its own code
+    from connectors.opcua.errors import OpcUaError  # lazy: CLI, each command loads only its own code
+    from twin.init import tagmap_for_browse  # lazy: CLI, each command loads only its own code
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     try:
@@ -199,7 +211,7 @@ def browse(
     for n in nodes:
         rng = f"{n.eu_range[0]:g} .. {n.eu_range[1]:g}" if n.eu_range else ""
         unit = n.unit or (f"({n.unit_display})" if n.unit_display else "")
-        row = (n.node_id, n.browse_path, n.data_type or "?", unit, rng, n.access)
+        row: tuple[Any, ...] = (n.node_id, n.browse_path, n.data_type or "?", unit, rng, n.access)
         sg = by_node.get(n.node_id)
         if extra:
             row += ((f"{sg.term}/{sg.role} ({sg.confidence:.2f})" if sg is not None and sg.term else ""),)
@@ -234,7 +246,7 @@ def make_cert(
     force: bool = typer.Option(False, "--force", help="replace an existing certificate"),
 ) -> None:
     """Create the twin's OPC-UA application certificate and key (RSA 2048, self-signed)."""
-    from connectors.opcua import security as pki
+    from connectors.opcua import security as pki  # lazy: CLI, each command loads only its own code
 
     try:
         paths = pki.make_certificate(out, application_uri_=uri, common_name_=cn, hostnames=list(host) or None,
@@ -251,10 +263,10 @@ def make_cert(
 def trust(
     certfile: Path = typer.Argument(..., help="a server certificate (DER or PEM), e.g. from pki/rejected/"),
     pki_dir: Path = typer.Option(Path("pki"), "--pki", help="PKI folder; the certificate goes to <pki>/trusted"),
-    trust_dir: Optional[Path] = typer.Option(None, "--trust-dir", help="the trust folder itself (overrides --pki)"),
+    trust_dir: Path | None = typer.Option(None, "--trust-dir", help="the trust folder itself (overrides --pki)"),
 ) -> None:
     """Trust a server (or, for the simulator, client) certificate: copy it into the trust store."""
-    from connectors.opcua import security as pki
+    from connectors.opcua import security as pki  # lazy: CLI, each command loads only its own code
 
     try:
         dest = pki.trust(certfile, trust_dir or pki_dir / "trusted")

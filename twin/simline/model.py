@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.samples import ns_to_iso
 from ontology.definitions import LINE_RECIPE
 
 # --------------------------------------------------------------------------------------------
@@ -525,8 +526,8 @@ def _transport(coated: list[Coated], dried: list[Dried], calendered: list[Calend
     dried = dried[i:]
     i = 0
     while i < len(calendered) and web - calendered[i].pos_m >= p.gauge_after_m:
-        c = calendered[i]
-        at_gauge = dataclasses.replace(c, h_meas_um=c.h_um + rng.gauss(0.0, p.noise_thickness_um))
+        cal_i = calendered[i]
+        at_gauge = dataclasses.replace(cal_i, h_meas_um=cal_i.h_um + rng.gauss(0.0, p.noise_thickness_um))
         i += 1
     calendered = calendered[i:]
     return at_dryer_exit, in_nip, nip_result, at_gauge, coated, dried, calendered
@@ -567,8 +568,12 @@ def initial_state(params: LineParams | None = None, setpoints: Setpoints | None 
     web = p.gauge_after_m + 2 * p.segment_m
     nxt = _coat(coated, 0.0, web, roll_name(1), 0.0, loading, wet, 0.0, p)
     mode = CalenderMode(sp.calender_mode)
-    eps0_of = lambda c: _eps0(zones, sp.dryer_airflow_m3_h, 0.0, 0.0, p)  # noqa: E731
-    calender = lambda d: nip(d, mode, sp.calender_gap_um, sp.line_load_N_per_mm, sp.roll_temp_C, p)  # noqa: E731
+    def eps0_of(c: Coated) -> float:
+        return _eps0(zones, sp.dryer_airflow_m3_h, 0.0, 0.0, p)
+
+    def calender(d: Dried) -> NipResult:
+        return nip(d, mode, sp.calender_gap_um, sp.line_load_N_per_mm, sp.roll_temp_C, p)
+
     ade, inn, nres, atg, c2, d2, k2 = _transport(coated, [], [], web, None, None, None, None, eps0_of, calender, rng, p)
     assert inn is not None
     r = calender(inn)
@@ -619,8 +624,12 @@ def step(state: LineState, setpoints: Setpoints, dt_s: float, rng: random.Random
     coated = list(s.coated)
     nxt = _coat(coated, s.next_seg_m, web, roll_name(roll_no), roll_start, loading, wet, roll_eo, p)
 
-    eps0_of = lambda c: _eps0(zones, airflow, eps0_drift, c.eps0_offset, p)  # noqa: E731
-    calender = lambda d: nip(d, mode, gap_pos, load_state, roll_temp, p)  # noqa: E731
+    def eps0_of(c: Coated) -> float:
+        return _eps0(zones, airflow, eps0_drift, c.eps0_offset, p)
+
+    def calender(d: Dried) -> NipResult:
+        return nip(d, mode, gap_pos, load_state, roll_temp, p)
+
     ade, inn, nres, atg, coated, dried, calendered = _transport(
         coated, list(s.dried), list(s.calendered), web, s.at_dryer_exit, s.in_nip, s.nip_result, s.at_gauge,
         eps0_of, calender, rng, p)
@@ -790,7 +799,8 @@ class LineSimulation:
         if name in SIGNALS_BY_ID and SIGNALS_BY_ID[name].setpoint:
             name = SIGNALS_BY_ID[name].setpoint  # type: ignore[assignment]
         v = check_setpoint(name, value)
-        self.setpoints = dataclasses.replace(self.setpoints, **{name: v})
+        change: dict[str, Any] = {name: v}  # a field of Setpoints: check_setpoint refuses other names
+        self.setpoints = dataclasses.replace(self.setpoints, **change)
         return v
 
     def advance(self, dt_s: float) -> Outputs:
@@ -818,13 +828,11 @@ def write_csv(path: str | Path, outputs: Iterable[Outputs], start_ns: int,
               signals: Iterable[Signal] = SIGNALS) -> int:
     """Write a wide CSV (``timestamp`` ISO 8601 UTC + one column per signal, see ``Signal.column``),
     gzip-compressed when the name ends in .gz. Returns the number of rows."""
-    from core.samples import ns_to_iso
-
     sigs = list(signals)
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     n = 0
-    with opener(path, "wt", newline="") as fh:  # type: ignore[operator]
+    with opener(path, "wt", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["timestamp"] + [s.column for s in sigs])
         for out in outputs:

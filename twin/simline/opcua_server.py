@@ -30,7 +30,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ class SimLineServer:
         self.sim = sim or LineSimulation(params, setpoints, seed=seed, scenario=scenario)
         self.stats = ServerStats()
         self.extra_seq = 0  # value of every synthetic tag after the last step
-        self.on_tick: list[Callable[[Outputs, int], None]] = []  # (outputs, source ts ns) after each step
+        self.on_tick: list[Callable[[Outputs, int], object]] = []  # (outputs, source ts ns) after each step
         self.server: Server | None = None
         self._nodes: dict[str, ua.NodeId] = {}
         self._sig_by_node: dict[ua.NodeId, Signal] = {}
@@ -173,7 +173,7 @@ class SimLineServer:
         return [n.to_string() for n in self._extra_nodes]
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def __aenter__(self) -> "SimLineServer":
+    async def __aenter__(self) -> SimLineServer:
         await self.start()
         return self
 
@@ -210,13 +210,13 @@ class SimLineServer:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping must not raise
                 pass
             self._task = None
         if self.server is not None:
             try:
                 await self.server.stop()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - stopping must not raise
                 pass
             self.server = None
 
@@ -271,7 +271,7 @@ class SimLineServer:
             session.activate_session = activate_session
             return session
 
-        iserver.create_session = create_session  # type: ignore[method-assign]
+        iserver.create_session = create_session
 
     def _check_trusted(self, der: bytes) -> None:
         assert self._trust is not None and self.security is not None
@@ -341,7 +341,7 @@ class SimLineServer:
         async def write(params: ua.WriteParameters, user: User = User(role=UserRole.Admin)) -> list[ua.StatusCode]:
             results: list[ua.StatusCode | None] = [None] * len(params.NodesToWrite)
             passed: list[tuple[int, ua.WriteValue, str | None, float | int | None]] = []
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             for i, wv in enumerate(params.NodesToWrite):
                 sig = self._sig_by_node.get(wv.NodeId)
                 if sig is None or user.role == UserRole.Admin:
@@ -369,11 +369,11 @@ class SimLineServer:
                 sub = ua.WriteParameters()
                 sub.NodesToWrite = [wv for _, wv, _, _ in passed]
                 res = await orig_write(sub, user=user)
-                for (i, _, name, v), st in zip(passed, res):
+                for (i, _, name, value), st in zip(passed, res):
                     results[i] = st
-                    if name is not None and st.is_good():
-                        self.sim.write(name, v)
-                        self._last[self._sig_by_node_name(name)] = v
+                    if name is not None and value is not None and st.is_good():
+                        self.sim.write(name, value)
+                        self._last[self._sig_by_node_name(name)] = value
             if user.role != UserRole.Admin:
                 for st in results:
                     if st is not None and st.is_good():
@@ -382,7 +382,7 @@ class SimLineServer:
                         self.stats.writes_refused += 1
             return [st or ua.StatusCode(ua.StatusCodes.BadInternalError) for st in results]
 
-        service.write = write  # type: ignore[method-assign]
+        service.write = write
 
     @staticmethod
     def _sig_by_node_name(setpoint: str) -> str:
@@ -394,14 +394,13 @@ class SimLineServer:
     # -- stepping ----------------------------------------------------------------------------------
     async def _publish(self, out: Outputs) -> None:
         assert self.server is not None
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         write = self.server.iserver.aspace.write_attribute_value
         value_attr = ua.AttributeIds.Value
         for sig in SIGNALS:
             v = out.values[sig.id]
-            if sig.value_type != "double" or sig.setpoint:
-                if self._last.get(sig.id) == v:
-                    continue  # setpoints, modes and roll ids: only on change
+            if (sig.value_type != "double" or sig.setpoint) and self._last.get(sig.id) == v:
+                continue  # setpoints, modes and roll ids: only on change
             self._last[sig.id] = v
             vt = _VARIANTS[sig.value_type]
             await write(self._nodes[sig.id], value_attr,
@@ -414,7 +413,7 @@ class SimLineServer:
         for fn in self.on_tick:
             try:
                 fn(out, ts_ns)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("on_tick hook failed")
 
     async def _loop(self) -> None:
@@ -445,12 +444,9 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m twin.simline.opcua_server``: the same options as ``twin simulate-line``."""
+if __name__ == "__main__":  # pragma: no cover
+    # ``python -m twin.simline.opcua_server``: the same options as ``twin simulate-line``. Imported here, in
+    # the script's entry point (the module ``__main__``), because twin.simline.cli imports this module.
     from twin.simline.cli import cli_main
 
-    cli_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    cli_main()
