@@ -45,9 +45,9 @@ def publisher(port: int, n: int, batch: int, ready: mp.synchronize.Event, start:
 
 
 async def run(readings: int, batch: int) -> dict[str, float]:
-    from twin.testing.peers import Mosquitto, write_config
     from twin.config import load_config
     from twin.daemon import Daemon
+    from twin.testing.peers import Mosquitto, write_config
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
     (tmp / "broker").mkdir()

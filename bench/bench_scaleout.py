@@ -102,11 +102,11 @@ def outbox_bench(tmp: Path, n: int = 200_000) -> dict[str, Any]:
     """The InfluxDB backend's write() alone (the sender off): the cost of durability in the outbox."""
     import os
 
-    from ontology.tagmap import TagMap
-    from twin.testing.scaleout_cluster import TAGMAP
-    from twin.config import InfluxStoreConfig
     from core.samples import Quality, Sample
+    from ontology.tagmap import TagMap
+    from twin.config import InfluxStoreConfig
     from twin.store.influx import InfluxStore
+    from twin.testing.scaleout_cluster import TAGMAP
 
     cfg = InfluxStoreConfig(url="http://127.0.0.1:9", write_api="v1", outbox_path=tmp / "outbox-bench.sqlite")
     st = InfluxStore(cfg, tagmap=TagMap.load(TAGMAP), start_sender=False)

@@ -20,15 +20,15 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from bench.common import write_result
 from connectors.replay.config import ReplayFormat
 from connectors.replay.connector import read_rows
+from core.samples import RawReading, SourceKind
 from ontology.tagmap import TagMap
 from ontology.validate import Tagger
-from core.samples import RawReading, SourceKind
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ROOT / "twin" / "defaults" / "tagmap.toml"

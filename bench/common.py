@@ -15,7 +15,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def git_commit() -> str:
     """The commit the benchmark ran on (with "+dirty" when the tree had uncommitted changes)."""
-    import subprocess  # noqa: PLC0415 - only here
+    import subprocess
 
     root = Path(__file__).resolve().parents[1]
     try:

@@ -179,7 +179,7 @@ class Connector(abc.ABC):
         self.finished = False  # True when a finite source (replay) has delivered everything
         self.errors_log = RateLimitedLog(logging.getLogger(f"twin.connectors.{self.kind or 'connector'}"))
 
-    async def __aenter__(self) -> "Connector":
+    async def __aenter__(self) -> Connector:
         self.queue.bind_loop()
         self._task = asyncio.create_task(self._runner(), name=f"connector:{self.name}")
         return self

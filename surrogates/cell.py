@@ -155,7 +155,7 @@ class CellModel:
             if sim is not None:
                 self._cache.move_to_end(key)
                 return sim
-        import pybamm  # noqa: PLC0415 - optional heavy dependency ([physics] extra), loaded on first use
+        import pybamm
 
         pv = pybamm.ParameterValues(PARAMETER_SET)
         pv.update({"Positive electrode thickness [m]": key * 1e-6, **{k: "[input]" for k in _INPUTS}})

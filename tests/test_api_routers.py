@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi import APIRouter, FastAPI
-from fastapi.routing import APIRoute
-from starlette.routing import Mount
+from fastapi.routing import APIRoute, Mount
 
 from tests.conftest import write_config
 from twin import apidocs
@@ -20,7 +19,6 @@ from twin.config import load_config
 from twin.daemon import Daemon
 from twin.routes import dead_letters, health, models, predictions, status, tags, web
 from twin.routes.common import make_auth
-
 
 
 @pytest.fixture

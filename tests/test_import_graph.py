@@ -50,30 +50,11 @@ LAZY = re.compile(r"#\s*lazy:\s*\S+\s+\S+")
 
 # ---- allowlists: files owned by the `feedback` and `split` branches of #20; the lead empties these ----
 # (file, imported module) pairs that break a layer rule (3)
-ALLOWED_LAYER: set[tuple[str, str]] = {
-    # split: the store backend takes its retry helper from connectors.base (becomes core/retry.py)
-    ("twin/store/influx.py", "connectors.base"),
-    # split: the store reads its enums from twin.config (become the store's own or core's)
-    ("twin/store/influx.py", "twin.config"),
-    ("twin/store/base.py", "twin.config"),
-}
+ALLOWED_LAYER: set[tuple[str, str]] = set()
 # files whose project imports inside functions are not yet justified or hoisted (5)
-ALLOWED_LAZY: set[str] = {
-    "twin/api.py",  # split: create_app's routes import their areas lazily
-    "twin/config.py",  # split: ontology.tagmap and twin.roles inside check_config_report
-    "twin/daemon.py",  # feedback: wiring of predictor/feedback/surrogates inside Daemon
-    "twin/feedback.py",  # feedback: becoming the package twin/feedback/
-    "twin/predictor.py",  # feedback: surrogates.runtime inside the predictor
-    "twin/roles.py",  # feedback
-    "twin/store/base.py",  # split: open_store picks the backend module lazily
-    "twin/store/influx.py",  # split: twin.config enums inside methods
-}
+ALLOWED_LAZY: set[str] = set()
 # module cycles (4), each as the sorted tuple of the modules in one strongly connected component
-ALLOWED_CYCLES: set[tuple[str, ...]] = {
-    # split: twin.config imports the store's enums, the store imports twin.config's (twin/store/base.py,
-    # twin/store/influx.py, twin/config.py)
-    ("twin.config", "twin.store.base", "twin.store.influx", "twin.store.outbox", "twin.store.sqlite"),
-}
+ALLOWED_CYCLES: set[tuple[str, ...]] = set()
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,16 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from connectors import registry
+from connectors.replay.config import ReplayConnectorConfig
+from ontology.tagmap import TagMap, TagMapError
 from twin.feedback import FeedbackConfig
 from twin.predictor import PredictorConfig
+from twin.roles import check_roles
 from twin.store.config import (
     Durability,
     EmbeddedStoreConfig,
@@ -33,7 +36,6 @@ from twin.store.config import (
     StoreBackend,
     StoreConfig,
 )
-
 
 __all__ = [  # the store's configuration types are defined in twin/store/config.py and composed here
     "ApiConfig", "ApiToken", "ConfigError", "ConnectorConfig", "Durability", "EmbeddedStoreConfig", "InfluxPrecision",
@@ -104,10 +106,21 @@ class LogLevel(str, enum.Enum):
 
 def _connector_union() -> Any:
     models = tuple(registry.config_models())
-    return Annotated[Union[models], Field(discriminator="kind")]  # type: ignore[valid-type]
+    # a Union over a tuple of classes built at run time (the registry): there is no `X | Y` spelling for it
+    return Annotated[Union[models], Field(discriminator="kind")]  # noqa: UP007
 
 
-ConnectorConfig = _connector_union()
+class ConnectorSettings(Protocol):
+    """What every registered connector kind's configuration has (the type checker's view of ConnectorConfig)."""
+
+    kind: str
+    name: str
+
+
+if TYPE_CHECKING:
+    ConnectorConfig = ConnectorSettings
+else:  # the discriminated union of the registered kinds' config models, built from the registry at import
+    ConnectorConfig = _connector_union()
 
 
 class TwinConfig(BaseModel):
@@ -118,12 +131,12 @@ class TwinConfig(BaseModel):
     store: StoreConfig = Field(default_factory=StoreConfig, description="where samples go")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="batching and queues")
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API")
-    connectors: list[ConnectorConfig] = Field(default_factory=list, description="data sources")  # type: ignore[valid-type]
+    connectors: list[ConnectorConfig] = Field(default_factory=list, description="data sources")
     predictor: PredictorConfig = Field(default_factory=PredictorConfig, description="surrogate predictions")
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="calender setting proposals")
 
     @model_validator(mode="after")
-    def _feedback_needs_predictor(self) -> "TwinConfig":
+    def _feedback_needs_predictor(self) -> TwinConfig:
         if self.feedback.enabled and not self.predictor.enabled:
             raise ValueError("feedback.enabled needs predictor.enabled: the proposals come from the surrogate")
         return self
@@ -161,7 +174,7 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> list[str]:
 
 
 def _resolve_paths(model: BaseModel, base: Path) -> None:
-    for name, field in type(model).model_fields.items():
+    for name in type(model).model_fields:
         value = getattr(model, name)
         if isinstance(value, Path) and not value.is_absolute():
             object.__setattr__(model, name, (base / value).resolve())
@@ -221,16 +234,13 @@ def check_config_report(path: str | Path) -> tuple[TwinConfig, Any, list[Any], l
 
     Raises ConfigError naming every problem; a role that does not resolve is named with its field
     path, the ontology term and role it needs, and the fix."""
-    from ontology.tagmap import TagMap, TagMapError
-    from twin.roles import check_roles
-
     cfg = load_config(path)
     try:
         tagmap = TagMap.load(cfg.tagmap)
     except TagMapError as err:
         raise ConfigError(str(err)) from err
     for c in cfg.connectors:
-        if getattr(c, "kind", None) == "replay" and not Path(c.path).exists():
+        if isinstance(c, ReplayConnectorConfig) and not Path(c.path).exists():
             raise ConfigError(f"connectors.{c.name}.path: recorded file {c.path} does not exist")
     resolutions, errors, warnings = check_roles(cfg, tagmap)
     if errors:

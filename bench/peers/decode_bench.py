@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import struct
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from asyncua import ua
 from asyncua.common.utils import Buffer
@@ -75,7 +75,7 @@ def fast_datachanges(buf: bytes, pos: int) -> tuple[list[tuple[int, object, int,
 
 
 def sample(items: int) -> tuple[bytes, bytes]:
-    t0 = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+    t0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
     mins = []
     for i in range(items):
         dv = ua.DataValue(ua.Variant(float(17962987450 + i), ua.VariantType.Double), SourceTimestamp=t0 + timedelta(
@@ -103,7 +103,7 @@ def main() -> int:
     generic = (time.process_time() - t) / (a.repeat * a.items) * 1e6
     ref = [(m.ClientHandle, m.Value.Value.Value, m.Value.StatusCode_.value if hasattr(m.Value, "StatusCode_") else
             m.Value.StatusCode.value,
-            int((m.Value.SourceTimestamp.replace(tzinfo=timezone.utc).timestamp()) * 1e6) * 1000)
+            int((m.Value.SourceTimestamp.replace(tzinfo=UTC).timestamp()) * 1e6) * 1000)
            for m in resp.Parameters.NotificationMessage.NotificationData[0].MonitoredItems]
 
     t = time.process_time()

@@ -340,7 +340,7 @@ class AcquisitionMixin:
             try:
                 await asyncio.wait_for(self._lost.wait(), timeout=0.25)
                 return self._lost_reason or "connection lost"
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if client.uaclient.state.name not in ("CONNECTED",):
                 return f"client state {client.uaclient.state.value}"
@@ -377,7 +377,7 @@ class AcquisitionMixin:
                                 continue
                             prev[it.address] = key
                         (readings if type(r) is RawReading else dead).append(r)  # type: ignore[arg-type]
-            except (OSError, asyncio.TimeoutError, ConnectionError, ua.UaError) as err:
+            except (TimeoutError, OSError, ConnectionError, ua.UaError) as err:
                 return f"read failed: {_translate(err, self.config)}"
             self._last_alive_ns = now_ns()
             self.counters.extra["polls"] += 1
@@ -389,5 +389,5 @@ class AcquisitionMixin:
                 delay = 0
             try:
                 await asyncio.wait_for(self._lost.wait(), timeout=delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -46,7 +46,7 @@ class BrowsedNode:
 def parse_node_id(text: str) -> ua.NodeId:
     try:
         return ua.NodeId.from_string(text.strip())
-    except Exception as err:  # noqa: BLE001 - asyncua raises several types here
+    except Exception as err:
         raise ValueError(f"{text!r} is not a NodeId (expected e.g. 'ns=2;s=Calender.GapActual' or 'i=85')") from err
 
 
@@ -99,7 +99,7 @@ async def walk(client: Client, roots: Sequence[str] = (OBJECTS,), *, max_depth: 
             break
         children = await _browse_children(client, [n for n, _, _ in level])
         nxt: list[tuple[ua.NodeId, str, str]] = []
-        for (parent, ppath, pname), refs in zip(level, children):
+        for (_parent, ppath, pname), refs in zip(level, children):
             for ref in refs:
                 if ref.ReferenceTypeId == _HAS_PROPERTY:
                     continue  # properties (EngineeringUnits, EURange, ...) describe their parent
@@ -127,7 +127,7 @@ async def read_engineering_units(client: Client, node_ids: Sequence[ua.NodeId]
     """EngineeringUnits -> {node: (unit, display)} and EURange -> {node: (low, high)} of the nodes that have them."""
     units: dict[str, tuple[str | None, str | None]] = {}
     ranges: dict[str, tuple[float, float]] = {}
-    for prop, sink in (("EngineeringUnits", units), ("EURange", ranges)):
+    for prop in ("EngineeringUnits", "EURange"):
         for chunk in _chunks(list(node_ids)):
             paths = []
             for nid in chunk:

@@ -60,7 +60,7 @@ async def _fetch_endpoints(url: str, timeout: float) -> list[ua.EndpointDescript
     probe = Client(url, timeout=timeout)
     try:
         return await probe.connect_and_get_server_endpoints()
-    except (OSError, asyncio.TimeoutError, ConnectionError) as err:
+    except (TimeoutError, OSError, ConnectionError) as err:
         raise ConnectionFailed(f"cannot reach {url}: {err or type(err).__name__}") from err
     except ua.UaError as err:
         raise ConnectionFailed(f"{url}: GetEndpoints failed: {err}") from err

@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from connectors.common import BackoffConfig, QueueConfig
 
-
 _NODE_ID = re.compile(r"^(?:ns=\d+;)?(?:i=\d+|s=.+|g=[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}|b=.+)$")
 
 
@@ -115,7 +114,7 @@ class SubscriptionConfig(BaseModel):
     max_notifications_per_publish: int = Field(0, ge=0, description="0: no limit")
 
     @model_validator(mode="after")
-    def _counts(self) -> "SubscriptionConfig":
+    def _counts(self) -> SubscriptionConfig:
         if self.lifetime_count < 3 * self.keepalive_count:
             raise ValueError("lifetime_count must be at least 3 x keepalive_count (OPC-UA Part 4, 5.13.2)")
         if self.deadband_type is not DeadbandType.NONE and self.deadband_value <= 0:
@@ -192,7 +191,7 @@ class OpcUaConnectorConfig(BaseModel):
         return [check_node_id(x) for x in v]
 
     @model_validator(mode="after")
-    def _check(self) -> "OpcUaConnectorConfig":
+    def _check(self) -> OpcUaConnectorConfig:
         if not self.nodes and not self.browse_roots:
             raise ValueError("list the NodeIds to acquire in 'nodes' and/or a folder in 'browse_roots'")
         if (self.password is not None) and self.username is None:

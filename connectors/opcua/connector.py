@@ -111,7 +111,7 @@ class OpcUaConnector(AcquisitionMixin, SetpointWriterMixin, Connector):
         """Until the connector is connected and subscribed; TimeoutError names the last error."""
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(f"opcua {self.name}: not connected after {timeout} s "
                                f"({self.last_error or 'no error reported'})") from None
 

@@ -199,7 +199,7 @@ class TrustStore:
             cert = x509.load_der_x509_certificate(der)
         except ValueError as err:
             return f"not a valid certificate: {err}"
-        now = _dt.datetime.now(_dt.timezone.utc)
+        now = _dt.datetime.now(_dt.UTC)
         if cert.not_valid_after_utc < now:
             return f"expired on {cert.not_valid_after_utc:%Y-%m-%d}"
         if cert.not_valid_before_utc > now:

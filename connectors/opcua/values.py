@@ -10,7 +10,7 @@ from asyncua import ua
 
 from core.samples import Quality, ns_to_iso
 
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 _EPOCH_NAIVE = _dt.datetime(1970, 1, 1)
 
 
@@ -47,7 +47,7 @@ def _plain(v: Any) -> Any:
         return int(v.value)
     if isinstance(v, (list, tuple)):
         return tuple(_plain(x) for x in v)
-    if hasattr(v, "value") and isinstance(getattr(v, "value"), int):  # IntEnum
+    if hasattr(v, "value") and isinstance(v.value, int):  # IntEnum
         return int(v.value)
     raise _Unsupported(type(v).__name__)
 

@@ -181,7 +181,7 @@ class SetpointWriterMixin:
             log.warning("opcua %s: setpoint write %s = %r refused (%s) by=%s reason=%s", self.name, key, requested,
                         err, actor or "-", reason or "-")
             raise
-        except (OSError, asyncio.TimeoutError, ConnectionError, ua.UaError) as err:
+        except (TimeoutError, OSError, ConnectionError, ua.UaError) as err:
             e = SetpointWriteError(f"{key}: write failed: {_translate(err, self.config)}", "bad_status")
             self.write_log.append(WriteResult(key, requested, written, _safe(prev), None, vtype_name, now_ns(), False,
                                               str(e), actor, reason))

@@ -111,7 +111,7 @@ def http(method: str, url: str, *, body: bytes | str | None = None, headers: dic
     data = body.encode() if isinstance(body, str) else body
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return Http(r.status, r.read(), dict(r.headers))
     except urllib.error.HTTPError as err:
         return Http(err.code, err.read(), dict(err.headers or {}))
@@ -308,7 +308,7 @@ class HealthSampler:
                 self.peak_rss_kb = max(self.peak_rss_kb, hwm)
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - t)))
 
-    def __enter__(self) -> "HealthSampler":
+    def __enter__(self) -> HealthSampler:
         self._t0 = time.monotonic()
         self._thread.start()
         return self

@@ -21,7 +21,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     @router.get("/api/v1/models", summary="Surrogate models in the registry, with their cards")
     async def models() -> dict[str, Any]:
         p = getattr(daemon, "extensions", {}).get("predictor")
-        from surrogates.runtime import ModelRegistry  # loads onnxruntime: only when the registry is asked
+        from surrogates.runtime import ModelRegistry  # lazy: loads onnxruntime, only when the registry is asked
 
         root = p.config.models_dir if p is not None else MODELS_DIR
         cards = await asyncio.to_thread(lambda: ModelRegistry(root).list())

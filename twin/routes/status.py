@@ -68,7 +68,7 @@ def make_router(daemon: Any) -> APIRouter:
                     wait = 15.0 if status_s is None else max(0.01, next_status - loop.time())
                     try:
                         ev = await asyncio.wait_for(sub.queue.get(), timeout=wait)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         if loop.time() - last_sent >= 15:
                             last_sent = loop.time()
                             yield ": keep-alive\n\n"

@@ -98,7 +98,7 @@ class InfluxStoreConfig(BaseModel):
     writer_id: str = Field("", description="tag on dead letters naming this daemon ('' = host name)")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "InfluxStoreConfig":
+    def _consistent(self) -> InfluxStoreConfig:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
         if self.token is not None and self.username is not None:

@@ -69,7 +69,7 @@ class OutboxStats:
 class Txn:
     """One outbox transaction: admit keys, append points; committed by :meth:`Outbox.transaction`."""
 
-    def __init__(self, box: "Outbox") -> None:
+    def __init__(self, box: Outbox) -> None:
         self._box = box
         self._db = box._db
         self.appended = 0

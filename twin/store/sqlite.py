@@ -308,7 +308,9 @@ class SQLiteStore(Store):
     def audit(self, ref: str | None = None, line_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         import json
 
-        q, conds, args = "SELECT ts, kind, ref, line, actor, body FROM audit", [], []
+        q = "SELECT ts, kind, ref, line, actor, body FROM audit"
+        conds: list[str] = []
+        args: list[Any] = []
         if ref is not None:
             conds.append("ref = ?")
             args.append(ref)

@@ -126,10 +126,12 @@ class OutboxSender:
         self._write_api = self._client.write_api(write_options=opts, success_callback=self._on_success,
                                                  error_callback=self._on_error, retry_callback=self._on_retry_v2)
 
-    def _on_retry(self, err: Exception) -> None:
+    def _on_retry(self, err: Exception) -> int:
+        """influxdb-client's retry hook (its signature wants an int back; the value is not used)."""
         self.retries += 1
         self.server_ok = False
         self.last_error = _brief(err)
+        return self.retries
 
     def _on_retry_v2(self, conf: Any, data: Any, err: Exception) -> None:
         self._on_retry(err)
@@ -268,7 +270,7 @@ class OutboxSender:
                     self._send_v1(rows)
                 if self.server_ok:
                     backoff.reset()
-            except Exception:  # noqa: BLE001 - the sender must outlive any single failure
+            except Exception:
                 if self._stop.is_set():
                     break
                 log.exception("InfluxDB sender failed; retrying")

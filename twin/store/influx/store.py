@@ -81,15 +81,14 @@ class InfluxStore(Store):
         if not samples and not dead_letters and not rolls:
             return WriteResult(0, 0, 0)
         lp = self.lp
-        with self._write_lock:
-            with self.outbox.transaction() as txn:
-                new = txn.admit([(s.line_id, s.tag_id, s.source_ts_ns) for s in samples]) if samples else []
-                txn.append([lp.sample(samples[i]) for i in new])
-                if dead_letters:
-                    txn.append([lp.dead_letter(d) for d in dead_letters])
-                if rolls:
-                    txn.append([lp.roll(r) for r in rolls
-                                if txn.admit_roll(r.line_id, r.step, r.roll_id, r.source_ts_ns)])
+        with self._write_lock, self.outbox.transaction() as txn:
+            new = txn.admit([(s.line_id, s.tag_id, s.source_ts_ns) for s in samples]) if samples else []
+            txn.append([lp.sample(samples[i]) for i in new])
+            if dead_letters:
+                txn.append([lp.dead_letter(d) for d in dead_letters])
+            if rolls:
+                txn.append([lp.roll(r) for r in rolls
+                            if txn.admit_roll(r.line_id, r.step, r.roll_id, r.source_ts_ns)])
         self.sender.written()
         return WriteResult(len(new), len(samples) - len(new), len(dead_letters))
 
