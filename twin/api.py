@@ -23,7 +23,7 @@ from twin import apidocs
 from twin.aas_api import make_router as aas_router
 from twin.export import make_router as export_router
 from twin.feedback.routes import make_router as feedback_router
-from twin.routes import dead_letters, health, models, predictions, status, tags, web
+from twin.routes import cell, dead_letters, health, models, predictions, status, tags, web
 from twin.routes.common import TIME_MAX_NS, TIME_MIN_NS, Principal, make_auth
 from twin.routes.common import query_time as _time
 from twin.routes.dead_letters import DeadLetterItem
@@ -79,6 +79,7 @@ def create_app(daemon: Any) -> FastAPI:
     app.include_router(status.make_router(daemon))
     app.include_router(models.make_router(daemon, auth))
     app.include_router(predictions.make_router(daemon))
+    app.include_router(cell.make_router(daemon))  # the cell consequence of a setting (PyBaMM)
 
     # proposals, approval, targets (twin/feedback/routes.py) over the daemon's feedback service (None: 404)
     app.include_router(feedback_router(lambda: getattr(daemon, "extensions", {}).get("feedback"), auth))

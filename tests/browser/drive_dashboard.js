@@ -145,6 +145,13 @@ async function main() {
         prop.text_before = (await el.textContent()).slice(0, 400);
         prop.reasons_shown = await page.$$eval("#proposal ul.reasons li", els => els.length);
         prop.approve_buttons = await page.$$eval("#proposal button#approve", els => els.length);
+        // the cell consequence of the proposal (PyBaMM, GET /api/v1/cell/proposals/{id}), shown in the proposal
+        await page.waitForFunction(() => {
+          const c = document.getElementById("proposal-cell");
+          return c && (c.textContent.includes("mAh/cm²") || c.textContent.startsWith("cell: ") &&
+                       !c.textContent.includes("computing"));
+        }, null, {timeout: 30000}).catch(() => {});
+        prop.cell_text = await page.textContent("#proposal-cell").catch(() => null);
         const reqStart = Date.now();
         await page.click("#approve");
         await page.waitForSelector("#token-dialog[open]", {timeout: 5000});

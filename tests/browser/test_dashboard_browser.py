@@ -127,6 +127,9 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, record_property: Any) ->
         assert listing.status_code == 200, f"feedback API: GET /api/v1/proposals -> {listing.status_code} {listing.text[:200]}"
         assert "error" not in prop, f"no proposal approved through the page: {prop}"
         assert prop["reasons_shown"] > 0 and prop["approve_buttons"] == 1, prop
+        # the cell consequence (issue #18): capacity now -> with the proposal at C/2 and 2C, in the proposal
+        cell_text = prop.get("cell_text") or ""
+        assert "mAh/cm²" in cell_text and "0.5C" in cell_text and "2C" in cell_text, cell_text
         assert prop["dialog_reason"].startswith("401"), prop  # the page asked for a token after the API's 401
         assert prop["token_stored"] and prop["write_error"] is None, prop
         assert any(u.endswith(f"/api/v1/proposals/{prop['id']}/approve") for u in prop["writes"]), prop

@@ -10,6 +10,7 @@ dead letters       ``/api/v1/dead-letters``                               :mod:`
 status, stream     ``/api/v1/status``, ``/api/v1/stream`` (SSE)           :mod:`twin.routes.status`
 models             ``/api/v1/models``, ``/api/v1/models/reload``          :mod:`twin.routes.models`
 predictions        ``/api/v1/predictions/latest``                         :mod:`twin.routes.predictions`
+cell               ``/api/v1/cell/discharge``, ``cell/proposals/{id}``    :mod:`twin.routes.cell`
 export             ``/api/v1/export/...``                                 :mod:`twin.export`
 feedback           ``/api/v1/proposals``, ``targets``, ...                :mod:`twin.feedback.routes`
 ontology           ``/api/v1/ontology/...``                               :mod:`ontology.api`

@@ -1009,6 +1009,7 @@ function renderProposal() {
             `<tbody>${pred}</tbody></table></div>` +
             `<p class="muted">Corrected: the model anchored at the measured value, its sensitivity scaled by the gain learnt ` +
             `from the line (docs/feedback.md). The raw model output is under "Prediction".</p>` : "") +
+    `<div id="proposal-cell" class="muted">${cellText(p.id)}</div>` +
     (reasons ? `<div>reasons:</div><ul class="reasons">${reasons}</ul>` : "") +
     (p.approved_by ? `<div>decided by <b>${esc(p.approved_by)}</b> · ${fmtTime(p.updated)}</div>` : "") +
     (p.error ? `<div class="error">error: ${esc(p.error)}</div>` : "") +
@@ -1021,6 +1022,29 @@ function renderProposal() {
     document.getElementById("approve").onclick = () => decide(p.id, "approve");
     document.getElementById("reject").onclick = () => decide(p.id, "reject");
   }
+}
+
+// the cell consequence of the proposal (GET /api/v1/cell/proposals/{id}: PyBaMM DFN at the current and the proposed
+// setting, from the model's outputs); fetched once per proposal, shown when it arrives
+const cellByProposal = new Map();  // id -> "loading" | {difference, current, proposed} | {error}
+function cellText(id) {
+  const c = cellByProposal.get(id);
+  if (c === undefined) {
+    cellByProposal.set(id, "loading");
+    getJSON(`/api/v1/cell/proposals/${encodeURIComponent(id)}`)
+      .then(r => cellByProposal.set(id, r), e => cellByProposal.set(id, {error: String(e && e.message || e)}))
+      .then(() => { if (proposal && proposal.id === id) renderProposal(); });
+    return "cell: computing the discharge at C/2 and 2C …";
+  }
+  if (c === "loading") return "cell: computing the discharge at C/2 and 2C …";
+  if (c.error) return `cell: ${esc(c.error)}`;
+  const parts = (c.current.discharges || []).map((d, i) => {
+    const b = c.proposed.discharges[i];
+    const diff = c.difference[`${d.c_rate}C`] || {};
+    return `${fmt(d.c_rate)}C ${fmt(d.capacity_mAh_cm2)} → <b>${fmt(b.capacity_mAh_cm2)}</b> mAh/cm² ` +
+      `(${diff.capacity_pct >= 0 ? "+" : ""}${fmt(diff.capacity_pct)} %)`;
+  });
+  return `<b>cell</b> (PyBaMM DFN, ${esc(c.current.parameter_set)}): ${parts.join(" · ")}`;
 }
 
 // why there is no (open) proposal: the feedback service's last decision for this line, in its words
