@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 
 from ontology.plant import ontology_index, owl_bytes, plant_graph, points, step_class
+from ontology.tagmap import TagMap
 
 SPARQL_MAX_ROWS = 10_000
 SPARQL_TIMEOUT_S = 5.0
@@ -42,7 +43,21 @@ def _timed(g: Any, deadline: float) -> Any:
     return _TimedGraph(store=g.store, identifier=g.identifier, namespace_manager=g.namespace_manager)
 
 
-def make_router(daemon: Any) -> APIRouter:
+class _LineConfig(Protocol):
+    line_id: str
+
+
+class OntologyHost(Protocol):
+    """What the ontology's API area reads of the twin: the tag map and the line id (twin.ports.ApiHost has both)."""
+
+    @property
+    def tagmap(self) -> TagMap: ...
+
+    @property
+    def config(self) -> _LineConfig: ...
+
+
+def make_router(daemon: OntologyHost) -> APIRouter:
     router = APIRouter(tags=["ontology"])
     cache: dict[str, Any] = {}
     lock = threading.Lock()

@@ -23,7 +23,7 @@ class _Feedback:
 
 
 def _client(proposals: dict | None = None) -> TestClient:
-    daemon = SimpleNamespace(extensions={} if proposals is None else {"feedback": _Feedback(proposals)})
+    daemon = SimpleNamespace(feedback=None if proposals is None else _Feedback(proposals))
     app = FastAPI()
     app.include_router(cell.make_router(daemon))
     return TestClient(app)

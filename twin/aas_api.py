@@ -21,6 +21,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from twin.jsonld import DATA, _slug
+from twin.ports import ApiHost
 
 try:
     from twin import aas
@@ -48,7 +49,7 @@ def _decode_id(text: str) -> list[str]:
     return out
 
 
-def make_router(daemon: Any) -> APIRouter:
+def make_router(daemon: ApiHost) -> APIRouter:
     router = APIRouter(tags=["aas"])
     if aas is None:
         _log.warning("AAS export disabled: %s (pip install basyx-python-sdk)", _MISSING)

@@ -12,7 +12,6 @@ plant's clocks and its engineers' browsers rarely share a zone.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +22,7 @@ from twin import apidocs
 from twin.aas_api import make_router as aas_router
 from twin.export import make_router as export_router
 from twin.feedback.routes import make_router as feedback_router
+from twin.ports import ApiHost
 from twin.routes import cell, dead_letters, health, models, predictions, status, tags, web
 from twin.routes.common import TIME_MAX_NS, TIME_MIN_NS, Principal, make_auth
 from twin.routes.common import query_time as _time
@@ -44,8 +44,8 @@ def _plain_text(value: object, limit: int) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def create_app(daemon: Any) -> FastAPI:
-    """``daemon`` provides: store, tagmap, state, metrics, pipeline, health(), connectors."""
+def create_app(daemon: ApiHost) -> FastAPI:
+    """``daemon``: what the API reads of the composed twin (:class:`twin.ports.ApiHost`)."""
     app = FastAPI(title="Pilot-line twin", version="0.1.0",
                   description="Queries, live stream and health of the pilot-line digital twin.",
                   docs_url=None, redoc_url=None)  # served from installed files: twin/apidocs.py
@@ -82,7 +82,7 @@ def create_app(daemon: Any) -> FastAPI:
     app.include_router(cell.make_router(daemon))  # the cell consequence of a setting (PyBaMM)
 
     # proposals, approval, targets (twin/feedback/routes.py) over the daemon's feedback service (None: 404)
-    app.include_router(feedback_router(lambda: getattr(daemon, "extensions", {}).get("feedback"), auth))
+    app.include_router(feedback_router(lambda: daemon.feedback, auth))
 
     app.include_router(ontology_router(daemon))  # steps, parameters, points, downloads, SPARQL (ontology/api.py)
     app.include_router(aas_router(daemon))  # Asset Administration Shell export (twin/aas.py)

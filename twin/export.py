@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from core.samples import TS_MAX_NS, TS_MIN_NS, now_ns, parse_time_ns
 from twin.jsonld import CONTEXT, roll_document
+from twin.ports import ApiHost
 from twin.store.base import StoredSample
 
 _log = logging.getLogger("twin.export")
@@ -244,7 +245,7 @@ def _cursor_decode(text: str) -> tuple[str, str, int]:
     return line, tag, ts
 
 
-def make_router(daemon: Any) -> APIRouter:
+def make_router(daemon: ApiHost) -> APIRouter:
     """``daemon`` provides ``store`` and ``tagmap``."""
     router = APIRouter()
     # Exports run on their own small pool, not on the shared one of asyncio.to_thread / Starlette: the

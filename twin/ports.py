@@ -19,19 +19,31 @@ port                         what                                        used by
 :class:`ErrorMetrics`        ``twin_internal_errors_total`` + registry    predictor, feedback
 :class:`Predictions`         the predictor as the feedback service uses   feedback
                              it (model, input gathering, conversions)
+:class:`ApiHost`             what the HTTP API reads of the composed      twin.api, twin.routes.*,
+                             twin (config, tag map, store, line state,    twin.export, twin.aas_api
+                             metrics, health, predictor, feedback)
 ==========================  ==========================================  ===========================
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter
 
 from core.samples import Sample
 from ontology.tagmap import Tag
 from surrogates.runtime import SurrogateModel
+
+if TYPE_CHECKING:  # the concrete types the API reads; importing them here at run time would be a cycle
+    from ontology.tagmap import TagMap
+    from twin.config import TwinConfig
+    from twin.feedback.service import FeedbackService
+    from twin.metrics import Metrics
+    from twin.predictor import Predictor
+    from twin.state import LineState
+    from twin.store.base import Store
 
 CommitHook = Callable[[Sequence[Sample]], None]
 
@@ -163,3 +175,34 @@ class Predictions(Protocol):
     def model_inputs(self, values: dict[str, float]) -> dict[str, float]: ...
 
     def outputs_to_line(self, names: Sequence[str], mean: Any, *spreads: Any) -> None: ...
+
+
+class ApiHost(Protocol):
+    """What the HTTP API (``twin.api.create_app`` and the routers it mounts) reads of the composed twin.
+
+    :class:`twin.daemon.Daemon` satisfies it; the API gets this, not the daemon's other members."""
+
+    @property
+    def config(self) -> TwinConfig: ...
+
+    @property
+    def tagmap(self) -> TagMap: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def state(self) -> LineState: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def predictor(self) -> Predictor | None: ...
+
+    @property
+    def feedback(self) -> FeedbackService | None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    async def refresh_metrics(self) -> None: ...

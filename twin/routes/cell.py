@@ -20,6 +20,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from surrogates.cell import CathodeState, CellInputError, CellModel
+from twin.ports import ApiHost
 
 MAX_WAITING = 4
 
@@ -95,7 +96,7 @@ def _state_from_outputs(out: dict[str, float], which: str) -> CathodeState:
     return CathodeState(float(out["porosity"]), float(out["d_eff"]), float(out["thickness_after_um"]))
 
 
-def make_router(daemon: Any) -> APIRouter:
+def make_router(daemon: ApiHost) -> APIRouter:
     router = APIRouter()
     runner = _Runner()
 
@@ -113,7 +114,7 @@ def make_router(daemon: Any) -> APIRouter:
                 description="From the surrogate's own outputs at both settings (the proposal's raw_now / raw_new: "
                             "porosity, D_eff/D_0, thickness). 404: unknown proposal or feedback not enabled.")
     async def proposal_cell(pid: str) -> dict[str, Any]:
-        fb = getattr(daemon, "extensions", {}).get("feedback")
+        fb = daemon.feedback
         if fb is None:
             raise HTTPException(404, detail="feedback is not enabled on this twin")
         try:

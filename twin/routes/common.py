@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from core.samples import parse_time_ns
+from twin.ports import ApiHost
 
 # times the store can hold: int64 nanoseconds since the epoch (1677-09-21 .. 2262-04-11)
 TIME_MIN_NS, TIME_MAX_NS = -(2**63) + 1, 2**63 - 1
@@ -38,7 +39,7 @@ class Principal(BaseModel):
     scopes: list[str]
 
 
-def make_auth(daemon: Any) -> Any:
+def make_auth(daemon: ApiHost) -> Any:
     """A dependency factory: ``Depends(auth("write"))``. Bearer tokens from the config (stored as
     SHA-256). Without configured tokens reads are open and every write is refused (read-only)."""
     bearer = HTTPBearer(auto_error=False)
@@ -66,9 +67,9 @@ def make_auth(daemon: Any) -> Any:
     return auth
 
 
-def predictor_or_404(daemon: Any) -> Any:
+def predictor_or_404(daemon: ApiHost) -> Any:
     """The daemon's surrogate predictor; 404 when it is not enabled."""
-    p = getattr(daemon, "extensions", {}).get("predictor")
+    p = daemon.predictor
     if p is None:
         raise HTTPException(404, detail="the surrogate predictor is not enabled ([predictor] enabled = true)")
     return p

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from core.samples import ns_to_iso
+from twin.ports import ApiHost
 
 
 class DeadLetterItem(BaseModel):
@@ -23,7 +24,7 @@ class DeadLetterItem(BaseModel):
     payload: str | None
 
 
-def make_router(daemon: Any) -> APIRouter:
+def make_router(daemon: ApiHost) -> APIRouter:
     router = APIRouter()
 
     @router.get("/api/v1/dead-letters", response_model=list[DeadLetterItem],

@@ -9,18 +9,19 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException
 
+from twin.ports import ApiHost
 from twin.routes.common import Principal, predictor_or_404
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "surrogates" / "models"  # without a predictor: the shipped ones
 
 
-def make_router(daemon: Any, auth: Any) -> APIRouter:
+def make_router(daemon: ApiHost, auth: Any) -> APIRouter:
     """``auth`` is :func:`twin.routes.common.make_auth` of the daemon."""
     router = APIRouter()
 
     @router.get("/api/v1/models", summary="Surrogate models in the registry, with their cards")
     async def models() -> dict[str, Any]:
-        p = getattr(daemon, "extensions", {}).get("predictor")
+        p = daemon.predictor
         from surrogates.runtime import ModelRegistry  # lazy: loads onnxruntime, only when the registry is asked
 
         root = p.config.models_dir if p is not None else MODELS_DIR

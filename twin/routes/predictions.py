@@ -6,10 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from twin.ports import ApiHost
 from twin.routes.common import predictor_or_404
 
 
-def make_router(daemon: Any) -> APIRouter:
+def make_router(daemon: ApiHost) -> APIRouter:
     router = APIRouter()
 
     @router.get("/api/v1/predictions/latest", summary="Newest prediction per line: mean, spread, domain flag, model")

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from core.samples import now_ns, ns_to_iso
+from twin.ports import ApiHost
 
 
-def status_body(daemon: Any) -> dict[str, Any]:
+def status_body(daemon: ApiHost) -> dict[str, Any]:
     """The body of /api/v1/status (and of the stream's `status` events): read-only, from memory."""
     h = daemon.health()
     sources = [{"name": c.get("name"), "kind": c.get("kind"), "state": c.get("state"),
@@ -21,8 +22,7 @@ def status_body(daemon: Any) -> dict[str, Any]:
                 "reconnects": c.get("reconnects"), "received": c.get("received"),
                 "last_error": None if c.get("last_error") is None else str(c.get("last_error"))[:300]}
                for c in h.get("connectors", [])]
-    ext = getattr(daemon, "extensions", {})
-    pred, fb = ext.get("predictor"), ext.get("feedback")
+    pred, fb = daemon.predictor, daemon.feedback
     predictor = None if pred is None else {
         "count": pred.count, "skipped": sum(pred.skipped.values()), "last_skip_reason": pred.last_skip_reason,
         "latest": {line: ns_to_iso(p.ts_ns) for line, p in sorted(pred.latest.items())}}
@@ -31,7 +31,7 @@ def status_body(daemon: Any) -> dict[str, Any]:
             "predictor": predictor, "feedback": feedback}
 
 
-def make_router(daemon: Any) -> APIRouter:
+def make_router(daemon: ApiHost) -> APIRouter:
     router = APIRouter()
 
     @router.get("/api/v1/status", summary="Per-source health and why there is no prediction or proposal (dashboard)",

@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from core.samples import now_ns, ns_to_iso
+from twin.ports import ApiHost
 from twin.routes.common import TIME_MIN_NS, query_time
 from twin.state import sample_json
 
@@ -64,7 +65,7 @@ class TagItem(BaseModel):
     accuracy: float | None = None
 
 
-def make_router(daemon: Any) -> APIRouter:
+def make_router(daemon: ApiHost) -> APIRouter:
     router = APIRouter()
 
     @router.get("/api/v1/tags", response_model=list[TagItem], summary="Every tag the twin knows")
