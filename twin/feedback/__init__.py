@@ -61,11 +61,11 @@ from twin.feedback.history import History
 from twin.feedback.lifecycle import STATES, TRANSITIONS, Decision, Proposal, ProposalError, ProposalState, Setting
 from twin.feedback.optimizer import Candidates, Correction, Optimizer, OptimResult
 from twin.feedback.persistence import ProposalStore
-from twin.feedback.routes import CommentBody, TargetsBody, install_routes, make_router
+from twin.feedback.routes import CommentBody, TargetsBody, make_router
 from twin.feedback.service import FeedbackService
 
 __all__ = ["OUTPUTS", "STATES", "TRANSITIONS", "Candidates", "CommentBody", "Correction", "Decision",
            "FeedbackConfig", "FeedbackService", "History", "Manipulable", "ManipulableSpec", "MeasuredSpec",
            "OptimResult", "Optimizer", "OutputPhysics", "Proposal", "ProposalError", "ProposalState",
-           "ProposalStore", "Setting", "TargetSpec", "TargetsBody", "canonical_target", "install_routes",
+           "ProposalStore", "Setting", "TargetSpec", "TargetsBody", "canonical_target",
            "make_router", "unit_suffix"]

@@ -1,7 +1,7 @@
 """HTTP routes of the feedback service: proposals, approval, targets, status (an ``APIRouter``).
 
-Mounted by the API: ``app.include_router(make_router(lambda: daemon.extensions.get("feedback"), auth))``
-(or :func:`install_routes`). Every route answers 404 while the feedback service is not enabled.
+Mounted by twin.api.create_app: ``app.include_router(make_router(lambda: daemon.feedback, auth))``. Every route
+answers 404 while the feedback service is not enabled.
 """
 
 from __future__ import annotations
@@ -102,11 +102,3 @@ def make_router(service: Callable[[], FeedbackService | None], auth: Auth) -> AP
         return svc().status_json()
 
     return router
-
-
-def install_routes(app: Any, daemon: Any, auth: Auth) -> None:
-    """Mount :func:`make_router` for the daemon's feedback service (``daemon.extensions['feedback']``).
-
-    Kept for twin/api.py as it is on main; the API can mount the router itself instead:
-    ``app.include_router(make_router(lambda: daemon.extensions.get("feedback"), auth))``."""
-    app.include_router(make_router(lambda: getattr(daemon, "extensions", {}).get("feedback"), auth))
