@@ -24,7 +24,7 @@ def main() -> int:
     a = ap.parse_args()
     import pybamm
 
-    from bench.common import percentile, write_result
+    from bench.common import percentile, versions, write_result
     from ontology.definitions import LINE_RECIPE as R
     from surrogates.cell import CathodeState, CellModel
 
@@ -55,9 +55,10 @@ def main() -> int:
         summary[case] = {"n": len(rs), "cpu_s_p50": percentile(cpu, 50), "cpu_s_max": max(cpu),
                          "wall_s_p50": percentile([x["wall_s"] for x in rs], 50)}
     write_result("cell", {"command": "python -m bench.bench_cell --settings %d" % a.settings,
-                          "versions": {"pybamm": pybamm.__version__}, "parameter_set": "Chen2020",
+                          "parameter_set": "Chen2020",
                           "c_rates": list(model.c_rates), "first_call_cpu_s": first, "summary": summary,
-                          "goal": "<= 2 s per setting on one core (issue #18)", "runs": rows})
+                          "goal": "<= 2 s per setting on one core (issue #18)", "runs": rows},
+                 versions("pybamm", "pybammsolvers", "casadi", "numpy", pybamm_module=pybamm.__version__))
     return 0
 
 

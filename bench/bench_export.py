@@ -22,20 +22,18 @@ import argparse
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from bench.common import write_result
+from bench.common import versions, write_result
 from core.samples import Quality, Sample
 from twin.store.sqlite import SQLiteStore
 
@@ -173,16 +171,6 @@ def check(path: Path, fmt: str, want: dict[str, np.ndarray]) -> dict[str, Any]:
     return {**res, "mismatches": mism, "round_trip_exact": not any(mism.values())}
 
 
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "twin", "bench"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=1_000_000)
@@ -236,17 +224,9 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             daemon.kill()
         log.close()
-    import fastapi
-    import pandas
-    import pyarrow
-    import uvicorn
-
     result = {
         "command": "nice .venv/bin/python -m bench.bench_export" + (f" --samples {args.samples}"
                                                                    if args.samples != 1_000_000 else ""),
-        "commit": git_commit(),
-        "versions": {"pyarrow": pyarrow.__version__, "pandas": pandas.__version__, "fastapi": fastapi.__version__,
-                     "uvicorn": uvicorn.__version__, "sqlite": sqlite3.sqlite_version, "httpx": version("httpx")},
         "rows": len(want["ts"]), "tags": len(TAGS), "store_fill_seconds": round(fill_s, 1),
         "store_file_mb": round(db.stat().st_size / 2**20, 1),
         "server": "python -m twin.cli run (no connectors), uvicorn on loopback",
@@ -261,7 +241,7 @@ def main() -> int:
     if args.no_write:
         print(result)
     else:
-        write_result("export", result)
+        write_result("export", result, versions("pyarrow", "pandas", "fastapi", "uvicorn", "httpx"))
     return 0 if result["ok"] else 1
 
 

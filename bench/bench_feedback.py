@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from bench.common import percentile, write_result
+from bench.common import percentile, versions, write_result
 from twin.feedback import Correction, FeedbackConfig, ManipulableSpec, Optimizer
 from twin.predictor import Predictor, PredictorConfig
 
@@ -55,7 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=300)
     a = ap.parse_args()
-    write_result("feedback", run(a.repeats))
+    write_result("feedback", run(a.repeats), versions("onnxruntime", "numpy"))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -191,7 +190,14 @@ async def latency(tags: int, rate_hz: float, seconds: float) -> dict[str, object
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
+    from bench.common import machine, opcua_build_info, versions
+
     logging.getLogger("asyncua").setLevel(logging.ERROR)
+    srv = Server(1, 1.0)  # the simulator as the runs start it; its BuildInfo read over OPC-UA
+    try:
+        server_build = await opcua_build_info(srv.url)
+    finally:
+        srv.stop()
     secs = 5.0 if args.quick else 10.0
     loads = [(200, 10), (500, 10), (1000, 10), (1000, 20), (2000, 20)]
     rows = []
@@ -205,9 +211,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     return {
         "benchmark": "opcua",
         "command": ".venv/bin/python bench/bench_opcua.py" + (" --quick" if args.quick else ""),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "note": "server (simulator) and connector on the same host, separate processes"},
+        "machine": {**machine(), "note": "server (simulator) and connector on the same host, separate processes"},
+        "versions": versions("asyncua", opcua_server_build_info=server_build),
         "throughput": rows,
         "max_lossless_received_per_s": max((r["received_per_s"] for r in lossless), default=0),
         "connector_capacity_per_core_per_s": max((r["connector_capacity_per_core_per_s"] or 0) for r in rows),

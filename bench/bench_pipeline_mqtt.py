@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import write_result
+from bench.common import mosquitto_version, versions, write_result
 from twin.testing.publisher import AckingPublisher
 
 T0 = 1_790_000_000
@@ -44,6 +44,9 @@ def publisher(port: int, n: int, batch: int, ready: mp.synchronize.Event, start:
     pub.close()
 
 
+BROKER_VERSION: list[str] = []  # read from the broker of the first run
+
+
 async def run(readings: int, batch: int) -> dict[str, float]:
     from twin.config import load_config
     from twin.daemon import Daemon
@@ -53,6 +56,8 @@ async def run(readings: int, batch: int) -> dict[str, float]:
     (tmp / "broker").mkdir()
     broker = Mosquitto(tmp / "broker")
     broker.start()
+    if not BROKER_VERSION:
+        BROKER_VERSION.append(mosquitto_version(broker.port))
     try:
         cfg = load_config(write_config(tmp, connectors=(
             f'[[connectors]]\nkind = "mqtt"\nport = {broker.port}\nclient_id = "bench-twin"\n'
@@ -95,7 +100,7 @@ def main() -> None:
            "single_payloads": asyncio.run(run(a.single_readings, 1))}
     res["ratio_batch_over_single"] = (res["batch_payloads"]["readings_per_s"]
                                       / res["single_payloads"]["readings_per_s"])
-    write_result("pipeline_mqtt", res)
+    write_result("pipeline_mqtt", res, versions("paho-mqtt", mosquitto=BROKER_VERSION[0]))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -50,12 +48,13 @@ def main() -> None:
         t2 = time.perf_counter()
         vox_times.append(t1 - t0)
         met_times.append(t2 - t1)
+    from bench.common import lammps_version, machine, versions
+
     out = {
         "benchmark": "physics reference (surrogates/reference)",
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                    "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
-                    "threads": 1, "note": "2 shared cores; other jobs were running"},
+        "machine": {**machine(), "threads": 1, "note": "2 shared cores; other jobs were running"},
+        "versions": versions("torch", "taufactor", "numpy", lammps=lammps_version()),
         "dem_run": {
             "params": {k: getattr(params, k) for k in ("am_fraction", "initial_porosity", "initial_thickness_um",
                                                        "compaction_degree", "wall_speed_mm_s", "roll_temperature_C")},

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import write_result
+from bench.common import influxd_version, mosquitto_version, versions, write_result
 
 
 def publisher(port: int, payloads: list[tuple[str, str]], ready: Any, go: Any, start: Any, cpu: Any) -> None:
@@ -150,6 +150,7 @@ def main() -> None:
     broker.start()
     influx = InfluxD(tmp / "influxd")
     influx.start()
+    vers = versions("paho-mqtt", mosquitto=mosquitto_version(broker.port), influxd=influxd_version(influx.url))
     runs = []
     try:
         for rep in range(1, a.repeats + 1):
@@ -168,9 +169,9 @@ def main() -> None:
     for n in a.workers:
         summary[str(n)]["ratio_to_1_worker"] = round(summary[str(n)]["median_readings_per_s"] / base, 2)
     write_result("scaleout", {"setup": {"readings": a.readings, "lines": 5, "batch_readings_per_message": a.batch,
-                                        "store": "influxd 1.6.7 (v1 /write), shared", "broker": "mosquitto 2.0.11",
+                                        "store": "influxd (v1 /write), shared", "broker": "mosquitto",
                                         "subscription": "$share/<group>/pilot/#, QoS 1, persistent sessions"},
-                              "summary": summary, "outbox": outbox, "runs": runs})
+                              "summary": summary, "outbox": outbox, "runs": runs}, vers)
 
 
 if __name__ == "__main__":

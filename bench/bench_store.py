@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import percentile, write_result
+from bench.common import percentile, versions, write_result
 from core.samples import Quality, Sample
 from twin.store.sqlite import Durability, SQLiteStore
 
@@ -130,7 +130,7 @@ def main() -> None:
                                                      / res["sqlite_wal_normal"]["query_p95_ms"])
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    write_result("store", res)
+    write_result("store", res, versions("duckdb", "pyarrow", "numpy"))
 
 
 if __name__ == "__main__":

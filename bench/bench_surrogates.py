@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS, percentile, write_result  # noqa: E402
+from bench.common import RESULTS, percentile, versions, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -92,7 +92,7 @@ def main() -> None:
                     "vs_batch1_p50": per_run_s / p50_1, "vs_batch_per_row": per_run_s / per_row_big,
                     "goal": 1e5, "meets_goal": per_run_s / p50_1 >= 1e5},
     }
-    write_result("surrogates", res)
+    write_result("surrogates", res, versions("onnxruntime", "numpy"))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import write_result
+from bench.common import versions, write_result
 from connectors.replay.config import ReplayFormat
 from connectors.replay.connector import read_rows
 from core.samples import RawReading, SourceKind
@@ -128,7 +128,7 @@ def main() -> None:
     res["startup_ms"] = {"first_load_with_ontology_compile": round(startup_ms, 1),
                          "load_with_compiled_ontology": round(reload_ms, 1)}
     print(f"start-up: first tag-map load incl. ontology compile {startup_ms:.0f} ms, later loads {reload_ms:.0f} ms")
-    write_result("tagging", res)
+    write_result("tagging", res, versions("Pint", "rdflib"))
 
 
 if __name__ == "__main__":

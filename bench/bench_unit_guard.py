@@ -18,7 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from bench.common import percentile, write_result
+from bench.common import percentile, versions, write_result
 from ontology import units
 from ontology.units import MAX_UNIT_LEN, UnitError
 
@@ -125,7 +125,7 @@ def main() -> None:
             "worst_best_of_5": [{"unit": u, "ms": round(dt * 1e3, 3), "outcome": out} for dt, out, u in again[:5]],
         }
     write_result("unit_guard", {"random_candidates": args.random, "seed": args.seed, "cpu_time": "thread_time",
-                                "results": results})
+                                "results": results}, versions("Pint"))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import common
 from bench.common import percentile
 
 HERE = Path(__file__).resolve().parent
@@ -94,11 +95,18 @@ def versions() -> dict[str, Any]:
     }
 
 
-def git_commit() -> str:
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "twin", "connectors", "bench"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return sha + ("+dirty" if dirty else "")
+def source_build_info(workdir: Path) -> str:
+    """The node-opcua source's ServerStatus.BuildInfo, read over OPC-UA from a running source (one variable)."""
+    import asyncio
+
+    from bench.common import opcua_build_info
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = Source(1, workdir)
+    try:
+        return asyncio.run(opcua_build_info(src.url))
+    finally:
+        src.stop()
 
 
 def free_port() -> int:
@@ -642,6 +650,7 @@ def main() -> int:
     base.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     la0 = loadavg()
+    source_build = source_build_info(base / "buildinfo")
     runs = []
     try:
         for load in loads:
@@ -667,11 +676,11 @@ def main() -> int:
     result = {
         "benchmark": "peers",
         "command": " ".join([".venv/bin/python -m bench.peers", *sys.argv[1:]]),
-        "commit": git_commit(), "started": started,
+        "commit": common.git_commit(), "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": sys.platform, "loadavg_start": la0, "loadavg_end": loadavg(),
+        "machine": {**common.machine(), "loadavg_start": la0, "loadavg_end": loadavg(),
                     "note": "source, contender and watcher on the same host; other jobs running"},
-        "versions": versions(),
+        "versions": {**versions(), "source server BuildInfo (read over OPC-UA)": source_build},
         "method": {"after_restart_s": args.after_restart_s, "hz": HZ, "publishing_interval_ms": PERIOD_MS, "probes": PROBES, "poll_ms": POLL_S * 1000},
         "runs": runs,
     }

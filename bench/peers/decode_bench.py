@@ -7,7 +7,7 @@ notifications: client handle + DataValue with a Double, status Good omitted, sou
 times (1) asyncua's generic decoder (``struct_from_binary(ua.PublishResponse, ...)``, what the twin's connector
 uses today) and (2) a prototype fast path that reads the DataChangeNotification with ``struct.unpack_from`` in one
 loop and falls back to asyncua for any variant that is not a scalar Double/Float/Int/Boolean. Both must yield the
-same (handle, value, status, source ts) tuples. Prints µs per change; nothing is written to bench/results.
+same (handle, value, status, source ts) tuples. Prints µs per change and writes bench/results/decode.json.
 """
 
 from __future__ import annotations
@@ -114,6 +114,12 @@ def main() -> int:
     same = [(h, v, s, ts) for h, v, s, ts in got] == ref
     print(f"{a.items} changes per publish: asyncua generic decode {generic:.2f} µs/change, "
           f"fast path {fast:.2f} µs/change ({generic / fast:.1f}× less), identical result: {same}")
+    from bench.common import versions, write_result
+
+    write_result("decode", {"command": f".venv/bin/python -m bench.peers.decode_bench --items {a.items} --repeat {a.repeat}",
+                            "cpu_time": "process_time", "items_per_publish": a.items, "repeat": a.repeat,
+                            "asyncua_generic_us_per_change": round(generic, 2), "fast_path_us_per_change": round(fast, 2),
+                            "identical_result": same}, versions("asyncua"))
     return 0 if same else 1
 
 
