@@ -19,10 +19,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -42,6 +44,8 @@ class PredictionBatch:
 
 
 def session_options() -> ort.SessionOptions:
+    import onnxruntime as ort  # loaded with the first model, not when the daemon's modules are imported
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
@@ -110,6 +114,8 @@ class SurrogateModel:
         self.domain: dict[str, tuple[float, float]] = {k: (float(v[0]), float(v[1]))
                                                        for k, v in self.card["domain"].items()}
         self.exclusions: list[dict[str, Any]] = list(self.card.get("domain_exclusions", []))
+        import onnxruntime as ort  # see session_options
+
         self.session = ort.InferenceSession(str(self.path / MODEL_FILE), session_options(),
                                             providers=["CPUExecutionProvider"])
         self._heads = [o.name for o in self.session.get_outputs()]
