@@ -121,6 +121,24 @@ class RoundFailures:
             logger.error("%s failed again (failure %d): %s", what, self.failures, self.last_error)
 
 
+class RoundHealth:
+    """The health a periodic service reports (``twin.ports.ServiceHealth``), read from its ``rounds``."""
+
+    rounds: RoundFailures
+
+    @property
+    def last_error(self) -> str | None:
+        return self.rounds.last_error
+
+    @property
+    def last_error_ns(self) -> int | None:
+        return self.rounds.last_error_ns
+
+    @property
+    def failures(self) -> int:
+        return self.rounds.failures
+
+
 def full_jitter(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
     """Back-off before retry ``attempt`` (0-based): uniform in [0, min(max_s, initial_s * 2**attempt)]
     (:func:`core.retry.backoff_delay` with ``Jitter.FULL``)."""

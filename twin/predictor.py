@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.samples import Quality, Sample, now_ns, ns_to_iso
-from core.supervise import RoundFailures
+from core.supervise import RoundFailures, RoundHealth
 from ontology.definitions import LINE_RECIPE, Recipe
 from surrogates.runtime import ModelRegistry, SurrogateModel
 from twin.ports import ErrorMetrics, LatestState, SampleSink, Scheduler, TagCatalog
@@ -212,7 +212,7 @@ def line_to_model_inputs(values: dict[str, float], cfg: PredictorConfig, rve_thi
 JOB_ID = "predictor"  # the periodic prediction round's job on the daemon's scheduler
 
 
-class Predictor:
+class Predictor(RoundHealth):
     """Lives in the daemon: ``daemon.extensions['predictor']``; composed in twin/daemon.py.
 
     What it uses of the twin comes in as narrow interfaces (twin/ports.py): the tag map (to bind its inputs),
@@ -326,18 +326,6 @@ class Predictor:
             self.rounds.record(err, log, "prediction round")
             if self.metrics is not None:
                 self.metrics.internal_errors.labels("predictor").inc()
-
-    @property
-    def last_error(self) -> str | None:
-        return self.rounds.last_error
-
-    @property
-    def last_error_ns(self) -> int | None:
-        return self.rounds.last_error_ns
-
-    @property
-    def failures(self) -> int:
-        return self.rounds.failures
 
     # -- prediction --------------------------------------------------------------------------
     def _skip(self, reason: str) -> None:

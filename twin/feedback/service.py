@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from connectors.opcua.errors import SetpointWriteError
 from core.samples import Quality, Sample, now_ns, ns_to_iso
-from core.supervise import RoundFailures
+from core.supervise import RoundFailures, RoundHealth
 from twin.feedback import rules
 from twin.feedback.config import OUTPUTS, FeedbackConfig, TargetSpec, affine_to, canonical_target, clean
 from twin.feedback.history import History
@@ -48,7 +48,7 @@ log = logging.getLogger("twin.feedback")
 JOB_ID = "feedback"  # the decision round's job on the daemon's scheduler
 
 
-class FeedbackService:
+class FeedbackService(RoundHealth):
     """Lives in the daemon: ``daemon.extensions['feedback']``."""
 
     STATE_KIND = STATE_KIND
@@ -321,18 +321,6 @@ class FeedbackService:
         except Exception as err:  # noqa: BLE001 - a bug in one round must not stop the service
             self.rounds.record(err, log, "feedback round")
             self.metrics.internal_errors.labels("feedback").inc()
-
-    @property
-    def last_error(self) -> str | None:
-        return self.rounds.last_error
-
-    @property
-    def last_error_ns(self) -> int | None:
-        return self.rounds.last_error_ns
-
-    @property
-    def failures(self) -> int:
-        return self.rounds.failures
 
     # -- audit and events ---------------------------------------------------------------------------
     async def _record(self, p: Proposal, kind: str, actor: str | None = None) -> None:
