@@ -67,6 +67,39 @@ def design_ranges(model: str = "v1") -> dict[str, tuple[float, float, str, str]]
 DESIGN_SEED = 20260505
 N_REPLICATE_POINTS = 5
 REPLICATE_SEEDS = (101, 102, 103, 104)
+#: v2: three other packing seeds per replicated point (with the point itself four packings)
+REPLICATE_SEEDS_V2 = (101, 102, 103)
+#: v2: replicated Sobol points are taken among those whose gap is well inside the domain at the packing's mean
+#: porosity (the packing settles near 0.465, so a compaction degree <= 0.42 keeps the gap solid fraction <= 0.93)
+REPLICATE_CD_MAX_V2 = 0.42
+#: v2 generation order: the centre sweep, the first Sobol points, the replicates and the light-compaction sweep,
+#: then the rest of the Sobol points (a first complete training set early; the rest refines it)
+V2_FIRST_SOBOL = 128
+
+#: Domain of the v2 reference: the coating gap may not be thinner than the solid it presses. The gap solid
+#: fraction is the solid volume per area (areal mass / solid density, which the DEM inserts as target thickness x
+#: (1 - target porosity)) over the gap, h_solid / (h0 (1 - CD)); at 1 the gap equals the full-density thickness of
+#: the layer, which no calender reaches (the line load diverges). Beyond it the mdr law answers with its bulk-elastic
+#: branch: the released porosity rises again and the layer springs back by 25-45 % (docs/physics.md §7.10). A
+#: design point beyond it is recorded as out of domain (the run stops once the layer is packed) and is neither
+#: trained on nor part of the acceptance statistics; the predictor flags such a setting out of domain.
+GAP_SOLID_FRACTION_MAX = 1.0
+
+
+def gap_solid_fraction(initial_thickness_um, initial_porosity, thickness_before_um, compaction_degree):
+    """Solid fraction the layer would have if pressed into the gap: h_solid / (h0 (1 - CD)) (works on arrays)."""
+    h_solid = np.asarray(initial_thickness_um, np.float64) * (1.0 - np.asarray(initial_porosity, np.float64))
+    return h_solid / (np.asarray(thickness_before_um, np.float64) * (1.0 - np.asarray(compaction_degree, np.float64)))
+
+
+class OutOfDomain(Exception):
+    """A design point whose packed layer cannot be pressed into its gap (gap solid fraction above the maximum)."""
+
+    def __init__(self, thickness_before_um: float, phi: float) -> None:
+        super().__init__(f"gap solid fraction {phi:.3f} > {GAP_SOLID_FRACTION_MAX} (packed layer "
+                         f"{thickness_before_um:.2f} um): the gap is thinner than the layer's full-density thickness")
+        self.thickness_before_um = thickness_before_um
+        self.phi = phi
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +132,8 @@ def replicate_design(base: list[dict], n_points: int = N_REPLICATE_POINTS,
     ranges = design_ranges(model)
     centre: dict[str, Any] = {k: 0.5 * (v[0] + v[1]) for k, v in ranges.items()}
     centre.update(run_id="c0000", seed=1000, replicate_of="", design="centre")
+    if model == "v2":
+        base = [r for r in base if r["compaction_degree"] <= REPLICATE_CD_MAX_V2]
     points = [centre] + base[: max(0, n_points - 1)]
     rows = [centre]
     for pt in points:
@@ -144,10 +179,12 @@ def centre_sweep_design(model: str = "v2", seeds: Iterable[int] = (3000, 3001, 3
 
 def full_design(n_runs: int, replicate_points: int = N_REPLICATE_POINTS, model: str = "v1") -> list[dict]:
     base = sobol_design(n_runs, model=model)
-    rows = base + replicate_design(base, n_points=replicate_points, model=model) + low_cd_design(model)
-    if model == "v2":  # the replicated centre sweep first: the first chunk already shows the calendering law
-        rows = centre_sweep_design(model) + rows
-    return rows
+    if model == "v2":  # the replicated centre sweep first (the first chunk shows the calendering law), then a
+        # first complete training set (Sobol prefix, replicates, light compaction), then the rest of the Sobol points
+        reps = replicate_design(base, n_points=replicate_points, seeds=REPLICATE_SEEDS_V2, model=model)
+        return (centre_sweep_design(model) + base[:V2_FIRST_SOBOL] + reps + low_cd_design(model)
+                + base[V2_FIRST_SOBOL:])
+    return base + replicate_design(base, n_points=replicate_points, model=model) + low_cd_design(model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +211,22 @@ def run_one(row: dict, frames_dir: Path | None = None, model: str = "v1") -> dic
     if model == "v2":
         p2 = DEMParamsV2(**{k: row[k] for k in inputs}, seed=int(row["seed"]), **{**V2_PROTOCOL, **extra},
                          contact=ContactV2(**V2_CONTACT))
-        res = run_calendering_v2(p2)
+
+        def domain_check(h_before: float) -> None:
+            phi = float(gap_solid_fraction(row["initial_thickness_um"], row["initial_porosity"], h_before,
+                                           row["compaction_degree"]))
+            if phi > GAP_SOLID_FRACTION_MAX:
+                raise OutOfDomain(h_before, phi)
+
+        try:
+            res = run_calendering_v2(p2, after_settle=domain_check)
+        except OutOfDomain as ood:
+            return {"run_id": row["run_id"], "design": row.get("design", ""),
+                    "replicate_of": row.get("replicate_of", ""), "seed": int(row["seed"]),
+                    **{k: float(row[k]) for k in inputs}, "reference_model": model,
+                    "thickness_before_um": ood.thickness_before_um, "gap_solid_fraction": ood.phi,
+                    "in_domain": False, "valid": False, "out_of_domain": str(ood),
+                    "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
     else:
         p = DEMParams(**{k: row[k] for k in inputs}, seed=int(row["seed"]), **extra)
         res = run_calendering(p)
@@ -242,6 +294,8 @@ def run_one(row: dict, frames_dir: Path | None = None, model: str = "v1") -> dic
             "overlap_max_p95": ex.get("overlap_at_max", {}).get("delta_over_Reff_p95", float("nan")),
             "radius_growth_at_max_p95": ex.get("radius_growth_at_max_p95", float("nan")),
             "solid_fraction_max": (1.0 - m_before.porosity) * res.thickness_before_um / res.thickness_max_um,
+            "gap_solid_fraction": float(gap_solid_fraction(row["initial_thickness_um"], row["initial_porosity"],
+                                                           res.thickness_before_um, row["compaction_degree"])),
             "yield_MPa_at_T": ex.get("yield_MPa_at_T", float("nan")),
         })
     if frames_dir is not None:
@@ -382,7 +436,9 @@ def generate(
     subset_ids: set[str] = set()
     if frames_subset > 0:
         sob = [r for r in design if r.get("design") == "sobol"] or design
-        by_cd = sorted(sob[: max(frames_subset * 8, frames_subset)], key=lambda r: r["compaction_degree"])
+        pool = sob[:V2_FIRST_SOBOL] if model == "v2" else sob[: max(frames_subset * 8, frames_subset)]
+        by_cd = sorted(pool, key=lambda r: r["compaction_degree"])
+        frames_subset = min(frames_subset, len(by_cd))
         idx = np.linspace(0, len(by_cd) - 1, frames_subset).round().astype(int)
         subset_ids = {by_cd[i]["run_id"] for i in idx}
     prov = provenance(n_runs, command, replicate_points, model=model)
@@ -417,7 +473,8 @@ def generate(
             (runs_dir / f"{res['run_id']}.json").write_text(json.dumps(res))
             if res.get("valid") is False:  # a broken-down run is no training series
                 (frames_dir / f"{res['run_id']}.npz").unlink(missing_ok=True)
-            msg = res.get("error") or f"{res['run_id']} {res['wall_s']:.0f}s eps={res['porosity']:.3f}"
+            msg = (res.get("error") or res.get("out_of_domain")
+                   or f"{res['run_id']} {res['wall_s']:.0f}s eps={res['porosity']:.3f}")
             bar.update(task, advance=1, last=msg[:60])
             if on_result:
                 on_result(res)
@@ -490,6 +547,11 @@ def write_table(out: Path | str) -> Path:
     cols: list[str] = []
     for r in rows:  # union of columns, first-seen order (older rows may lack newer columns)
         cols += [c for c in r if c not in cols]
+    for r in rows:  # v2: the domain of every run (older runs predate the check; the DEM ran them whole)
+        if r.get("reference_model") == "v2" and "thickness_before_um" in r:
+            r.setdefault("gap_solid_fraction", float(gap_solid_fraction(
+                r["initial_thickness_um"], r["initial_porosity"], r["thickness_before_um"], r["compaction_degree"])))
+            r["in_domain"] = bool(r["gap_solid_fraction"] <= GAP_SOLID_FRACTION_MAX)
     defaults = {"lost_particles": 0, "valid": True}
     table = pa.table({c: [r.get(c, defaults.get(c)) for r in rows] for c in cols})
     pq.write_table(table, path, compression="zstd")
@@ -509,7 +571,9 @@ def load_dataset(path: Path | str | None = None, as_arrow: bool = False, valid_o
     Returns a dict ``column -> numpy array`` (inputs, outputs, ``seed``, ``replicate_of``...), or
     the pyarrow Table with ``as_arrow=True``. ``path`` may be the directory or the Parquet file.
     ``valid_only`` drops runs that broke down at extreme load (particles squeezed through the
-    current collector, ``valid == False``); pass False to see them (feasibility boundary).
+    current collector, ``valid == False``) and v2 runs outside the domain (``in_domain == False``: the gap
+    thinner than the layer's full-density thickness, see ``GAP_SOLID_FRACTION_MAX``); pass False to see them
+    (feasibility boundary).
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -520,6 +584,8 @@ def load_dataset(path: Path | str | None = None, as_arrow: bool = False, valid_o
     table = pq.read_table(p)
     if valid_only and "valid" in table.column_names:
         table = table.filter(pc.equal(table["valid"], True))
+    if valid_only and "in_domain" in table.column_names:
+        table = table.filter(pc.equal(table["in_domain"], True))
     if as_arrow:
         return table
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}

@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -531,11 +532,13 @@ def _line_load(curve_h: np.ndarray, curve_p: np.ndarray, h0: float, gap: float, 
     return float(np.trapezoid(p, x * 1e-3))
 
 
-def run_calendering(params: DEMParams | None = None, _sim_cls=None, **overrides) -> DEMResult:
+def run_calendering(params: DEMParams | None = None, _sim_cls=None,
+                    after_settle: Callable[[float], None] | None = None, **overrides) -> DEMResult:
     """Run one DEM calendering simulation and return thicknesses, pressures and frames.
 
     ``_sim_cls`` swaps the simulation class (the v2 contact law in :mod:`dem_v2` uses it); the
-    default is the v1 model, unchanged.
+    default is the v1 model, unchanged. ``after_settle(h_before_um)`` is called once the dried layer is
+    packed, before the calender touches it; it may raise to stop the run there (the data set's domain check).
     """
     p = params or DEMParams()
     if overrides:
@@ -545,6 +548,8 @@ def run_calendering(params: DEMParams | None = None, _sim_cls=None, **overrides)
     try:
         sim.build()
         h_before = sim.settle()
+        if after_settle is not None:
+            after_settle(h_before)
         v = p.wall_speed_mm_s * 1e-3  # mm/s = 1e-3 um/us
         gap = h_before * (1.0 - p.compaction_degree)
         sim._frame("before", float("nan"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -349,6 +350,7 @@ class _SimV2(_Sim):
 LOST_Z_GUARD = -50.0
 
 
-def run_calendering_v2(params: DEMParamsV2 | None = None, **overrides) -> DEMResult:
+def run_calendering_v2(params: DEMParamsV2 | None = None, after_settle: Callable[[float], None] | None = None,
+                       **overrides) -> DEMResult:
     """One calendering run with the v2 (mdr) contact law; same outputs as :func:`dem.run_calendering`."""
-    return run_calendering(params or DEMParamsV2(), _sim_cls=_SimV2, **overrides)
+    return run_calendering(params or DEMParamsV2(), _sim_cls=_SimV2, after_settle=after_settle, **overrides)

@@ -138,3 +138,50 @@ def test_v2_generation_records_model_cpu_and_position_frames(tmp_path):
     assert seen == []
     prov = json.loads((tmp_path / "provenance.json").read_text())
     assert [i["command"] for i in prov["invocations"]] == ["test v2", "resume"]
+
+
+def test_v2_design_order_and_replicates_inside_the_domain():
+    """v2 runs a first complete training set early (Sobol prefix, replicates, light compaction), and replicates
+    points whose gap stays well inside the domain."""
+    rows = ds.full_design(256, replicate_points=6, model="v2")
+    kinds = [r["design"] for r in rows]
+    first_rep = kinds.index("replicate")
+    assert kinds[:first_rep].count("sobol") == ds.V2_FIRST_SOBOL
+    assert kinds.index("lowcd") > first_rep and "sobol" in kinds[kinds.index("lowcd"):]
+    reps = [r for r in rows if r["design"] == "replicate"]
+    assert {r["seed"] for r in reps} == set(ds.REPLICATE_SEEDS_V2) and len(reps) == 6 * len(ds.REPLICATE_SEEDS_V2)
+    assert all(r["compaction_degree"] <= ds.REPLICATE_CD_MAX_V2 for r in reps)
+
+
+def test_gap_solid_fraction_definition():
+    # 50 um target at 0.5 porosity = 25 um of solid; packed to 50 um and pressed into a 25 um gap: full density
+    assert ds.gap_solid_fraction(50.0, 0.5, 50.0, 0.5) == pytest.approx(1.0)
+    assert ds.gap_solid_fraction(50.0, 0.5, 50.0, 0.3) == pytest.approx(25.0 / 35.0)
+    v = ds.gap_solid_fraction(np.array([50.0, 40.0]), np.array([0.5, 0.4]), np.array([52.0, 45.0]), 0.2)
+    assert v.shape == (2,) and np.all(v < 1)
+
+
+def test_v2_out_of_domain_point_stops_after_packing_and_is_not_retried(tmp_path):
+    """A gap thinner than the layer's full-density thickness is recorded as out of domain once the layer is
+    packed (no calendering), counts as finished (a resumed generation does not retry it) and is left out of the
+    loaded data set unless asked for."""
+    rows = ds.sobol_design(2, model="v2")
+    tiny = dict(footprint_um=20.0, initial_thickness_um=30.0, initial_porosity=0.45, am_fraction=0.95,
+                roll_temperature_C=40.0)
+    rows[0].update(tiny, compaction_degree=0.3)
+    rows[1].update(tiny, compaction_degree=0.62)  # the packed layer near 0.5 porosity cannot be pressed that far
+    table = ds.generate(out=tmp_path, rows=rows, workers=1, frames_subset=0, progress=False, model="v2",
+                        command="test ood")
+    ood = json.loads((tmp_path / "runs" / f"{rows[1]['run_id']}.json").read_text())
+    assert ood["in_domain"] is False and ood["valid"] is False and "error" not in ood
+    assert ood["gap_solid_fraction"] > ds.GAP_SOLID_FRACTION_MAX and "full-density" in ood["out_of_domain"]
+    assert "porosity" not in ood and ood["cpu_s"] > 0
+    data = ds.load_dataset(table)
+    assert list(data["run_id"]) == [rows[0]["run_id"]] and bool(data["in_domain"][0])
+    assert data["gap_solid_fraction"][0] <= ds.GAP_SOLID_FRACTION_MAX
+    everything = ds.load_dataset(table, valid_only=False)
+    assert sorted(everything["run_id"]) == sorted(r["run_id"] for r in rows)
+    seen: list[str] = []
+    ds.generate(out=tmp_path, rows=rows, workers=1, frames_subset=0, progress=False, model="v2",
+                on_result=lambda r: seen.append(r["run_id"]), command="resume")
+    assert seen == []

@@ -1,7 +1,9 @@
 """Acceptance of the reference v2 data set (issue #16) on the committed data: the calendering laws after release.
 
 The data set is generated in resumable chunks (``twin surrogates generate --model v2 ... --out data/dem_v2``,
-docs/physics.md §7); the checks run once enough of the Sobol design has been committed.
+docs/physics.md §7); the checks run once enough of the Sobol design has been committed. They apply to the
+domain of the reference: runs whose gap is thinner than the layer's full-density thickness (gap solid fraction
+> 1, ``dataset.GAP_SOLID_FRACTION_MAX``) are recorded but left out (``load_dataset``), see §7.10.
 """
 
 from __future__ import annotations
@@ -38,12 +40,29 @@ def test_porosity_falls_with_compaction_over_the_whole_design():
     assert tau >= 0.5, tau
 
 
+def test_domain_is_the_gap_above_full_density():
+    _data()
+    every = ds.load_dataset(V2_DIR, valid_only=False)
+    phi = ds.gap_solid_fraction(every["initial_thickness_um"], every["initial_porosity"],
+                                every["thickness_before_um"], every["compaction_degree"])
+    assert np.allclose(phi, every["gap_solid_fraction"], rtol=1e-9)
+    assert np.array_equal(every["in_domain"], phi <= ds.GAP_SOLID_FRACTION_MAX)
+    inside = ds.load_dataset(V2_DIR)
+    assert np.all(inside["gap_solid_fraction"] <= ds.GAP_SOLID_FRACTION_MAX)
+    # the domain keeps most of the design: only its over-dense corner (high compaction of dense layers) is cut
+    sob = every["design"] == "sobol"
+    assert every["in_domain"][sob].mean() >= 0.75
+
+
 def test_centre_sweep_monotone_to_the_floor():
     d = _data()
     sw = d["design"] == "sweep"
-    if sw.sum() < 2 * len(ds.CENTRE_SWEEP_CD):
+    if sw.sum() < 2 * (len(ds.CENTRE_SWEEP_CD) - 1):
         pytest.skip("centre sweep not complete")
-    cds = np.array(ds.CENTRE_SWEEP_CD)
+    # compaction degrees where at least two packings stay inside the domain (at the centre, CD 0.50 presses the
+    # layer past full density for every packing: recorded, not part of the law)
+    cds = np.array([cd for cd in ds.CENTRE_SWEEP_CD if (sw & np.isclose(d["compaction_degree"], cd)).sum() >= 2])
+    assert cds.min() == 0.20 and cds.max() >= 0.45, cds
     means, ses = [], []
     for cd in cds:
         e = d["porosity"][sw & np.isclose(d["compaction_degree"], cd)]
