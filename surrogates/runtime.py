@@ -56,13 +56,21 @@ def session_options() -> ort.SessionOptions:
     return so
 
 
+#: domain constraints a card may name: kind -> the inputs it reads, in order
+CONSTRAINT_KINDS: dict[str, tuple[str, ...]] = {
+    # solid fraction of the layer pressed into the gap, h_solid / (h0 (1 - CD)) = (1 - eps0) / (1 - CD)
+    "gap_solid_fraction": ("initial_porosity", "compaction_degree"),
+}
+
+
 class OODReasons(Sequence[list[str]]):
     """Reasons per row of a batch (a list-like: ``reasons[i]`` is a list of str, empty when in domain),
     formatted on access so that a large batch pays nothing for the rows nobody reads."""
 
     def __init__(self, model: SurrogateModel, x: np.ndarray, flagged: np.ndarray, bad: np.ndarray,
-                 ex_masks: list[np.ndarray]) -> None:
+                 ex_masks: list[np.ndarray], con_masks: list[np.ndarray]) -> None:
         self._m, self._x, self._flagged, self._bad, self._ex = model, x, flagged, bad, ex_masks
+        self._con = con_masks
 
     def __len__(self) -> int:
         return len(self._flagged)
@@ -80,6 +88,10 @@ class OODReasons(Sequence[list[str]]):
         for ex, mask in zip(m.exclusions, self._ex):
             if mask[i]:
                 r.append(f"in the {ex['name']}: {ex['reason']}")
+        for c, mask in zip(m.constraints, self._con):
+            if mask[i]:
+                r.append(f"{c['kind']}={m.constraint_value(c, self._x[i:i + 1])[0]:.3g} above {c['max']:g} "
+                         f"({c['name']}): {c['reason']}")
         return r
 
     def __getitem__(self, i):
@@ -114,6 +126,14 @@ class SurrogateModel:
         self.domain: dict[str, tuple[float, float]] = {k: (float(v[0]), float(v[1]))
                                                        for k, v in self.card["domain"].items()}
         self.exclusions: list[dict[str, Any]] = list(self.card.get("domain_exclusions", []))
+        #: physical limits inside the box (a relation between inputs), e.g. the gap may not be thinner than the
+        #: layer's full-density thickness: {"name", "kind", "max", "reason"}
+        self.constraints: list[dict[str, Any]] = list(self.card.get("domain_constraints", []))
+        for c in self.constraints:
+            if c.get("kind") not in CONSTRAINT_KINDS or not all(k in self.card["inputs"]
+                                                                for k in CONSTRAINT_KINDS[c["kind"]]):
+                raise ValueError(f"{self.path}: domain constraint {c!r} is not one this runtime can evaluate "
+                                 f"({', '.join(CONSTRAINT_KINDS)}) on the model's inputs")
         import onnxruntime as ort  # see session_options
 
         self.session = ort.InferenceSession(str(self.path / MODEL_FILE), session_options(),
@@ -142,14 +162,25 @@ class SurrogateModel:
                              f"got shape {x.shape}")
         return dict(zip(self._heads, self.session.run(self._heads, {"x": x})))
 
-    def _masks(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    def constraint_value(self, c: dict[str, Any], x: np.ndarray) -> np.ndarray:
+        """The constrained quantity of each row of ``x`` (see CONSTRAINT_KINDS)."""
+        cols = [self.input_names.index(k) for k in CONSTRAINT_KINDS[c["kind"]]]
+        x = np.asarray(x, dtype=np.float64)
+        if c["kind"] == "gap_solid_fraction":  # h_solid / gap = (1 - eps0) / (1 - CD)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return (1.0 - x[:, cols[0]]) / (1.0 - x[:, cols[1]])
+        raise ValueError(c["kind"])
+
+    def _masks(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
         # in float32, as the graph sees the inputs (a bound like 0.97 is then inside at its own float32 value)
         x = np.asarray(x, dtype=np.float32)
+        cons = [~(self.constraint_value(c, x) <= float(c["max"])) for c in self.constraints]
         if x.shape[0] == 1:  # the daemon's case: plain Python beats a dozen numpy calls on 6 numbers
             row = x[0].tolist()
             bad_row = [not (lo <= v <= hi) for v, lo, hi in zip(row, self._lo_l, self._hi_l)]
             exs = [all(lo <= row[c] <= hi for c, lo, hi in box) for box in self._ex_boxes_l]
-            return (np.array([any(bad_row) or any(exs)]), np.array([bad_row]), [np.array([e]) for e in exs])
+            flag = any(bad_row) or any(exs) or any(bool(m[0]) for m in cons)
+            return (np.array([flag]), np.array([bad_row]), [np.array([e]) for e in exs], cons)
         bad = ~((x >= self._lo) & (x <= self._hi))  # [n, d]; NaN compares False, so it is flagged too
         flagged = bad.any(axis=1)
         ex_masks = []
@@ -158,15 +189,17 @@ class SurrogateModel:
             m = ((v >= lo) & (v <= hi)).all(axis=1)
             ex_masks.append(m)
             flagged |= m
-        return flagged, bad, ex_masks  # type: ignore[return-value]  # numpy types .any()/.all() as bool | array
+        for m in cons:
+            flagged |= m
+        return flagged, bad, ex_masks, cons  # type: ignore[return-value]  # numpy types .any() as bool | array
 
     def domain_check(self, x: np.ndarray) -> tuple[np.ndarray, OODReasons]:
         """Per row: out-of-domain flag and its reasons (input outside the training box, non-finite input,
         or inside a region of the box that was held out of training). The flags are computed for the
         whole batch at once (vectorised); a row's reason texts are formatted when they are read."""
         x = np.asarray(x, dtype=np.float32)
-        flagged, bad, ex_masks = self._masks(x)
-        return flagged, OODReasons(self, x, flagged, bad, ex_masks)
+        flagged, bad, ex_masks, con_masks = self._masks(x)
+        return flagged, OODReasons(self, x, flagged, bad, ex_masks, con_masks)
 
     def ood_mask(self, x: np.ndarray) -> np.ndarray:
         """The out-of-domain flag per row alone (vectorised; no reasons), for large candidate batches."""

@@ -453,6 +453,7 @@ def generate(
     prov.setdefault("invocations", []).append({"command": command, "started_utc": prov["created_utc"]})
     old_path.write_text(json.dumps(prov, indent=2))
     done_ids = _finished_ids(out) if resume else set()
+    attempts = {k: v["attempts"] for k, v in _failed_runs(out).items()} if resume else {}
     todo = [r for r in design if r["run_id"] not in done_ids]
 
     from rich.progress import (
@@ -470,6 +471,8 @@ def generate(
         task = bar.add_task("dem", total=len(design), completed=len(design) - len(todo), last="")
 
         def record(res: dict) -> None:
+            if "error" in res:
+                res["attempts"] = attempts.get(res["run_id"], 0) + 1
             (runs_dir / f"{res['run_id']}.json").write_text(json.dumps(res))
             if res.get("valid") is False:  # a broken-down run is no training series
                 (frames_dir / f"{res['run_id']}.npz").unlink(missing_ok=True)
@@ -511,6 +514,24 @@ def _table_rows(out: Path | str) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
+#: a run that failed this many times (each resumed generation retries it once) is given up: it stays recorded in
+#: ``runs/<id>.json`` with its error and is listed in provenance (``failed_runs``), never retried forever
+MAX_ATTEMPTS = 2
+
+
+def _failed_runs(out: Path | str) -> dict[str, dict]:
+    """run_id -> the recorded failure (error, attempts) of the runs that failed."""
+    failed = {}
+    for f in (Path(out) / "runs").glob("*.json"):
+        try:
+            d = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            continue
+        if "error" in d:
+            failed[d["run_id"]] = {"error": str(d["error"])[:300], "attempts": int(d.get("attempts", 1))}
+    return failed
+
+
 def _finished_ids(out: Path | str) -> set[str]:
     ids = {r["run_id"] for r in _table_rows(out)}
     for f in (Path(out) / "runs").glob("*.json"):
@@ -518,7 +539,7 @@ def _finished_ids(out: Path | str) -> set[str]:
             d = json.loads(f.read_text())
         except json.JSONDecodeError:
             continue
-        if "error" not in d:
+        if "error" not in d or int(d.get("attempts", 1)) >= MAX_ATTEMPTS:
             ids.add(d["run_id"])
     return ids
 
@@ -561,6 +582,8 @@ def write_table(out: Path | str) -> Path:
         prov["runs_finished"] = len(rows)
         prov["cpu_hours_total"] = round(sum(float(r.get("cpu_s", 0.0)) for r in rows) / 3600.0, 3)
         prov["cpu_note"] = "sum of the runs' process_time (DEM + voxel metrics), one core per run"
+        prov["failed_runs"] = _failed_runs(out)
+        prov["max_attempts"] = MAX_ATTEMPTS
         prov_path.write_text(json.dumps(prov, indent=2))
     return path
 

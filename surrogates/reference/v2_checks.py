@@ -34,6 +34,10 @@ QS_POINTS = {
                 roll_temperature_C=30.0, seed=1001),
     "high": dict(CENTRE, compaction_degree=0.45, initial_porosity=0.50, initial_thickness_um=52.0,
                  roll_temperature_C=90.0, seed=1002),
+    # the high point's hard-hot layer pressed to CD 0.40: dense (gap solid fraction ~0.9) but inside the domain
+    # (the high point itself sits at the gap's full density, the domain's edge; docs/physics.md §7.10)
+    "dense": dict(CENTRE, compaction_degree=0.40, initial_porosity=0.50, initial_thickness_um=52.0,
+                  roll_temperature_C=90.0, seed=1002),
 }
 
 
@@ -116,6 +120,16 @@ def specs(kind: str) -> list[dict]:
         for j in (0, 1):
             cj = dict(V2_CONTACT, stress_scale=V2_CONTACT.get("stress_scale", 1.0) * (1 + j * 1e-4))
             out.append(dict(key=f"qs3_centre_v30r1.25_p{j}", model="v2", params=base, contact=cj))
+        return out
+    if kind == "qs8":  # the dense in-domain point with the data-set protocol: 30 vs 7.5 mm/s, copies, half step
+        out = []
+        base = {**QS_POINTS["dense"], **V2_PROTOCOL, "wall_speed_mm_s": 30.0}
+        for j in (0, 1, 2):
+            cj = dict(V2_CONTACT, stress_scale=V2_CONTACT.get("stress_scale", 1.0) * (1 + j * 1e-4))
+            out.append(dict(key=f"qs8_dense_v30_p{j}", model="v2", params=base, contact=cj))
+            out.append(dict(key=f"qs8_dense_v7.5_p{j}", model="v2", contact=cj,
+                            params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25)))
+        out.append(dict(key="qs8_dense_dt2", model="v2", params=dict(base, dt_safety=0.075), contact=dict(V2_CONTACT)))
         return out
     if kind == "qs4":  # the servo release waits for the layer at p_end (release_wait_us 20): 30 vs 7.5 mm/s
 
@@ -222,7 +236,7 @@ def main(argv: list[str]) -> None:
     kind = argv[0]
     if kind == "table":  # python -m surrogates.reference.v2_checks table qs3|qs2
         which = argv[1] if len(argv) > 1 else "qs3"
-        tags = {"qs3": ("v30", "v7.5"), "qs2": ("base", "v4")}[which]
+        tags = {"qs3": ("v30", "v7.5"), "qs2": ("base", "v4"), "qs8": ("v30", "v7.5")}[which]
         print(qs_table(Path(f"bench/results/physics_v2_{which}.jsonl"), which, *tags))
         return
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path(f"bench/results/physics_v2_{kind}.jsonl")

@@ -185,3 +185,19 @@ def test_v2_out_of_domain_point_stops_after_packing_and_is_not_retried(tmp_path)
     ds.generate(out=tmp_path, rows=rows, workers=1, frames_subset=0, progress=False, model="v2",
                 on_result=lambda r: seen.append(r["run_id"]), command="resume")
     assert seen == []
+
+
+def test_a_failing_run_is_retried_once_then_given_up_and_listed(tmp_path):
+    """A run that fails is recorded with its error, retried by the next resumed generation, and given up after
+    MAX_ATTEMPTS (never retried forever); provenance lists it."""
+    rows = ds.sobol_design(1, model="v2")
+    del rows[0]["initial_porosity"]  # fails at once (no DEM needed to show the bookkeeping)
+    seen: list[dict] = []
+    for k in range(ds.MAX_ATTEMPTS + 1):
+        ds.generate(out=tmp_path, rows=rows, workers=1, frames_subset=0, progress=False, model="v2",
+                    on_result=seen.append, command=f"attempt {k}")
+    assert len(seen) == ds.MAX_ATTEMPTS and all("error" in r for r in seen)
+    assert [r["attempts"] for r in seen] == list(range(1, ds.MAX_ATTEMPTS + 1))
+    rec = json.loads((tmp_path / "runs" / f"{rows[0]['run_id']}.json").read_text())
+    assert rec["attempts"] == ds.MAX_ATTEMPTS and "initial_porosity" in rec["error"]
+    assert ds._failed_runs(tmp_path)[rows[0]["run_id"]]["attempts"] == ds.MAX_ATTEMPTS
