@@ -160,3 +160,39 @@ def test_single_row_fast_path_agrees_with_the_batch_path(committed_dir: Path) ->
         one = m.predict(x[i:i + 1])
         assert one.ood[0] == batch.ood[i] and one.ood_reasons[0] == batch.ood_reasons[i], i
         np.testing.assert_allclose(one.mean[0], batch.mean[i], rtol=1e-6)
+
+
+def _with_constraints(registry_copy: Path, committed_dir: Path, constraints: list[dict]) -> Path:
+    d = registry_copy / FAMILY / committed_dir.name
+    card = json.loads((d / "card.json").read_text())
+    card["domain_constraints"] = constraints
+    (d / "card.json").write_text(json.dumps(card))
+    return d
+
+
+GAP = {"name": "gap above full density", "kind": "gap_solid_fraction", "max": 1.0,
+       "reason": "the gap would be thinner than the layer's full-density thickness"}
+
+
+def test_gap_solid_fraction_constraint_flags_gaps_beyond_full_density(registry_copy: Path,
+                                                                      committed_dir: Path) -> None:
+    m = SurrogateModel(_with_constraints(registry_copy, committed_dir, [GAP]))
+    # (1 - 0.46) / (1 - 0.45) = 0.98 inside; the same layer at CD 0.47 (1.019) and a dense one at 0.40 (1.05) beyond
+    inside, past, dense = row(compaction_degree=0.45), row(compaction_degree=0.47), row(
+        compaction_degree=0.40, initial_porosity=0.37)
+    x = np.concatenate([inside, past, dense]).astype(np.float32)
+    x[:, list(CENTRE).index("roll_temperature_C")] = 40.0  # away from the held-out corner
+    p = m.predict(x)
+    assert list(p.ood) == [False, True, True]
+    assert p.ood_reasons[0] == []
+    assert p.ood_reasons[1][0].startswith("gap_solid_fraction=1.02 above 1 (gap above full density)")
+    assert list(m.ood_mask(x)) == [False, True, True]
+    for i in range(3):  # the daemon's one-row path agrees
+        one = m.predict(x[i:i + 1])
+        assert one.ood[0] == p.ood[i] and one.ood_reasons[0] == p.ood_reasons[i]
+
+
+def test_unknown_domain_constraint_refuses_to_load(registry_copy: Path, committed_dir: Path) -> None:
+    d = _with_constraints(registry_copy, committed_dir, [dict(GAP, kind="gap_magic")])
+    with pytest.raises(ValueError, match="domain constraint"):
+        SurrogateModel(d)
