@@ -23,6 +23,26 @@ sys.path.insert(0, str(ROOT))
 from bench.common import RESULTS, percentile, versions, write_result  # noqa: E402
 
 
+def v2_reference_run() -> tuple[float, float]:
+    """Wall seconds of one v2 DEM run (the data set's protocol and contact law) at the design centre and of the
+    voxel metrics of its released frame."""
+    from surrogates.reference.dataset import V2_CONTACT, V2_PROTOCOL
+    from surrogates.reference.dem_v2 import ContactV2, DEMParamsV2, run_calendering_v2
+    from surrogates.reference.voxel import VOXEL_UM, metrics, voxelize
+
+    p = DEMParamsV2(am_fraction=0.945, initial_porosity=0.46, initial_thickness_um=48.0, compaction_degree=0.35,
+                    roll_temperature_C=62.5, seed=3000, **V2_PROTOCOL, contact=ContactV2(**V2_CONTACT))
+    t0 = time.perf_counter()
+    res = run_calendering_v2(p)
+    dem_s = time.perf_counter() - t0
+    nz = int(-(-(res.thickness_before_um + 3.0) // VOXEL_UM))
+    t0 = time.perf_counter()
+    img = voxelize(res.frames[-1].astype("float64"), res.radius, res.ptype, res.box_um, nz=nz,
+                   thickness=res.thickness_after_um)
+    metrics(img, thickness=res.thickness_after_um)
+    return dem_s, time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5000, help="batch-1 calls timed")
@@ -63,10 +83,16 @@ def main() -> None:
     def ms(v):
         return v * 1e3
 
-    ref_path = RESULTS / "reference.json"
-    ref = json.loads(ref_path.read_text())
-    dem_s = float(ref["dem_run"]["wall_s_median"])
-    metrics_s = float(ref["voxel_metrics_76x76x125"]["metrics_s_median"])
+    if "wall_speed_mm_s" in model.input_names:  # a v1 model: the v1 reference's benchmark (bench_reference.py)
+        ref_path = RESULTS / "reference.json"
+        ref = json.loads(ref_path.read_text())
+        dem_s = float(ref["dem_run"]["wall_s_median"])
+        metrics_s = float(ref["voxel_metrics_76x76x125"]["metrics_s_median"])
+        ref_note = "bench/results/reference.json: one v1 DEM run (median) + voxel metrics of one frame"
+    else:  # a v2 model: one run of its own reference, in this benchmark run (the data set's protocol)
+        dem_s, metrics_s = v2_reference_run()
+        ref_note = ("one v2 DEM run at the design centre (CD 0.35, data-set protocol) + voxel metrics of the released "
+                    "frame, measured in this benchmark run")
     per_run_s = dem_s + metrics_s  # one structure prediction by the physics: DEM run + metrics of the result
     p50_1 = statistics.median(b1)
     per_row_big = statistics.median(big) / args.batch
@@ -87,10 +113,11 @@ def main() -> None:
                                "p99_ms": ms(percentile(big, 99)), "graph_only_p50_ms": ms(statistics.median(big_graph)),
                                "per_row_us": per_row_big * 1e6, "goal_ms": 20.0,
                                "meets_goal": ms(statistics.median(big)) <= 20.0},
-        "speedup": {"reference": "bench/results/reference.json: one DEM run (median) + voxel metrics of one frame",
+        "speedup": {"reference": ref_note,
                     "dem_run_s": dem_s, "metrics_s": metrics_s, "physics_per_run_s": per_run_s,
                     "vs_batch1_p50": per_run_s / p50_1, "vs_batch_per_row": per_run_s / per_row_big,
-                    "goal": 1e5, "meets_goal": per_run_s / p50_1 >= 1e5},
+                    "goal": 1e5 if "wall_speed_mm_s" in model.input_names else 1e6,
+                    "meets_goal": per_run_s / p50_1 >= (1e5 if "wall_speed_mm_s" in model.input_names else 1e6)},
     }
     write_result("surrogates", res, versions("onnxruntime", "numpy"))
 

@@ -267,26 +267,3 @@ def fit_all(ds: dict[str, np.ndarray]) -> dict[str, FitResult]:
         "bruggeman": bruggeman_quality(np.concatenate([eps, eps0]),
                                        np.concatenate([ds["tortuosity_factor"], ds["tortuosity_factor_before"]])),
     }
-
-
-@dataclass
-class EmpiricalPredictor:
-    """Fast fallback predictor: porosity, tortuosity, D_eff and spring-back from line load."""
-
-    meyer: FitResult
-    tortuosity: FitResult
-    springback: FitResult
-
-    @classmethod
-    def from_dataset(cls, ds: dict[str, np.ndarray]) -> EmpiricalPredictor:
-        fits = fit_all(ds)
-        return cls(fits["meyer"], fits["tortuosity"], fits["springback"])
-
-    def predict(self, line_load_N_per_mm, eps0, thickness_um, am_fraction, roll_temperature_C) -> dict[str, np.ndarray]:
-        p = self.meyer.params
-        M_C = active_mass_loading(eps0, thickness_um, am_fraction)
-        g = np.clip(gamma_c(roll_temperature_C, M_C, p["mu0"], p["xi"]), 1e-6, None)
-        eps = meyer_porosity(line_load_N_per_mm, eps0, p["p"], g)
-        tau = tortuosity_power(eps, self.tortuosity.params["a"], self.tortuosity.params["b"])
-        sb = springback_line_load(line_load_N_per_mm, self.springback.params["s_inf"], self.springback.params["q_s"])
-        return {"porosity": eps, "tortuosity_factor": tau, "d_eff": effective_transport(eps, tau), "springback_pct": sb}
