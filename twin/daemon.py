@@ -42,6 +42,8 @@ from twin.api import create_app
 from twin.config import TwinConfig
 from twin.feedback import FeedbackService
 from twin.feedback.writers import setpoint_writers
+from twin.lab.service import LabService
+from twin.lab.store import LabStore
 from twin.metrics import Metrics
 from twin.pipeline import Pipeline
 from twin.ports import Service, ServiceHealth
@@ -93,6 +95,7 @@ class Daemon:
         self.job_health: dict[str, dict[str, Any]] = {}  # scheduler job -> last run, last error
         self.predictor: Predictor | None = None
         self.feedback: FeedbackService | None = None
+        self.lab: LabService | None = None
         self._compose_services()
 
     def _compose_services(self) -> None:
@@ -112,6 +115,11 @@ class Daemon:
                                             writers=setpoint_writers(self.connectors), scheduler=self,
                                             metrics=self.metrics)
             self.extensions["feedback"] = self.feedback
+        if config.lab.enabled:  # lab results, shadow models, drift (twin/lab); before the feedback reads the model
+            self.lab = LabService(config.lab, line_id=config.line_id, store=LabStore(config.lab.path), rolls=self.store,
+                                  sink=self.store, audit=self.store, predictor=self.predictor, scheduler=self,
+                                  metrics=self.metrics)
+            self.extensions["lab"] = self.lab
 
     # -- the scheduler (twin.ports.Scheduler) --------------------------------------------------
     def every(self, job_id: str, seconds: float, fn: Callable[[], Awaitable[Any]], *,
@@ -258,7 +266,7 @@ class Daemon:
             "tasks": self.supervisor.health(),
             "jobs": self.job_health,
             "pipeline": vars(self.pipeline.stats).copy() | {"pending": self.pipeline.pending},
-        }
+        } | ({"lab": self.lab.status_json()} if self.lab is not None else {})
 
     # -- run ---------------------------------------------------------------------------------
     @contextlib.contextmanager
