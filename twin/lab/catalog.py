@@ -87,10 +87,12 @@ class Catalog:
         """``value`` in ``unit`` -> the quantity's unit, range-checked. RowError with the reason code."""
         if not math.isfinite(value):
             raise RowError(f"{q.name}: value {value!r} is not a finite number", "non_finite")
-        if unit is None or unit.strip() in DIMENSIONLESS:
+        if unit is None or not unit.strip():
             if q.unit != "dimensionless":
                 raise RowError(f"{q.name}: no unit given; {q.parameter} is in {q.unit!r} (state the unit)",
                                "unknown_unit")
+            unit = "dimensionless"
+        elif unit.strip() in DIMENSIONLESS:  # a stated pure number: a fraction for a percent quantity
             unit = "dimensionless"
         try:
             a, c = affine(unit.strip(), q.unit)
