@@ -18,6 +18,7 @@ the metrics). The feedback service reads only the predictor's active model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import uuid
@@ -83,6 +84,8 @@ class LabService(RoundHealth):
         self.drift: dict[str, dict[str, Any]] = {}
         self._out_unit: dict[str, float] = {}
         self._activated_ns = now_ns()
+        self.mqtt: Any = None  # connectors.mqtt.lab.LabSubscriber while [lab.mqtt] enabled
+        self._mqtt_task: asyncio.Task[None] | None = None
         reg = metrics.registry if metrics is not None else None
         self._m_rows = Counter("twin_lab_rows_total", "Lab rows by outcome (stored, duplicate, dead_letter)",
                                ["outcome"], registry=reg)
@@ -553,9 +556,22 @@ class LabService(RoundHealth):
             self.predictor.after_predict.append(self.on_prediction)
         if self.config.watch_dir is not None and self.scheduler is not None:
             self.scheduler.every(JOB_WATCH, self.config.watch_interval_s, self._watch_guarded, health=self)
+        m = self.config.mqtt
+        if m.enabled and self._mqtt_task is None:
+            from connectors.mqtt.lab import LabSubscriber  # lazy: paho's client, only when lab results come over MQTT
+
+            self.mqtt = LabSubscriber(host=m.host, port=m.port, topic=m.topic, client_id=m.client_id,
+                                      username=m.username, password=m.password, queue_size=m.queue_size)
+            self._mqtt_task = asyncio.get_running_loop().create_task(self.mqtt.run(self.ingest_message),
+                                                                     name="lab-mqtt")
         self.drift = await asyncio.to_thread(self.drift_sync)
 
     async def stop(self) -> None:
+        if self._mqtt_task is not None:
+            self._mqtt_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._mqtt_task
+            self._mqtt_task = None
         if self.scheduler is not None:
             self.scheduler.cancel(JOB_WATCH)
         if self.predictor is not None and self.on_prediction in self.predictor.after_predict:
@@ -566,4 +582,5 @@ class LabService(RoundHealth):
         alerts = [{"output": o} | d for o, d in self.drift.items() if d["alert"]]
         return {"active": None if self.active is None else self.active.version,
                 "candidates": sorted(self.candidates), "counts": dict(self.counts), "drift": self.drift,
-                "drift_alert": bool(alerts), "alerts": alerts}
+                "drift_alert": bool(alerts), "alerts": alerts,
+                "mqtt": None if self.mqtt is None else self.mqtt.describe()}
