@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from twin.lab.service import SEGMENT_PAD_M
@@ -18,6 +18,7 @@ from twin.ports import ApiHost
 from twin.routes.common import Principal
 
 MAX_BODY = 5_000_000
+MAX_ID = 2**63 - 1  # SQLite's INTEGER
 
 
 class LabRowBody(BaseModel):
@@ -79,13 +80,13 @@ def make_router(daemon: ApiHost, auth: Any) -> APIRouter:
     @router.get("/api/v1/lab/results", summary="Lab results, newest first")
     async def results(roll: str | None = Query(None, max_length=256), quantity: str | None = Query(None, max_length=64),
                       line: str | None = Query(None, max_length=256), limit: int = Query(100, ge=1, le=10_000),
-                      before_id: int | None = Query(None, ge=0)) -> list[dict[str, Any]]:
+                      before_id: int | None = Query(None, ge=0, le=MAX_ID)) -> list[dict[str, Any]]:
         lab = lab_or_404(daemon)
         return await asyncio.to_thread(lab.store.results, line, roll, quantity, limit, before_id)
 
     @router.get("/api/v1/lab/results/{rid}", summary="One lab result with the predictions and process inputs of its "
                 "web segment")
-    async def result(rid: int) -> dict[str, Any]:
+    async def result(rid: int = Path(..., ge=0, le=MAX_ID)) -> dict[str, Any]:
         lab = lab_or_404(daemon)
         r = await asyncio.to_thread(lab.store.result, rid)
         if r is None:
