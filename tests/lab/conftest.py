@@ -28,8 +28,8 @@ def _sha(t: str) -> str:
     return hashlib.sha256(t.encode()).hexdigest()
 
 
-def lab_daemon(tmp_path: Path, *, predictor: bool = True, lab: str = "") -> Daemon:
-    extra = ""
+def lab_daemon(tmp_path: Path, *, predictor: bool = True, lab: str = "", feedback: bool = False) -> Daemon:
+    extra = "[feedback]\nenabled = true\n" if feedback else ""
     if predictor:  # recorded timestamps are historical: no staleness limit; debounce 0: one prediction per commit
         extra += "[predictor]\nenabled = true\ndebounce_ms = 0\ninterval_s = 3600\nstale_after_s = 1e12\n"
     extra += (f'[lab]\nenabled = true\npath = "{tmp_path / "lab.sqlite"}"\n'

@@ -37,8 +37,9 @@ def excel_csv(rows: list[dict[str, Any]]) -> bytes:
 
 
 async def test_replay_late_lab_results_shadow_compare_promote_rollback(tmp_path: Path) -> None:
-    d = lab_daemon(tmp_path)
-    p, lab = d.predictor, d.lab
+    d = lab_daemon(tmp_path, feedback=True)
+    p, lab, fb = d.predictor, d.lab, d.feedback
+    assert fb is not None
     assert p is not None and lab is not None and p.model is not None
     committed = p.model.version
     await p.start()
@@ -77,6 +78,7 @@ async def test_replay_late_lab_results_shadow_compare_promote_rollback(tmp_path:
             assert sorted(cj["trained_on"]["lab_result_ids"]) == sorted(rep["ids"])
             assert (tmp_path / "lab_models" / "calendering" / cand / "model.onnx").is_file()
             assert p.model.version == committed  # a candidate is not active until promoted
+            assert fb.predictor.model is p.model  # the feedback service reads the active model only
 
             # 4. roll R-0002 runs with the candidate in shadow; its lab results arrive late, as an Excel export
             before = lab.counts["shadow_predictions"]
@@ -107,6 +109,7 @@ async def test_replay_late_lab_results_shadow_compare_promote_rollback(tmp_path:
             ok = (await lead.post(f"/api/v1/models/requests/{req['id']}/approve", json={"comment": "go"})).json()
             assert ok["state"] == "applied" and ok["decided_by"] == "lab-lead"
             assert p.model.version == cand  # the predictor (and so the feedback service) now uses the candidate
+            assert fb.predictor.model is p.model and fb.predictor.model.version == cand
             again = await lead.post(f"/api/v1/models/requests/{req['id']}/approve")
             assert again.status_code == 409
             trail = (await c.get(f"/api/v1/models/requests/{req['id']}/audit")).json()
