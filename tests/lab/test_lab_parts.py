@@ -106,3 +106,21 @@ def test_dashboard_serves_the_lab_panel(tmp_path: Path) -> None:
     node = shutil.which("node")
     if node is not None:  # the panel's script parses (the browser test drives the page itself)
         subprocess.run([node, "--check", str(ROOT / "twin" / "web" / "lab.js")], check=True)
+
+
+def test_documented_lab_section_loads_and_names_every_field() -> None:
+    import re
+    import tomllib
+
+    from tests.conftest import DEFAULTS
+    from twin.config import load_config
+    from twin.lab.config import DriftRule, LabConfig, LabMqtt
+
+    doc = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", doc, flags=re.S) if b.startswith("[lab]")]
+    raw = tomllib.loads(block)
+    cfg = load_config(data={"tagmap": str(DEFAULTS / "tagmap.toml"), **raw}, environ={})
+    assert cfg.lab.quantities[0].model_output == "porosity" and cfg.lab.drift.alpha == 0.01
+    for model, section in ((LabConfig, raw["lab"]), (DriftRule, raw["lab"]["drift"]), (LabMqtt, raw["lab"]["mqtt"])):
+        named = set(section) | set(re.findall(r"# (\w+) =", block))
+        assert set(model.model_fields) <= named, set(model.model_fields) - named
