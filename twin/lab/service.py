@@ -151,12 +151,16 @@ class LabService(RoundHealth):
         return None if f != f else f
 
     # -- lab results in ------------------------------------------------------------------------
-    async def _known_roll(self, line: str, roll: str) -> bool:
+    def _known_roll(self, line: str, roll: str, refreshed: set[str]) -> bool:
+        """Is ``roll`` a roll the twin has seen on ``line``? The rolls are read from the store at most once per
+        delivery and line (a file of unknown rolls costs one query, not one per row)."""
         known = self._known.get(line)
         if known is not None and roll in known:
             return True
-        rows = await asyncio.to_thread(self.rolls.rolls, line, 1_000_000)
-        self._known[line] = {r["roll_id"] for r in rows}
+        if line in refreshed:
+            return False
+        refreshed.add(line)
+        self._known[line] = {r["roll_id"] for r in self.rolls.rolls(line, 1_000_000)}
         return roll in self._known[line]
 
     def _dead(self, p: Parsed, code: str, reason: str, source: SourceKind, connector: str, origin: str,
@@ -165,13 +169,15 @@ class LabService(RoundHealth):
         return DeadLetter(source, addr, p.raw, f"lab row {p.n} of {origin}: {reason}", code, now, connector,
                           row.line_id if row is not None and row.line_id else self.line_id)
 
-    async def ingest(self, parsed: list[Parsed], *, source: SourceKind, connector: str, origin: str) -> dict[str, Any]:
-        """Check, store and dead-letter one delivery; returns the report (counts, ids, dead letters)."""
-        now = now_ns()
+    def _check(self, parsed: list[Parsed], source: SourceKind, connector: str, origin: str, now: int
+               ) -> tuple[list[tuple[Parsed, dict[str, Any]]], list[DeadLetter], list[int]]:
+        """Tag, convert, range- and roll-check one delivery (a worker thread): the rows to store, the dead
+        letters and the row number of each."""
         dead: list[DeadLetter] = []
-        rows_of: list[int] = []  # the row number of each dead letter
+        rows_of: list[int] = []
         good: list[tuple[Parsed, dict[str, Any]]] = []
         seen: set[tuple[Any, ...]] = set()
+        refreshed: set[str] = set()
         for p in parsed:
             row = p.row
             try:
@@ -180,7 +186,7 @@ class LabService(RoundHealth):
                 q = self.catalog.resolve(row.quantity)
                 value = self.catalog.convert(q, row.value, row.unit)
                 line = row.line_id or self.line_id
-                if not await self._known_roll(line, row.roll_id):
+                if not self._known_roll(line, row.roll_id, refreshed):
                     raise RowError(f"roll {row.roll_id!r} is unknown on line {line!r} (no roll event of it)",
                                    "unknown_roll")
                 key = (line, row.roll_id, row.start_m, row.end_m, q.name, row.sample_id)
@@ -197,6 +203,12 @@ class LabService(RoundHealth):
             except RowError as err:
                 dead.append(self._dead(p, err.code, str(err), source, connector, origin, row, now))
                 rows_of.append(p.n)
+        return good, dead, rows_of
+
+    async def ingest(self, parsed: list[Parsed], *, source: SourceKind, connector: str, origin: str) -> dict[str, Any]:
+        """Check, store and dead-letter one delivery; returns the report (counts, ids, dead letters)."""
+        now = now_ns()
+        good, dead, rows_of = await asyncio.to_thread(self._check, parsed, source, connector, origin, now)
         outcomes = await asyncio.to_thread(self.store.insert_results, [g for _, g in good]) if good else []
         stored, dups = [], []
         for (p, g), (what, rid) in zip(good, outcomes):
@@ -244,13 +256,13 @@ class LabService(RoundHealth):
 
     async def ingest_rows(self, rows: Any, *, origin: str, connector: str = "lab-api",
                           source: SourceKind = SourceKind.API) -> dict[str, Any]:
-        return await self.ingest(parse_objects(rows, self.config.max_rows), source=source, connector=connector,
-                                 origin=origin)
+        parsed = await asyncio.to_thread(parse_objects, rows, self.config.max_rows)
+        return await self.ingest(parsed, source=source, connector=connector, origin=origin)
 
     async def ingest_message(self, topic: str, payload: bytes) -> dict[str, Any]:
         """One MQTT message: a JSON row or a list of rows; the topic's ``{line}`` level names the line when the
         rows do not (``pilot/<line>/lab/results``)."""
-        parsed = parse_json_text(payload, self.config.max_rows)
+        parsed = await asyncio.to_thread(parse_json_text, payload, self.config.max_rows)
         parts = topic.split("/")
         line = parts[1] if len(parts) >= 4 and parts[-2:] == ["lab", "results"] else None
         if line:
