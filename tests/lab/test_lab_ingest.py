@@ -54,6 +54,12 @@ async def test_bad_lab_file_dead_letters_and_no_value_changed_twice(tmp_path: Pa
             assert {(x["quantity"], x["value"], x["unit"]) for x in stored} == {
                 ("porosity_hg", 31.25, "percent"), ("tortuosity_eis", 3.4, "dimensionless")}
             assert all(x["parameter"] in ("CalenderedPorosity", "TortuosityFactor") for x in stored)
+            # linked by roll and web position to the process data of its segment (no predictor here)
+            por = next(x for x in stored if x["quantity"] == "porosity_hg")
+            detail = (await c.get(f"/api/v1/lab/results/{por['id']}")).json()
+            gap = detail["process"]["calendering.gap_actual"]
+            assert gap["n"] > 50 and detail["predictions"] == {}
+            assert (await c.get("/api/v1/lab/results/999999")).status_code == 404
 
             # the same file again: the good rows are duplicates, counted and not stored again
             rep2 = (await c.post("/api/v1/lab/results/csv", content=BAD_FILE,

@@ -57,6 +57,9 @@ async def test_replay_late_lab_results_shadow_compare_promote_rollback(tmp_path:
             # linked to the predictions and the process inputs of the same web segment
             assert one["predictions"][committed]["n"] > 3 and one["process_inputs"]["n"] > 3
             assert one["segment"]["last_ts_ns"] + HOURS <= one["result"]["measured_ts_ns"]
+            gap = one["process"]["calendering.gap_actual"]  # the stored process data of the segment itself
+            assert gap["n"] > 100 and gap["unit"] == "um"
+            assert abs(gap["mean"] - one["process_inputs"]["mean"]["gap"]) < 0.5
             # 2. drift: the committed model's band misses the line's porosity more often than its calibration says
             drift = (await c.get("/api/v1/lab/drift")).json()
             assert drift["drift_alert"] and drift["drift"]["porosity"]["alert"]

@@ -54,6 +54,35 @@ JOB_WATCH = "lab_watch"
 SEGMENT_PAD_M = 0.5  # a lab range is matched with predictions up to this far outside it (a point sample: +/- pad)
 
 
+def roll_window(rolls: list[dict[str, Any]], roll_id: str) -> tuple[int, int | None] | None:
+    """The time span of a roll from the roll events: from its first event to the next roll's on the same step
+    (None: the roll still runs). None when the roll has no event."""
+    mine = [r for r in rolls if r["roll_id"] == roll_id]
+    if not mine:
+        return None
+    first = min(mine, key=lambda r: r["source_ts_ns"])
+    later = [r["source_ts_ns"] for r in rolls if r["step"] == first["step"] and r["source_ts_ns"] > first["source_ts_ns"]]
+    return first["source_ts_ns"], (min(later) if later else None)
+
+
+def segment_process(samples: list[Any], start_m: float, end_m: float) -> dict[str, dict[str, Any]]:
+    """The twin's stored samples of one web segment (web position in [start_m, end_m]), per tag: n, mean, min,
+    max, unit and time span."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in samples:
+        if s.web_pos_m is None or not start_m <= s.web_pos_m <= end_m:
+            continue
+        a = out.setdefault(s.tag_id, {"n": 0, "sum": 0.0, "min": s.value, "max": s.value, "unit": s.unit,
+                                      "first_ts_ns": s.source_ts_ns, "last_ts_ns": s.source_ts_ns})
+        a["n"] += 1
+        a["sum"] += s.value
+        a["min"], a["max"] = min(a["min"], s.value), max(a["max"], s.value)
+        a["first_ts_ns"], a["last_ts_ns"] = min(a["first_ts_ns"], s.source_ts_ns), max(a["last_ts_ns"], s.source_ts_ns)
+    for a in out.values():
+        a["mean"] = a.pop("sum") / a["n"]
+    return out
+
+
 class LabError(RuntimeError):
     """A request the service cannot carry out (HTTP 409 / 404 at the API)."""
 

@@ -13,7 +13,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from twin.lab.service import SEGMENT_PAD_M
+from core.samples import now_ns
+from ontology.tagmap import Role, ValueType
+from twin.lab.service import SEGMENT_PAD_M, roll_window, segment_process
 from twin.ports import ApiHost
 from twin.routes.common import Principal
 
@@ -108,10 +110,22 @@ def make_router(daemon: ApiHost, auth: Any) -> APIRouter:
             v["std"] = {k: x / v["n"] for k, x in v["std"].items()}
         process = [p["inputs"] for p in preds if p["inputs"]]
         inputs = {k: sum(d[k] for d in process) / len(process) for k in process[0]} if process else {}
+        # the process data of the segment from the twin's store: by roll id and web position (traceability), in the
+        # time span of the segment's predictions, else of the roll
+        if preds:
+            t0, t1 = preds[0]["ts_ns"], preds[-1]["ts_ns"] + 1
+        else:
+            win = roll_window(await asyncio.to_thread(daemon.store.rolls, r["line_id"], 1_000_000), r["roll_id"])
+            t0, t1 = (win[0], win[1] if win[1] is not None else now_ns()) if win is not None else (0, 0)
+        tags = [t.id for t in daemon.tagmap.tags.values()
+                if t.value_type is ValueType.NUMBER and t.role is not Role.PREDICTED]
+        samples = await asyncio.to_thread(daemon.store.samples_page, tags, t0, t1, r["line_id"],
+                                          roll_id=r["roll_id"], limit=100_000) if t1 > t0 else []
         return {"result": r, "segment": {"roll_id": r["roll_id"], "start_m": r["start_m"], "end_m": r["end_m"],
                                          "first_ts_ns": preds[0]["ts_ns"] if preds else None,
                                          "last_ts_ns": preds[-1]["ts_ns"] if preds else None},
-                "predictions": by_version, "process_inputs": {"n": len(process), "mean": inputs}}
+                "predictions": by_version, "process_inputs": {"n": len(process), "mean": inputs},
+                "process": segment_process(samples, r["start_m"] - SEGMENT_PAD_M, r["end_m"] + SEGMENT_PAD_M)}
 
     @router.get("/api/v1/lab/drift", summary="Drift test of the active model against the lab results, per output")
     async def drift() -> dict[str, Any]:
