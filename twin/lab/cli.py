@@ -25,9 +25,9 @@ def _files(paths: list[Path]) -> list[Path]:
 
 async def _local(config: Path, files: list[Path]) -> list[dict[str, Any]]:
     from twin.config import load_config  # lazy: CLI, each command loads only its own code
-    from twin.lab.service import LabService  # lazy: CLI
-    from twin.lab.store import LabStore  # lazy: CLI
-    from twin.store.base import open_store  # lazy: CLI
+    from twin.lab.service import LabService  # lazy: CLI, each command loads only its own code
+    from twin.lab.store import LabStore  # lazy: CLI, each command loads only its own code
+    from twin.store.base import open_store  # lazy: CLI, each command loads only its own code
 
     cfg = load_config(config)
     store = open_store(cfg.store)
