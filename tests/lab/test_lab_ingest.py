@@ -134,3 +134,15 @@ async def test_watched_folder_imports_and_moves_files(tmp_path: Path) -> None:
     finally:
         await d.lab.stop()
         d.store.close()
+
+
+async def test_a_roll_must_be_known_in_the_configured_step(tmp_path: Path) -> None:
+    d = await _twin(tmp_path, lab='step = "coating"\n')  # the recorded run's roll ids are calendering roll events
+    try:
+        async with client(d) as c:
+            rows = [{"roll_id": "R-0001", "position_m": 1, "quantity": "thickness", "value": 70, "unit": "um"}]
+            rep = (await c.post("/api/v1/lab/results", json={"rows": rows})).json()
+            (rej,) = rep["rejected"]
+            assert rep["stored"] == 0 and rej["reason_code"] == "unknown_roll" and "in coating" in rej["reason"]
+    finally:
+        d.store.close()

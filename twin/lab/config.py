@@ -78,7 +78,8 @@ class LabConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(False, description="accept lab results (API, files, MQTT), compare models, drift alerts")
     path: Path = Field(Path("lab.sqlite"), description="SQLite file of lab results, model predictions and requests")
-    step: str = Field("calendering", description="step whose rolls the lab samples (roll ids are checked against it)")
+    step: str = Field("calendering", max_length=100, description=(
+        "step whose rolls the lab samples: a row's roll must have a roll event in this step ('': in any step)"))
     quantities: list[LabQuantity] = Field(default_factory=default_quantities, min_length=1,
                                           description="offline SPs accepted (name, ontology term, unit, range)")
     watch_dir: Path | None = Field(None, description=(

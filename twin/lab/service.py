@@ -189,7 +189,8 @@ class LabService(RoundHealth):
         if line in refreshed:
             return False
         refreshed.add(line)
-        self._known[line] = {r["roll_id"] for r in self.rolls.rolls(line, 1_000_000)}
+        step = self.config.step
+        self._known[line] = {r["roll_id"] for r in self.rolls.rolls(line, 1_000_000) if not step or r["step"] == step}
         return roll in self._known[line]
 
     def _dead(self, p: Parsed, code: str, reason: str, source: SourceKind, connector: str, origin: str,
@@ -216,8 +217,8 @@ class LabService(RoundHealth):
                 value = self.catalog.convert(q, row.value, row.unit)
                 line = row.line_id or self.line_id
                 if not self._known_roll(line, row.roll_id, refreshed):
-                    raise RowError(f"roll {row.roll_id!r} is unknown on line {line!r} (no roll event of it)",
-                                   "unknown_roll")
+                    raise RowError(f"roll {row.roll_id!r} is unknown on line {line!r} (no roll event of it"
+                                   + (f" in {self.config.step})" if self.config.step else ")"), "unknown_roll")
                 key = (line, row.roll_id, row.start_m, row.end_m, q.name, row.sample_id)
                 if key in seen:
                     raise RowError(f"duplicate row: {q.name} of roll {row.roll_id} at {row.start_m:g}..{row.end_m:g} m"
