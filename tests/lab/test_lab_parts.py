@@ -124,3 +124,15 @@ def test_documented_lab_section_loads_and_names_every_field() -> None:
     for model, section in ((LabConfig, raw["lab"]), (DriftRule, raw["lab"]["drift"]), (LabMqtt, raw["lab"]["mqtt"])):
         named = set(section) | set(re.findall(r"# (\w+) =", block))
         assert set(model.model_fields) <= named, set(model.model_fields) - named
+
+
+def test_config_refuses_a_quantity_off_the_ontology() -> None:
+    from tests.conftest import DEFAULTS
+    from twin.config import ConfigError, load_config
+
+    bad = {"tagmap": str(DEFAULTS / "tagmap.toml"), "lab": {"enabled": True, "quantities": [
+        {"name": "gap", "parameter": "CalenderGap", "unit": "um", "range": [0, 500]}]}}
+    with pytest.raises(ConfigError, match="CalenderGap is a MP, not a structure parameter"):
+        load_config(data=bad, environ={})
+    bad["lab"]["enabled"] = False  # a disabled lab service is not checked against the ontology
+    assert load_config(data=bad, environ={}).lab.quantities[0].name == "gap"

@@ -4,11 +4,15 @@ unit, converts a row's unit by pint and checks the range. Refuses start-up on a 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ontology.plant import ontology_index
 from ontology.units import UnitError, affine
-from twin.lab.config import LabQuantity
+
+if TYPE_CHECKING:  # the config imports this module to check its quantities
+    from twin.lab.config import LabQuantity
 
 DIMENSIONLESS = ("", "1", "-", "dimensionless")
 
@@ -45,7 +49,7 @@ class Quantity:
 
 
 class Catalog:
-    def __init__(self, quantities: list[LabQuantity]) -> None:
+    def __init__(self, quantities: Sequence[LabQuantity]) -> None:
         idx = ontology_index()
         self.by_name: dict[str, Quantity] = {}
         self.by_parameter: dict[str, Quantity] = {}

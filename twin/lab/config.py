@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from twin.lab.catalog import Catalog
+
 
 class LabQuantity(BaseModel):
     """One offline structure parameter the lab reports, tagged against an ontology SP term."""
@@ -99,4 +101,6 @@ class LabConfig(BaseModel):
         names = [q.name for q in self.quantities]
         if len(set(names)) != len(names):
             raise ValueError(f"lab.quantities: names are not unique: {names}")
+        if self.enabled:  # each quantity names an SP term in its canonical unit (fails `twin check-config` too)
+            Catalog(self.quantities)
         return self
