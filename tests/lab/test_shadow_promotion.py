@@ -144,3 +144,41 @@ async def test_replay_late_lab_results_shadow_compare_promote_rollback(tmp_path:
             assert ok["state"] == "applied" and d2.predictor.model.version == committed
     finally:
         d2.store.close()
+
+
+async def test_a_new_candidate_catches_up_on_the_recorded_line_inputs(tmp_path: Path) -> None:
+    """Lab results trickle in: the first half of a roll's segments, a retrain requested by hand (too few for the
+    drift rule's min_n), then the second half, for segments that ran before the candidate existed. The candidate is
+    run on the stored line inputs of those segments (a replay), so the later lab results compare it at once."""
+    d = lab_daemon(tmp_path)
+    p, lab = d.predictor, d.lab
+    assert p is not None and lab is not None and p.model is not None
+    committed = p.model.version
+    await p.start()
+    await lab.start()
+    try:
+        await replay(d, keep=lambda i: i < R1_ROWS)
+        rows = lab_rows("R-0001")
+        first, later = rows[:10], rows[10:]  # 5 segments x (porosity, thickness), then the rest
+        async with client(d) as c, client(d, LEAD) as lead:
+            rep = (await c.post("/api/v1/lab/results", json={"rows": first})).json()
+            assert rep["stored"] == 10
+            assert not (await c.get("/api/v1/lab/drift")).json()["drift_alert"]  # n = 5 < min_n
+            assert (await c.get("/api/v1/models/requests")).json() == []
+            req = (await c.post("/api/v1/models/requests", json={"kind": "retrain", "reason": "first lab results"})).json()
+            done = (await lead.post(f"/api/v1/models/requests/{req['id']}/approve")).json()
+            assert done["state"] == "applied"
+            cand = done["version"]
+            applied = (await c.get(f"/api/v1/models/requests/{req['id']}/audit")).json()[0]
+            assert applied["kind"] == "model_retrain_applied" and applied["body"]["backfilled"] == p.count
+            rep2 = (await c.post("/api/v1/lab/results", json={"rows": later})).json()
+            assert rep2["stored"] == len(later)
+            cmp = (await c.get("/api/v1/models/comparison")).json()
+            pair = cmp["paired"][cand]["porosity"]
+            assert pair["active"]["n"] == pair["candidate"]["n"] == len(later) // 2  # the fitted half left out
+            assert pair["candidate"]["mae"] < pair["active"]["mae"]
+            assert cmp["active"] == committed and p.model.version == committed
+    finally:
+        await lab.stop()
+        await p.stop()
+        d.store.close()

@@ -363,6 +363,26 @@ class LabService(RoundHealth):
                 self.rounds.record(err, log, "recording predictions")
                 return
 
+    def backfill_sync(self, version: str) -> int:
+        """Run candidate ``version`` on the line inputs of the active model's recorded predictions it has none for
+        (role ``replay``), so that lab results of segments that ran before it existed compare it too. A worker
+        thread; returns the number of predictions written."""
+        model = self.candidates.get(version)
+        if model is None or self.predictor is None:
+            return 0
+        out = []
+        for line, ts, roll, pos, inputs in self.store.active_inputs_without(version):
+            try:
+                _, mean, std, ood, _ = self.predictor.evaluate(model, inputs)
+            except Exception as err:  # noqa: BLE001 - a row the candidate cannot take is skipped, and shown
+                self.rounds.record(err, log, f"backfill of {version}")
+                continue
+            out.append((line, version, "replay", ts, roll, pos, mean, std, ood, None))
+        for i in range(0, len(out), 1000):
+            self.store.insert_predictions(out[i:i + 1000])
+        self.counts["shadow_predictions"] += len(out)
+        return len(out)
+
     async def flush(self) -> None:
         """Wait until the recorded predictions are written (tests, shutdown)."""
         if self._flushing is not None:
@@ -550,7 +570,9 @@ class LabService(RoundHealth):
         if r["kind"] == "retrain":
             version = await asyncio.to_thread(self._refit, actor, r["reason"] or "retrain")
             r["version"] = version
-            return {"candidate": version, "card": self.candidates[version].card.get("fit")}
+            await self.flush()
+            n = await asyncio.to_thread(self.backfill_sync, version)
+            return {"candidate": version, "card": self.candidates[version].card.get("fit"), "backfilled": n}
         if active.version != r["from_version"]:
             raise LabError(f"the active model is {active.version}, not {r['from_version']} as when this was proposed")
         cmp = await self.comparison([r["version"]])

@@ -142,6 +142,17 @@ class LabStore:
                 raise
         return int(n)
 
+    def active_inputs_without(self, version: str, limit: int = 200_000) -> list[tuple[str, int, Any, Any, dict[str, float]]]:
+        """The active model's recorded predictions (line, ts, roll, web position, line inputs) that ``version`` has
+        no prediction for, oldest first: what a new candidate is run on to catch up (a replay of the stored line
+        inputs)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT a.line, a.ts, a.roll, a.web_pos, a.inputs FROM model_predictions a WHERE a.role = 'active'"
+                " AND a.inputs IS NOT NULL AND NOT EXISTS (SELECT 1 FROM model_predictions b WHERE b.line = a.line"
+                " AND b.version = ? AND b.ts = a.ts) ORDER BY a.ts LIMIT ?", (version, limit)).fetchall()
+        return [(ln, ts, roll, pos, json.loads(inp)) for ln, ts, roll, pos, inp in rows]
+
     def segment_predictions(self, line_id: str, roll_id: str, start_m: float, end_m: float,
                             limit: int = 10_000) -> list[dict[str, Any]]:
         """Every model's predictions of one web segment (roll, start_m <= web position <= end_m)."""
