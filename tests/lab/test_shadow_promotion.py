@@ -137,6 +137,7 @@ async def test_replay_late_lab_results_shadow_compare_promote_rollback(tmp_path:
     try:
         assert d2.predictor is not None and d2.predictor.model is not None
         assert d2.predictor.model.version == cand and d2.predictor.model.card["kind"] == "residual_offset"
+        assert d2.lab is not None and sorted(d2.lab.candidates) == [committed]  # the replaced one in shadow again
         async with client(d2) as c, client(d2, LEAD) as lead:
             rb = (await c.post("/api/v1/models/requests", json={"kind": "rollback", "reason": "test"})).json()
             assert rb["version"] == committed

@@ -144,8 +144,11 @@ class LabService(RoundHealth):
         st = self.store.active(self.family)
         if st is None or self.active is None or st["version"] == self.active.version:
             return
+        replaced = self.active
+        assert replaced is not None
         try:
             self.predictor.use_model(load_model(st["path"]))
+            self.candidates[replaced.version] = replaced  # the model it replaced runs in shadow again
             log.info("lab: promoted model %s restored", st["version"])
         except Exception as err:  # noqa: BLE001 - a missing folder must not refuse start-up; the committed model stays
             log.error("lab: cannot restore the promoted model %s from %s: %s", st["version"], st["path"], err)
