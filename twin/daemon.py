@@ -109,17 +109,18 @@ class Daemon:
                                        scheduler=self, metrics=self.metrics)
             self.predictor.load()  # fails fast: a configured model that cannot load refuses start-up
             self.extensions["predictor"] = self.predictor
+        if config.lab.enabled:  # lab results, shadow models, drift (twin/lab); composed before the feedback service:
+            # a promoted model is restored before that service reads it
+            self.lab = LabService(config.lab, line_id=config.line_id, store=LabStore(config.lab.path), rolls=self.store,
+                                  sink=self.store, audit=self.store, predictor=self.predictor, scheduler=self,
+                                  metrics=self.metrics)
+            self.extensions["lab"] = self.lab
         if config.feedback.enabled and self.predictor is not None:
             self.feedback = FeedbackService(config.feedback, tagmap=self.tagmap, store=self.store, state=self.state,
                                             commits=self.pipeline, predictor=self.predictor,
                                             writers=setpoint_writers(self.connectors), scheduler=self,
                                             metrics=self.metrics)
             self.extensions["feedback"] = self.feedback
-        if config.lab.enabled:  # lab results, shadow models, drift (twin/lab); before the feedback reads the model
-            self.lab = LabService(config.lab, line_id=config.line_id, store=LabStore(config.lab.path), rolls=self.store,
-                                  sink=self.store, audit=self.store, predictor=self.predictor, scheduler=self,
-                                  metrics=self.metrics)
-            self.extensions["lab"] = self.lab
 
     # -- the scheduler (twin.ports.Scheduler) --------------------------------------------------
     def every(self, job_id: str, seconds: float, fn: Callable[[], Awaitable[Any]], *,

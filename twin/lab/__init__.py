@@ -7,5 +7,6 @@
 - :mod:`twin.lab.candidate`: residual-offset candidate models refitted on lab results (versioned like a model).
 - :mod:`twin.lab.compare`: errors of each model version against the lab results, the drift test.
 - :mod:`twin.lab.service`: ingestion, dead letters, shadow runs, promotion / rollback requests, drift alerts.
+- :mod:`twin.lab.cli`: ``twin lab import`` (local stores, or a running twin's API).
 See docs/lab.md.
 """
