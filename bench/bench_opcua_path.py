@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from bench.common import percentile
 from bench.peers.__main__ import HZ, PERIOD_MS, Source, free_port, var_id
 
 CPU: dict[str, float] = defaultdict(float)
@@ -116,6 +117,15 @@ async def run(args: argparse.Namespace, workdir: Path, url: str, n: int) -> dict
     d = Daemon(cfg, tagmap=tagmap)
     store = d.store
     store.write = timed("store write (SQLite commit)", store.write)  # type: ignore[method-assign]
+    lat: dict[str, list[float]] = {"source_to_received_ms": [], "received_to_committed_ms": []}
+
+    def on_commit(stored: Any) -> None:  # per commit: the oldest sample's two legs (a sample per publish is enough)
+        if stored:
+            t = time.time_ns()
+            for s in (stored[0], stored[-1]):
+                lat["source_to_received_ms"].append((s.received_ts_ns - s.source_ts_ns) / 1e6)
+                lat["received_to_committed_ms"].append((t - s.received_ts_ns) / 1e6)
+    d.pipeline.after_commit.append(on_commit)
     task = asyncio.create_task(d.run(install_signals=False))
     t_end = time.time() + 60
     while d.pipeline.stats.stored < 2 * n and time.time() < t_end:
@@ -129,6 +139,8 @@ async def run(args: argparse.Namespace, workdir: Path, url: str, n: int) -> dict
             await asyncio.sleep(1.0)  # the switch applies to the next publish; let the previous ones drain
             CPU.clear()
             CALLS.clear()
+            for v in lat.values():
+                v.clear()
             prof = cProfile.Profile() if args.profile and rep == 0 else None
             st0, rc0 = d.pipeline.stats.stored, d.connectors[0].counters.received
             t0, p0 = time.perf_counter(), time.process_time()
@@ -152,6 +164,8 @@ async def run(args: argparse.Namespace, workdir: Path, url: str, n: int) -> dict
                 "stages_cpu_ms_per_1000": stages,
                 "rest_cpu_ms_per_1000": round(1e6 * rest / max(stored, 1), 2),
                 "profiled": prof is not None,
+                "latency_ms": {k: {"p50": round(percentile(v, 50), 1), "p99": round(percentile(v, 99), 1),
+                                   "max": round(max(v), 1)} for k, v in lat.items() if v},
             }
             if prof is not None:
                 s = io.StringIO()
