@@ -41,7 +41,7 @@ def main() -> int:
         for rep in range(a.reps):
             for mode in (("per_message", "staged") if rep % 2 == 0 else ("staged", "per_message")):
                 mc.MqttConnector._stage = per_message if mode == "per_message" else staged  # type: ignore[method-assign]
-                r = asyncio.run(pm.run(n, size))
+                r: dict[str, Any] = asyncio.run(pm.run(n, size))
                 r.update(handover=mode, rep=rep, loadavg_after=list(os.getloadavg()))
                 print(r, flush=True)
                 runs.append(r)
@@ -50,7 +50,7 @@ def main() -> int:
     def med(size: int, mode: str, key: str) -> float:
         return statistics.median(r[key] for r in runs if r["batch"] == size and r["handover"] == mode)
 
-    summary = {
+    summary: dict[str, Any] = {
         "single_cpu_us_per_message": {m: med(1, m, "cpu_us_per_message") for m in ("per_message", "staged")},
         "batched_cpu_us_per_reading": {m: med(500, m, "cpu_us_per_reading") for m in ("per_message", "staged")},
     }

@@ -20,6 +20,7 @@ import multiprocessing as mp
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import mosquitto_version, versions, write_result
 from twin.testing.publisher import AckingPublisher
@@ -50,7 +51,7 @@ def publisher(port: int, n: int, batch: int, ready: mp.synchronize.Event, start:
 BROKER_VERSION: list[str] = []  # read from the broker of the first run
 
 
-async def run(readings: int, batch: int) -> dict[str, float]:
+async def run(readings: int, batch: int) -> dict[str, Any]:
     from twin.config import load_config
     from twin.daemon import Daemon
     from twin.testing.peers import Mosquitto, write_config
@@ -107,7 +108,7 @@ def main() -> None:
     ap.add_argument("--single-readings", type=int, default=20_000)
     ap.add_argument("--out", default="pipeline_mqtt", help="bench/results/<out>.json")
     a = ap.parse_args()
-    res = {"batch_payloads": asyncio.run(run(a.readings, a.batch)),
+    res: dict[str, Any] = {"batch_payloads": asyncio.run(run(a.readings, a.batch)),
            "single_payloads": asyncio.run(run(a.single_readings, 1))}
     res["ratio_batch_over_single"] = (res["batch_payloads"]["readings_per_s"]
                                       / res["single_payloads"]["readings_per_s"])
