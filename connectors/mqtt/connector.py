@@ -77,8 +77,6 @@ log = logging.getLogger("twin.connectors.mqtt")
 
 class MqttConnector(Connector):
     kind = "mqtt"
-    MERGE_MESSAGES = 256  # messages handed to the pipeline as one delivery, at most (1: one delivery per message)
-    MERGE_READINGS = 500  # readings + dead letters in such a delivery, at most (a larger message is on its own)
 
     def __init__(self, config: MqttConnectorConfig, *, default_line_id: str = "") -> None:
         super().__init__(config.name, config.queue.max_batches, config.queue.overflow)
@@ -245,51 +243,12 @@ class MqttConnector(Connector):
             await self._flush_staged()
 
     async def _flush_staged(self) -> None:
-        """Staged messages into the queue; consecutive small ones as one delivery (:meth:`_merged`): at most
-        ``MERGE_MESSAGES`` messages and ``MERGE_READINGS`` readings, the same redelivery, and never two messages
-        whose adjoining readings share a source timestamp (the tagger takes equal timestamps in a delivery as one
-        row: merged deliveries are tagged exactly as the messages one by one)."""
         with self._stage_lock:
             items, self._staged = self._staged, []
             self._stage_woken = False
             self._room.set()
-        max_msgs, max_readings = self.MERGE_MESSAGES, self.MERGE_READINGS
-        group: list[RawBatch] = []
-        n = 0
-        last_ts: object = None
         for b in items:
-            size = len(b.readings) + len(b.dead_letters)
-            if group and (n + size > max_readings or len(group) >= max_msgs or b.redelivery is not group[0].redelivery
-                          or (b.readings and b.readings[0].source_ts_ns == last_ts)):
-                await self.queue.put(self._merged(group))
-                group, n, last_ts = [], 0, None
-            group.append(b)
-            n += size
-            if b.readings:
-                last_ts = b.readings[-1].source_ts_ns
-        if group:
-            await self.queue.put(self._merged(group))
-
-    @staticmethod
-    def _merged(group: list[RawBatch]) -> RawBatch:
-        """One delivery of several messages: their readings and dead letters in order; acknowledged (each
-        message's PUBACK, in order) only after the commit that holds all of them, like any delivery."""
-        if len(group) == 1:
-            return group[0]
-        acks = [b.ack for b in group]
-
-        def ack() -> None:
-            first: Exception | None = None
-            for a in acks:
-                try:
-                    a()
-                except Exception as err:  # noqa: BLE001 - acknowledge the others; the pipeline logs the first
-                    first = first or err
-            if first is not None:
-                raise first
-
-        return RawBatch(tuple(r for b in group for r in b.readings), tuple(d for b in group for d in b.dead_letters),
-                        ack, group[0].redelivery)
+            await self.queue.put(b)
 
     def _make_ack(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> Callable[[], None]:
         gen, mid, qos = self._generation, msg.mid, msg.qos
