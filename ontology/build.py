@@ -104,6 +104,7 @@ QUANTITY_KINDS: dict[str, tuple[str, str | None]] = {
     "ElectricCurrent": ("ElectricCurrent", "A"),
     "Voltage": ("Voltage", "V"),
     "Resistance": ("Resistance", "ohm"),
+    "ElectricConductivity": ("Conductivity", "S/m"),
     "SpecificCapacity": ("ElectricChargePerMass", "C/kg"),
     "DimensionlessRatio": ("DimensionlessRatio", "dimensionless"),
     "Categorical": ("", None),  # no unit: a class label, a recipe name, an image
@@ -150,6 +151,11 @@ PROJECT_PARAMETERS = [
     ParamRow("", "Calendering", "MP", "Control mode", "CalenderControlMode", "", "", "", "online",
              "dimensionless", "1", "UNITLESS", "Categorical", "", "", "", "",
              "0 = gap control, 1 = line-load control"),
+    # offline structure parameters the lab measures on samples of a calendered roll (seed 004, Table 8 and
+    # section 3.4: electronic conductivity is named among the calendered electrode's properties, not in the table)
+    ParamRow("", "Calendering", "SP", "Electronic conductivity", "ElectronicConductivity", "", "",
+             "four-point probe / through-plane two-probe on a punched sample", "offline", "S/m", "S/m", "S-PER-M",
+             "ElectricConductivity", "", "", "", "", "electronic conductivity of the calendered coating (lab)"),
 ]
 
 # traceability quantities: (local name, label, canonical unit, ucum, qudt unit, quantity kind)
@@ -535,6 +541,7 @@ ALIGNMENTS: list[tuple[str, str, str]] = [
     ("CalenderedPorosity", "narrowMatch", "echem:PositiveElectrodeCoatingPorosity"),
     ("CompactionDegree", "broadMatch", "emmo:Strain"), ("CalenderRollForce", "broadMatch", "gpo:ProcessParameter"),
     ("CalenderControlMode", "broadMatch", "gpo:ProcessParameter"),
+    ("ElectronicConductivity", "broadMatch", "gpo:ObjectParameter"),
     # later steps
     ("SlittingResidualHumidity", "broadMatch", "gpo:ObjectHumidity"),
     ("PostDryingResidualMoisture", "broadMatch", "gpo:ObjectHumidity"),

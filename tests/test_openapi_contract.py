@@ -52,7 +52,9 @@ def _daemon(tmp_path: Path, tokens: bool, models_dir: Path | None = None) -> Dae
     if tokens:
         api = api.model_copy(update={"tokens": [ApiToken(name="contract", sha256=hashlib.sha256(TOKEN.encode()).hexdigest(),
                                                          scopes=["read", "write"])]})
-    d = Daemon(cfg.model_copy(update={"store": store, "api": api}))
+    lab = cfg.lab.model_copy(update={"enabled": True, "path": tmp_path / "lab.sqlite",  # lab and shadow routes too
+                                     "candidates_dir": tmp_path / "lab_models"})
+    d = Daemon(cfg.model_copy(update={"store": store, "api": api, "lab": lab}))
     t0 = now_ns() - 600 * 10**9
     rows = []
     for i in range(600):

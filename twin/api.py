@@ -23,7 +23,7 @@ from twin.aas_api import make_router as aas_router
 from twin.export import make_router as export_router
 from twin.feedback.routes import make_router as feedback_router
 from twin.ports import ApiHost
-from twin.routes import cell, dead_letters, health, models, predictions, status, tags, web
+from twin.routes import cell, dead_letters, health, lab, models, predictions, shadow, status, tags, web
 from twin.routes.common import TIME_MAX_NS, TIME_MIN_NS, Principal, make_auth
 from twin.routes.common import query_time as _time
 from twin.routes.dead_letters import DeadLetterItem
@@ -80,6 +80,8 @@ def create_app(daemon: ApiHost) -> FastAPI:
     app.include_router(models.make_router(daemon, auth))
     app.include_router(predictions.make_router(daemon))
     app.include_router(cell.make_router(daemon))  # the cell consequence of a setting (PyBaMM)
+    app.include_router(lab.make_router(daemon, auth))  # lab results in (twin/lab, docs/lab.md)
+    app.include_router(shadow.make_router(daemon, auth))  # shadow models, comparison, promotion requests
 
     # proposals, approval, targets (twin/feedback/routes.py) over the daemon's feedback service (None: 404)
     app.include_router(feedback_router(lambda: daemon.feedback, auth))

@@ -370,6 +370,9 @@ def _mount() -> None:
     from connectors.mqtt.discover import cli_app as mqtt_app  # lazy: CLI, twin mqtt discover
 
     app.add_typer(mqtt_app, name="mqtt")
+    from twin.lab.cli import lab_app  # lazy: CLI, twin lab import
+
+    app.add_typer(lab_app, name="lab")
 
 
 _mount()

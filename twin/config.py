@@ -21,6 +21,7 @@ from connectors import registry
 from connectors.replay.config import ReplayConnectorConfig
 from ontology.tagmap import TagMap, TagMapError
 from twin.feedback import FeedbackConfig
+from twin.lab.config import LabConfig
 from twin.predictor import PredictorConfig
 from twin.roles import check_roles
 from twin.store.config import (
@@ -134,6 +135,7 @@ class TwinConfig(BaseModel):
     connectors: list[ConnectorConfig] = Field(default_factory=list, description="data sources")
     predictor: PredictorConfig = Field(default_factory=PredictorConfig, description="surrogate predictions")
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="calender setting proposals")
+    lab: LabConfig = Field(default_factory=LabConfig, description="offline lab results, shadow models, drift")
 
     @model_validator(mode="after")
     def _feedback_needs_predictor(self) -> TwinConfig:

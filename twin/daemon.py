@@ -42,6 +42,8 @@ from twin.api import create_app
 from twin.config import TwinConfig
 from twin.feedback import FeedbackService
 from twin.feedback.writers import setpoint_writers
+from twin.lab.service import LabService
+from twin.lab.store import LabStore
 from twin.metrics import Metrics
 from twin.pipeline import Pipeline
 from twin.ports import Service, ServiceHealth
@@ -93,6 +95,7 @@ class Daemon:
         self.job_health: dict[str, dict[str, Any]] = {}  # scheduler job -> last run, last error
         self.predictor: Predictor | None = None
         self.feedback: FeedbackService | None = None
+        self.lab: LabService | None = None
         self._compose_services()
 
     def _compose_services(self) -> None:
@@ -106,6 +109,12 @@ class Daemon:
                                        scheduler=self, metrics=self.metrics)
             self.predictor.load()  # fails fast: a configured model that cannot load refuses start-up
             self.extensions["predictor"] = self.predictor
+        if config.lab.enabled:  # lab results, shadow models, drift (twin/lab); composed before the feedback service:
+            # a promoted model is restored before that service reads it
+            self.lab = LabService(config.lab, line_id=config.line_id, store=LabStore(config.lab.path), rolls=self.store,
+                                  sink=self.store, audit=self.store, predictor=self.predictor, scheduler=self,
+                                  metrics=self.metrics)
+            self.extensions["lab"] = self.lab
         if config.feedback.enabled and self.predictor is not None:
             self.feedback = FeedbackService(config.feedback, tagmap=self.tagmap, store=self.store, state=self.state,
                                             commits=self.pipeline, predictor=self.predictor,
@@ -258,7 +267,7 @@ class Daemon:
             "tasks": self.supervisor.health(),
             "jobs": self.job_health,
             "pipeline": vars(self.pipeline.stats).copy() | {"pending": self.pipeline.pending},
-        }
+        } | ({"lab": self.lab.status_json()} if self.lab is not None else {})
 
     # -- run ---------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -19,6 +19,10 @@ port                         what                                        used by
 :class:`ErrorMetrics`        ``twin_internal_errors_total`` + registry    predictor, feedback
 :class:`Predictions`         the predictor as the feedback service uses   feedback
                              it (model, input gathering, conversions)
+:class:`RollCatalog`         rolls the twin has seen (roll events)        lab
+:class:`DeadLetterSink`      the store's write, for dead letters          lab
+:class:`ModelHost`           the predictor as the lab service uses it     lab
+                             (active model, evaluation, hooks)
 :class:`ApiHost`             what the HTTP API reads of the composed      twin.api, twin.routes.*,
                              twin (config, tag map, store, line state,    twin.export, twin.aas_api
                              metrics, health, predictor, feedback)
@@ -32,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter
 
-from core.samples import Sample
+from core.samples import DeadLetter, Sample
 from ontology.tagmap import Tag
 from surrogates.runtime import SurrogateModel
 
@@ -40,6 +44,7 @@ if TYPE_CHECKING:  # the concrete types the API reads; importing them here at ru
     from ontology.tagmap import TagMap
     from twin.config import TwinConfig
     from twin.feedback.service import FeedbackService
+    from twin.lab.service import LabService
     from twin.metrics import Metrics
     from twin.predictor import Predictor
     from twin.state import LineState
@@ -177,6 +182,38 @@ class Predictions(Protocol):
     def outputs_to_line(self, names: Sequence[str], mean: Any, *spreads: Any) -> None: ...
 
 
+class RollCatalog(Protocol):
+    """The rolls the twin has seen (the store's roll events): {line_id, step, roll_id, source_ts_ns, tag_id}."""
+
+    def rolls(self, line_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
+
+
+class DeadLetterSink(Protocol):
+    """The store's ``write``: the lab service stores its dead letters through it (durable when it returns)."""
+
+    def write(self, samples: Sequence[Sample], dead_letters: Sequence[DeadLetter] = (),
+              rolls: Sequence[Any] = ()) -> Any: ...
+
+
+class ModelHost(Protocol):
+    """The predictor as the lab service uses it: the active model, the model family and the line-to-model
+    mapping (``config``), the mapping run on any model (``evaluate``), switching the active model, and the
+    observers called with each prediction."""
+
+    model: SurrogateModel | None
+
+    @property
+    def config(self) -> Any: ...
+
+    @property
+    def after_predict(self) -> list[Callable[[Any], None]]: ...
+
+    def evaluate(self, model: SurrogateModel, values: dict[str, float]) -> tuple[
+        dict[str, float], dict[str, float], dict[str, float], bool, list[str]]: ...
+
+    def use_model(self, model: SurrogateModel) -> None: ...
+
+
 class ApiHost(Protocol):
     """What the HTTP API (``twin.api.create_app`` and the routers it mounts) reads of the composed twin.
 
@@ -202,6 +239,9 @@ class ApiHost(Protocol):
 
     @property
     def feedback(self) -> FeedbackService | None: ...
+
+    @property
+    def lab(self) -> LabService | None: ...
 
     def health(self) -> dict[str, Any]: ...
 

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -236,6 +236,7 @@ class Predictor(RoundHealth):
         self.last_skip_reason: str | None = None
         self.rounds = RoundFailures()
         self._pending: asyncio.Task[None] | None = None
+        self.after_predict: list[Callable[[Prediction], None]] = []  # observers of each prediction (twin.lab)
         # fail fast: every model input resolves to a tag (by id or by its role)
         self._inputs = bind_predictor_inputs(config, tagmap) if tagmap is not None else None
 
@@ -361,23 +362,25 @@ class Predictor(RoundHealth):
                 out.append(p)
         return out
 
-    async def predict_line(self, line_id: str) -> Prediction | None:
-        state, pipeline = self._wired()
-        model = self.loaded
-        now = now_ns()
-        try:
-            values, newest = self.gather(line_id, now)
-            x = self.model_inputs(values)
-        except InputError as err:
-            self._skip(str(err))
-            return None
-        t0 = time.perf_counter()
+    def use_model(self, model: SurrogateModel) -> None:
+        """Make ``model`` the active one (a promotion or rollback approved through twin.lab); the feedback
+        service reads ``model`` on its next round."""
+        self.model = model
+        log.info("predictor: model %s %s active", self.config.model, model.version)
+
+    def evaluate(self, model: SurrogateModel, values: dict[str, float]
+                 ) -> tuple[dict[str, float], dict[str, float], dict[str, float], bool, list[str]]:
+        """Line values -> ``model``'s inputs, mean and spread in the line's terms (porosity kind of its card,
+        thickness scaled to the line), out-of-domain flag and reasons. The active prediction and the shadow
+        candidates (twin.lab) run through this one mapping. Raises InputError."""
+        kind = porosity_kind(self.config, model.card)
+        lo, hi = model.domain["initial_thickness_um"]
+        x = line_to_model_inputs(values, self.config, 0.5 * (lo + hi), model.domain.get("wall_speed_mm_s"), kind)
         arr = np.array([[x[n] for n in model.input_names]], dtype=np.float32)
         res = model.predict(arr)
-        latency = (time.perf_counter() - t0) * 1e3
         names = list(model.output_names)
         m_arr, s_arr = np.array(res.mean[0], dtype=np.float64), np.array(res.std[0], dtype=np.float64)
-        self.outputs_to_line(names, m_arr, s_arr)
+        outputs_to_line(self.config, kind, names, m_arr, s_arr)
         mean = {n: float(m_arr[i]) for i, n in enumerate(names)}
         std = {n: float(s_arr[i]) for i, n in enumerate(names)}
         scale = values["dry_thickness"] / x["initial_thickness_um"]
@@ -385,7 +388,20 @@ class Predictor(RoundHealth):
             mean["thickness_after_um"] *= scale
             std["thickness_after_um"] *= scale
         ood = bool(res.ood[0])
-        reasons = list(res.ood_reasons[0]) if ood else []
+        return x, mean, std, ood, (list(res.ood_reasons[0]) if ood else [])
+
+    async def predict_line(self, line_id: str) -> Prediction | None:
+        state, pipeline = self._wired()
+        model = self.loaded
+        now = now_ns()
+        try:
+            values, newest = self.gather(line_id, now)
+            t0 = time.perf_counter()
+            x, mean, std, ood, reasons = self.evaluate(model, values)
+        except InputError as err:
+            self._skip(str(err))
+            return None
+        latency = (time.perf_counter() - t0) * 1e3
         ts = newest.source_ts_ns
         pred = Prediction(line_id, ts, str(model.version), x, values, mean, std, ood, reasons,
                           newest.roll_id, newest.web_pos_m, latency)
@@ -402,4 +418,9 @@ class Predictor(RoundHealth):
         self.latest[line_id] = pred
         self.count += 1
         state.broadcast({"type": "prediction", "prediction": pred.as_json()})
+        for hook in self.after_predict:  # twin.lab: record it, run the shadow candidates on the same line values
+            try:
+                hook(pred)
+            except Exception as err:  # noqa: BLE001 - a failing observer must not stop the predictions
+                self.rounds.record(err, log, "after-prediction hook")
         return pred

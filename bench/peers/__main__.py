@@ -48,9 +48,14 @@ POLL_S = 0.02
 
 
 # ----------------------------------------------------------------------------------------------- set-up
-def setup() -> None:
-    if not (HERE / "node_modules" / "node-red" / "package.json").exists():
+def setup(names: list[str] | None = None) -> None:
+    """Install the contenders named (default: all) that are not installed yet; the twin needs nothing."""
+    names = names if names is not None else list(CONTENDERS)
+    if any(n.startswith("node-red") for n in names) and \
+            not (HERE / "node_modules" / "node-red" / "package.json").exists():
         subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=HERE, check=True)
+    if "thingsboard-gateway" not in names:
+        return
     venv = HERE / ".venv-tb"
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -269,7 +274,12 @@ class Contender:
 
 
 class Twin(Contender):
+    """``twin run`` from this checkout, or (``root``) from a tree of another commit (``--twin-ref``)."""
+
     name = "twin"
+
+    def __init__(self, root: Path = ROOT, name: str = "twin") -> None:
+        self.root, self.name = root, name
 
     def start(self, src: Source, workdir: Path) -> None:
         self.n = src.n
@@ -287,8 +297,8 @@ class Twin(Contender):
                        f'browse_roots = ["ns=1;s=Bench"]\n[connectors.security]\npolicy = "none"\n'
                        f'[connectors.subscription]\npublishing_interval_ms = {PERIOD_MS}\nqueue_size = 10\n')
         self.log = open(workdir / "twin.log", "w")  # noqa: SIM115 - the peer writes it while it runs; closed on stop
-        self.proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "run", "-c", str(cfg)], cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=self.log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "twin.cli", "run", "-c", str(cfg)], cwd=self.root,
+                                     env={**os.environ, "PYTHONPATH": str(self.root)}, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         self.series: dict[int, int] = {}
 
@@ -619,6 +629,21 @@ CONTENDERS = {
 }
 
 
+def checkout(ref: str, where: Path) -> tuple[str, Path]:
+    """The tracked tree of commit ``ref`` (without data/) extracted into ``where``: (full commit id, folder).
+    Nothing in the repository changes (git archive)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", ref], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    folder = where / f"twin-{commit[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", commit, "--", ".", ":(exclude)data"],
+                               stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(folder)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise RuntimeError(f"git archive {ref} failed")
+    return commit, folder
+
+
 def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
@@ -635,15 +660,17 @@ def main() -> int:
     ap.add_argument("--setup-only", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "peers.json")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
+    ap.add_argument("--twin-ref", default=None, help="also run the twin of this commit (e.g. the branch's base), "
+                    "as contender twin@<commit>, alternating with this checkout's: a before/after ratio in one run")
     args = ap.parse_args()
-    setup()
+    names = args.contenders.split(",")
+    setup(names)
     if args.restart_only and args.out == RESULTS / "peers.json":
         args.out = RESULTS / "peers_restart.json"
     if args.setup_only:
         print(json.dumps(versions(), indent=2))
         return 0
     loads = [int(x) for x in args.loads.split(",")]
-    names = args.contenders.split(",")
     restart_load = args.restart_load if args.restart_load is not None else loads[0]
     import tempfile
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench-peers-"))
@@ -651,6 +678,13 @@ def main() -> int:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     la0 = loadavg()
     source_build = source_build_info(base / "buildinfo")
+    contenders = dict(CONTENDERS)
+    ref_commit = None
+    if args.twin_ref:
+        ref_commit, ref_root = checkout(args.twin_ref, base)
+        ref_name = f"twin@{ref_commit[:7]}"
+        contenders[ref_name] = lambda: Twin(ref_root, ref_name)
+        names = [*names, ref_name]
     runs = []
     try:
         for load in loads:
@@ -658,14 +692,14 @@ def main() -> int:
             for rep in range(args.reps):
                 order = names if rep % 2 == 0 else names[::-1]  # alternate, and swap the order per repetition
                 for name in ([] if args.restart_only else order):
-                    row = measure(CONTENDERS[name](), n, args.seconds, base / f"{load}-{rep}-{name}",
+                    row = measure(contenders[name](), n, args.seconds, base / f"{load}-{rep}-{name}",
                                   restart=False)
                     row.update(rep=rep, loadavg_after=loadavg())
                     print(json.dumps(row), flush=True)
                     runs.append(row)
             if load == restart_load:
                 for name in names:
-                    row = measure(CONTENDERS[name](), n, max(args.seconds, 10.0), base / f"{load}-restart-{name}",
+                    row = measure(contenders[name](), n, max(args.seconds, 10.0), base / f"{load}-restart-{name}",
                                   restart=True, after_restart_s=args.after_restart_s)
                     row.update(rep="restart", loadavg_after=loadavg())
                     print(json.dumps(row), flush=True)
@@ -676,7 +710,7 @@ def main() -> int:
     result = {
         "benchmark": "peers",
         "command": " ".join([".venv/bin/python -m bench.peers", *sys.argv[1:]]),
-        "commit": common.git_commit(), "started": started,
+        "commit": common.git_commit(), "twin_ref": ref_commit, "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**common.machine(), "loadavg_start": la0, "loadavg_end": loadavg(),
                     "note": "source, contender and watcher on the same host; other jobs running"},

@@ -108,6 +108,17 @@ class MqttConnector(Connector):
         self._last_echo: dict[str, Any] = {}
         self._waiters: dict[str, list[tuple[asyncio.Future[Any], Any, bool]]] = {}
         self.write_log: deque[WriteResult] = deque(maxlen=1000)
+        # hand-over from paho's thread to the event loop (issue #23): messages are staged under a lock and the loop
+        # is woken once per group, not once per message (a cross-thread round trip each); at most max_batches
+        # staged, beyond that paho's thread waits (back-pressure: it stops reading the socket)
+        self._stage_lock = threading.Lock()
+        self._staged: list[RawBatch] = []
+        self._stage_woken = False
+        self._stage_max = config.queue.max_batches
+        self._room = threading.Event()
+        self._room.set()
+        self._staged_evt: asyncio.Event | None = None
+        self._handover_task: asyncio.Task[None] | None = None
         self._client = self._make_client()
 
     # -- client set-up -----------------------------------------------------------------------
@@ -193,11 +204,51 @@ class MqttConnector(Connector):
             self.counters.rejected += len(dead)
             batch = RawBatch(tuple(readings), tuple(dead), self._make_ack(client, msg),
                              Redelivery.SOURCE if msg.qos else Redelivery.NONE)
-            self.queue.put_threadsafe(batch)
+            self._stage(batch)
         except (RuntimeError, concurrent.futures.CancelledError):
             pass  # event loop gone (shutdown): left unacknowledged, the broker keeps it
         except Exception as err:  # noqa: BLE001 - unacknowledged: the broker redelivers it after a reconnect
             self._count_internal("mqtt_callback", err, "could not queue a message; it stays unacknowledged")
+
+    def _stage(self, batch: RawBatch) -> None:
+        """Hand a message's batch to the event loop (paho's thread). Wakes the loop only when nothing is staged
+        yet; waits while ``_stage_max`` batches are staged. Raises RuntimeError when the event loop is gone."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("event loop gone")
+        with self._stage_lock:
+            self._staged.append(batch)
+            full = len(self._staged) >= self._stage_max
+            if full:
+                self._room.clear()
+            wake = not self._stage_woken
+            self._stage_woken = True
+        if wake:
+            loop.call_soon_threadsafe(self._wake_handover)
+        if full:
+            while not self._room.wait(0.5):  # the loop takes what is staged; a stopped loop never will
+                if self._closing or loop.is_closed():
+                    return
+
+    def _wake_handover(self) -> None:
+        if self._staged_evt is not None:
+            self._staged_evt.set()
+
+    async def _handover(self) -> None:
+        """The event loop's side of the hand-over: staged batches into the bounded queue, in arrival order."""
+        assert self._staged_evt is not None
+        while True:
+            await self._staged_evt.wait()
+            self._staged_evt.clear()
+            await self._flush_staged()
+
+    async def _flush_staged(self) -> None:
+        with self._stage_lock:
+            items, self._staged = self._staged, []
+            self._stage_woken = False
+            self._room.set()
+        for b in items:
+            await self.queue.put(b)
 
     def _make_ack(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> Callable[[], None]:
         gen, mid, qos = self._generation, msg.mid, msg.qos
@@ -259,6 +310,11 @@ class MqttConnector(Connector):
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._connected_evt = asyncio.Event()
+        if self._handover_task is None or self._handover_task.done():
+            self._staged_evt = asyncio.Event()
+            self._handover_task = asyncio.create_task(self._handover(), name=f"mqtt-handover:{self.name}")
+            if self._staged:
+                self._staged_evt.set()
         backoff = Backoff(self.config.backoff.initial_s, self.config.backoff.max_s)
         first = True
         while not self._closing:
@@ -430,11 +486,14 @@ class MqttConnector(Connector):
     async def stop(self) -> None:
         """Stop intake: later messages stay unacknowledged at the broker; queued ones drain."""
         self._intake_open = False
+        await self._flush_staged()  # what paho's thread handed over before is delivered and acknowledged
         self.queue.close()
 
     async def aclose(self) -> None:
         self._intake_open = False
         self._closing = True
+        self._room.set()
+        await self._flush_staged()
         self.queue.close()
         if self._sparkplug is not None and self.config.sparkplug.host_id and self.counters.connected:
             try:  # a graceful host death: Sparkplug B 3.0 wants the offline STATE before the disconnect
@@ -451,3 +510,5 @@ class MqttConnector(Connector):
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=5)
             except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001 - closing must not raise
                 self._task.cancel()
+        if self._handover_task is not None:
+            self._handover_task.cancel()

@@ -30,6 +30,7 @@ from connectors.opcua.config import (
     TimestampFallback,
 )
 from connectors.opcua.errors import ConnectionFailed
+from connectors.opcua.fastdecode import DataChanges, PublishDecoder, install
 from connectors.opcua.values import _dt_ns, _plain, _quality, _Unsupported
 from core.samples import DeadLetter, Quality, RawBatch, RawReading, SourceKind, now_ns, ns_to_iso
 from core.supervise import RateLimitedLog
@@ -43,6 +44,7 @@ _DEADBANDS = {DeadbandType.NONE: 0, DeadbandType.ABSOLUTE: 1, DeadbandType.PERCE
 
 _OVERFLOW_BITS = 0x0480  # InfoType = DataValue (0x400) | Overflow (0x80), OPC 10000-4 7.39
 _SOURCE = SourceKind.OPCUA
+_PLAIN_NUMBERS = frozenset((float, int, bool))  # values the fast conversion passes on as they are (_plain's identity)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class AcquisitionMixin:
     _items_by_address: dict[str, _Item]
     _keepalive_s: float
     _warned_units: set[str]
+    _decoder: PublishDecoder | None
 
     async def _flag_gap(self, start_ns: int, end_ns: int, reason: str) -> None:
         gap = Gap(start_ns, end_ns, reason)
@@ -131,7 +134,18 @@ class AcquisitionMixin:
         self._last_alive_ns = now_ns()
         self._subs = []
         if cfg.mode is AcquisitionMode.SUBSCRIPTION:
+            self._install_decoder(client)
             await self._create_subscriptions(client)
+
+    def _install_decoder(self, client: Client) -> None:
+        """The fast PublishResponse decoder on this session (connectors.opcua.fastdecode), before the publish loop
+        starts; ``subscription.fast_decode = false`` or an asyncua it does not fit leave asyncua's own decoding."""
+        if not self.config.subscription.fast_decode:
+            self.counters.extra["fast_decode"] = 0
+            return
+        if self._decoder is None:  # one per connector: its counts add up over reconnects
+            self._decoder = PublishDecoder()
+        self.counters.extra["fast_decode"] = int(install(client.uaclient.session, self._decoder))
 
     def _item_filter(self) -> ua.DataChangeFilter | None:
         s = self.config.subscription
@@ -251,7 +265,9 @@ class AcquisitionMixin:
         items = sub.items
         for notif in data:
             try:
-                if isinstance(notif, ua.DataChangeNotification):
+                if type(notif) is DataChanges:
+                    self._convert_changes(items, notif, recv, readings, dead)
+                elif isinstance(notif, ua.DataChangeNotification):
                     for mi in notif.MonitoredItems:
                         it = items.get(mi.ClientHandle)
                         if it is None:
@@ -268,6 +284,57 @@ class AcquisitionMixin:
                                        "internal error while converting a notification: " + error_text(err, 450),
                                        "internal_error", recv, self.name, self.line_id))
         return readings, dead, status
+
+    def _convert_changes(self, items: dict[int, _Item], dc: DataChanges, recv: int, readings: list[RawReading],
+                         dead: list[DeadLetter]) -> None:
+        """The fast decoder's changes -> readings: a Good plain number with a source timestamp in one step; any
+        other change through :meth:`_change_reading` (the same rules as :meth:`_reading`)."""
+        new, raw_reading, source, good = tuple.__new__, RawReading, _SOURCE, Quality.GOOD
+        plain = _PLAIN_NUMBERS
+        line, name = self.line_id, self.name
+        append = readings.append
+        for ch in dc.changes:
+            it = items.get(ch[0])
+            if it is None:
+                continue
+            _, v, code, ts, _s = ch
+            if code or ts is None or type(v) not in plain:
+                r = self._safe_change(it, ch, recv)
+                (readings if type(r) is RawReading else dead).append(r)  # type: ignore[arg-type]
+                continue
+            append(new(raw_reading, (source, it.address, v, ts, recv, it.unit, good, line, None, None, name)))
+
+    def _safe_change(self, it: _Item, ch: tuple[int, Any, int, int | None, int | None],
+                     recv: int) -> RawReading | DeadLetter:
+        """:meth:`_change_reading`, or an ``internal_error`` dead letter if it raises (never raises)."""
+        try:
+            return self._change_reading(it, ch, recv)
+        except Exception as err:  # noqa: BLE001 - one value must not cost the publish or the subscription
+            self._count_internal("opcua_callback", err, f"the value of {it.address} is kept as an internal_error "
+                                                        "dead letter")
+            return DeadLetter(_SOURCE, storable_text(it.address, 512), storable_text(ch, 4096),
+                              "internal error while converting this value: " + error_text(err, 450),
+                              "internal_error", recv, self.name, self.line_id)
+
+    def _change_reading(self, it: _Item, ch: tuple[int, Any, int, int | None, int | None],
+                        recv: int) -> RawReading | DeadLetter:
+        """:meth:`_reading` for a change of the fast decoder (status code int, timestamps in ns or None)."""
+        _, raw, code, ts, server_ts = ch
+        if code & _OVERFLOW_BITS == _OVERFLOW_BITS:
+            self.counters.extra["overflows"] += 1
+        if ts is None:
+            fb = self.config.timestamp_fallback
+            if fb is TimestampFallback.SERVER_THEN_RECEIVE:
+                ts = server_ts or recv
+            elif fb is TimestampFallback.RECEIVE:
+                ts = recv
+        try:
+            value = _plain(raw)
+        except _Unsupported as err:
+            return DeadLetter(_SOURCE, it.address, repr(raw)[:1000], f"unsupported OPC-UA value type {err}",
+                              "wrong_type", recv, self.name, self.line_id)
+        return RawReading(_SOURCE, it.address, value, ts, recv, it.unit, _quality(code), self.line_id, None, None,
+                          self.name)
 
     async def _on_publish(self, sub: _Sub, result: ua.PublishResult) -> None:
         """asyncua's publish callback. Never raises: what cannot be converted becomes a dead letter,
@@ -295,7 +362,12 @@ class AcquisitionMixin:
             if not readings and not dead:
                 return
         self._last_alive_ns = recv
-        self.counters.extra["publishes"] += 1
+        extra = self.counters.extra
+        extra["publishes"] += 1
+        dec = self._decoder
+        if dec is not None and dec.fallbacks + dec.failures != extra.get("fast_decode_fallbacks", 0) + \
+                extra.get("publish_decode_failures", 0):
+            self._decoder_event(dec)
         try:
             seq = int(msg.SequenceNumber)
             if sub.last_seq is not None and seq > sub.last_seq + 1:
@@ -307,6 +379,20 @@ class AcquisitionMixin:
         except Exception as err:  # noqa: BLE001 - the values of this publish are still delivered
             self._count_internal("opcua_callback", err, "sequence bookkeeping failed; the values are delivered")
         await self._deliver(readings, dead)
+
+    def _decoder_event(self, dec: PublishDecoder) -> None:
+        """The fast decoder gave responses to the generic one (or neither could decode one): counted, logged at
+        most once a minute per kind."""
+        extra = self.counters.extra
+        if dec.fallbacks != extra.get("fast_decode_fallbacks", 0):
+            extra["fast_decode_fallbacks"] = dec.fallbacks
+            self.errors_log.log("fast_decode_fallback", logging.INFO, "opcua %s: a publish response was decoded by "
+                                "asyncua's generic decoder (%s); %d so far", self.name, dec.last_fallback,
+                                dec.fallbacks)
+        if dec.failures != extra.get("publish_decode_failures", 0):
+            extra["publish_decode_failures"] = dec.failures
+            self.errors_log.log("publish_decode_failure", logging.WARNING, "opcua %s: a publish response could not "
+                                "be decoded; it is asked for again by Republish (%d so far)", self.name, dec.failures)
 
     async def _deliver(self, readings: list[RawReading], dead: list[DeadLetter]) -> None:
         if not readings and not dead:

@@ -65,6 +65,7 @@ from connectors.opcua.browse import parse_node_id, read_engineering_units
 from connectors.opcua.client import MODES, POLICY_CLASSES, _translate, close_client, open_client
 from connectors.opcua.config import AcquisitionMode, OpcUaConnectorConfig
 from connectors.opcua.errors import ConnectionFailed, OpcUaError
+from connectors.opcua.fastdecode import PublishDecoder
 from connectors.opcua.writes import SetpointWriterMixin, WriteResult
 from core.samples import now_ns
 
@@ -100,6 +101,7 @@ class OpcUaConnector(AcquisitionMixin, SetpointWriterMixin, Connector):
         self._closing = False
         self._range_cache: dict[str, tuple[float, float] | None] = {}
         self._warned_units: set[str] = set()
+        self._decoder: PublishDecoder | None = None
 
     # -- public --------------------------------------------------------------------------------
     @property

@@ -218,6 +218,24 @@ def fit_meyer_min(q_L, eps, eps0, T_R, M_C) -> FitResult:
                                        bounds=([0.0, 1e-6, -10.0], [1.0, 1e4, 10.0])), q_L, M_C, T_R)
 
 
+def fit_meyer_onset(q_L, eps, eps0, T_R, M_C, q0_max: float = 20.0) -> FitResult:
+    """Meyer's eq. 8 with an onset (the simulated line's law, twin.simline.calibrate): a loose dried layer first
+    settles from eps0 to s eps0 over a small load q0 (<= ``q0_max``), then follows the exponential:
+    eps = eps0 (p + (s - p) exp(-q_L / ((mu0 - xi T_R) M_C)) + (1 - s) exp(-q_L / q0)). With s = 1 it is eq. 8."""
+    X = np.vstack([q_L, eps0, T_R, M_C]).astype(float)
+
+    def f(X, s, q0, p, mu0, xi):
+        q, e0, T, M = X
+        g = np.clip((mu0 - xi * T) * M, 1e-6, None)
+        return e0 * (p + (s - p) * np.exp(-q / g) + (1 - s) * np.exp(-q / max(q0, 1e-9)))
+
+    return _multistart(lambda mu: _fit("meyer_onset",
+                                       "eps = eps0 (p + (s-p) exp(-q_L / ((mu0 - xi T_R) M_C)) + (1-s) exp(-q_L / q0))",
+                                       f, X, eps, p0=[0.8, 2.0, 0.6, mu, 0.0], names=["s", "q0", "p", "mu0", "xi"],
+                                       bounds=([0.3, 1e-3, 0.0, 1e-6, -10.0], [1.0, q0_max, 1.0, 1e4, 10.0])),
+                       q_L, M_C, T_R)
+
+
 def fit_density_line_load(rho, rho0, q_L) -> FitResult:
     X = np.vstack([rho, rho0]).astype(float)
 
@@ -260,6 +278,7 @@ def fit_all(ds: dict[str, np.ndarray]) -> dict[str, FitResult]:
     return {
         "meyer": fit_meyer(q, eps, eps0, ds["roll_temperature_C"], M_C),
         "meyer_eq5": fit_meyer_min(q, eps, eps0, ds["roll_temperature_C"], M_C),
+        "meyer_onset": fit_meyer_onset(q, eps, eps0, ds["roll_temperature_C"], M_C),
         "density": fit_density_line_load(rho, rho0, q),
         "springback": fit_springback(q, ds["springback_pct"]),
         "tortuosity": fit_tortuosity(np.concatenate([eps, eps0]),

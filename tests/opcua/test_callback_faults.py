@@ -1,6 +1,9 @@
 """A fault in the publish conversion path (injected into ``_reading`` for some values of one node)
 against a real asyncua server: the failing values become internal_error dead letters, every other
-value still arrives exactly once, the subscription and the session live on (no reconnect, no gap)."""
+value still arrives exactly once, the subscription and the session live on (no reconnect, no gap).
+
+``_reading`` converts asyncua's DataValues: the connector's fast decoder is switched off here
+(``subscription.fast_decode = false``); its own per-change route is faulted in tests/opcua/test_fastdecode.py."""
 
 from __future__ import annotations
 
@@ -39,7 +42,9 @@ async def test_a_value_that_fails_to_convert_is_a_dead_letter_and_the_rest_flows
     readings: list[RawReading] = []
     dead: list[DeadLetter] = []
     try:
-        conn = _FaultyConnector(sample_config(srv.url, browse_roots=["ns=2;s=Synthetic"]), default_line_id="pilot-1")
+        cfg = sample_config(srv.url, browse_roots=["ns=2;s=Synthetic"])
+        cfg = cfg.model_copy(update={"subscription": cfg.subscription.model_copy(update={"fast_decode": False})})
+        conn = _FaultyConnector(cfg, default_line_id="pilot-1")
         conn.injected = []
         async with conn:
             await conn.wait_connected(15)

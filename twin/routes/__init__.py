@@ -11,6 +11,10 @@ status, stream     ``/api/v1/status``, ``/api/v1/stream`` (SSE)           :mod:`
 models             ``/api/v1/models``, ``/api/v1/models/reload``          :mod:`twin.routes.models`
 predictions        ``/api/v1/predictions/latest``                         :mod:`twin.routes.predictions`
 cell               ``/api/v1/cell/discharge``, ``cell/proposals/{id}``    :mod:`twin.routes.cell`
+lab results        ``/api/v1/lab/quantities``, ``results``, ``results/csv``, :mod:`twin.routes.lab`
+                   ``results/{id}``, ``drift``
+shadow models      ``/api/v1/models/shadow``, ``comparison``,             :mod:`twin.routes.shadow`
+                   ``requests``, ``requests/{id}/approve|reject|audit``
 export             ``/api/v1/export/...``                                 :mod:`twin.export`
 feedback           ``/api/v1/proposals``, ``targets``, ...                :mod:`twin.feedback.routes`
 ontology           ``/api/v1/ontology/...``                               :mod:`ontology.api`

@@ -76,6 +76,10 @@ class SQLiteStore(Store):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._w = self._connect()
+        # checkpoint every ~40 MB of WAL, not every 4 MB (the default 1000 pages): a commit of one row per series
+        # dirties a page per row, and each checkpoint copies a page once however often it changed (issue #23:
+        # 20.6 -> 14.0 us per stored row at 1,000 series x 10 commits/s, bench/bench_opcua_path.py)
+        self._w.execute("PRAGMA wal_autocheckpoint=10000")
         self._w.executescript(_SCHEMA)
         self._w.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', '1')")
         self._w.commit()
