@@ -75,6 +75,10 @@ from core.samples import DeadLetter, RawBatch, Redelivery, SourceKind, now_ns, n
 log = logging.getLogger("twin.connectors.mqtt")
 
 
+def _writes_stay_on_the_network_thread(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's socket-write callback: nothing to do, its presence keeps writes on the network thread."""
+
+
 class MqttConnector(Connector):
     kind = "mqtt"
 
@@ -142,6 +146,14 @@ class MqttConnector(Connector):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        # Only paho's network thread (loop_forever, run in a worker thread) may write to the socket. With
+        # no socket callback set and no loop_start() thread, paho's publish()/ack() write themselves when
+        # the network thread is between callbacks; an ack from the event loop that meets a dead connection
+        # (broker killed) then runs paho's disconnect handling in the event loop, which waits for the
+        # callback lock the network thread holds in _on_message while that thread waits for the event loop
+        # in put_threadsafe: a deadlock that froze ingestion and the API. With a socket-write callback set,
+        # publish()/ack() only queue the packet and wake the network thread (it selects on paho's socket pair).
+        client.on_socket_register_write = _writes_stay_on_the_network_thread
         return client
 
     # -- paho callbacks (paho's thread) ------------------------------------------------------

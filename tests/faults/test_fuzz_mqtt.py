@@ -238,6 +238,10 @@ def run_fuzz(tmp_path: Path, mosquitto: Mosquitto, twin_process: Callable[..., T
             "publish_s": round(t_published, 1), "drain_s": round(t_drain, 1),
             "messages_per_category": dict(sorted(e.categories.items())),
             "tracebacks_in_log": twin.log_text().count("Traceback"),
+            # flow control of the publisher (twin/testing/publisher.py): times the generator waited for
+            # PUBACKs because max_outstanding messages were unacknowledged
+            "publisher": {"published": pub.published, "acked": pub.acked_count(), "flow_waits": pub.flow_waits,
+                          "max_outstanding": pub.max_outstanding},
         })
 
         # -- restart on the same store and broker ----------------------------------------------------

@@ -5,8 +5,19 @@
 ledger: which keys each message carried (``mid_keys``, ``sent_keys``), which messages were
 acknowledged (``acked_mids``) and when (``ack_time``), so a test can compare what the broker took
 with what the twin stored. ``publish`` never raises for a payload the broker may refuse (that is the
-broker's business). A message published while the broker is down waits in paho's queue (unlimited)
-and goes out on reconnect.
+broker's business). A message published while the broker is down waits in paho's queue and goes out
+on reconnect.
+
+Flow control: paho keeps every unacknowledged QoS-1 message under its message id, and there are only
+65,535 ids. Once they are all taken, paho's ``publish`` returns ``MQTT_ERR_QUEUE_SIZE`` and DROPS the
+message (it never reaches the broker), so a producer that outruns paho's network thread (a CPU-bound
+generator holding the GIL on a loaded machine) loses messages silently. ``publish`` therefore waits
+while ``max_outstanding`` messages are unacknowledged (default 50,000: a broker down for 5 s under
+5,000 messages/s never reaches it), retries a message paho refused for want of an id, and raises on any
+other refusal, so ``published`` only counts messages paho holds; it raises ``TimeoutError`` after
+``outstanding_timeout_s`` without a single acknowledgement (a broker that stays away). The ledger
+(``keys``) is keyed by message id, so it holds at most 65,535 keyed messages; a keyed publish that
+would reuse an id of the ledger raises instead of overwriting it.
 
 Never take the publisher's lock around ``client.publish``: paho calls the PUBACK callback while it
 holds its own mutex.
@@ -20,17 +31,26 @@ from collections.abc import Hashable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-__all__ = ["AckingPublisher"]
+__all__ = ["MAX_MESSAGE_IDS", "AckingPublisher"]
+
+MAX_MESSAGE_IDS = 65_535  # MQTT packet identifiers 1..65535: at most this many QoS-1 messages unacknowledged
+_HELD = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)  # paho holds the message (NO_CONN: sent on reconnect)
 
 
 class AckingPublisher:
     def __init__(self, port: int, client_id: str = "publisher", *, host: str = "127.0.0.1",
                  clean_session: bool = False, reconnect_delay: tuple[float, float] = (0.1, 1.0),
-                 max_inflight: int = 1000) -> None:
-        self.published = 0  # messages handed to paho
+                 max_inflight: int = 1000, max_outstanding: int = 50_000,
+                 outstanding_timeout_s: float = 300.0) -> None:
+        if not 0 < max_outstanding < MAX_MESSAGE_IDS:
+            raise ValueError(f"max_outstanding must be in 1..{MAX_MESSAGE_IDS - 1} (paho's message ids)")
+        self.max_outstanding = max_outstanding
+        self.outstanding_timeout_s = outstanding_timeout_s
+        self.published = 0  # messages handed to paho and held by it (sent, or sent on reconnect)
         self.acked = 0  # PUBACKs received
+        self.flow_waits = 0  # times publish() waited for acknowledgements (flow control or a refused id)
         self.acked_mids: set[int] = set()
         self.ack_time: dict[int, float] = {}  # mid -> time.monotonic() of the broker's first PUBACK
         self.mid_keys: dict[int, list[Hashable]] = {}
@@ -57,10 +77,25 @@ class AckingPublisher:
         return self.published
 
     def publish(self, topic: str, body: str | bytes, keys: dict[Any, float] | Iterable[Any] = ()) -> None:
-        """Publish ``body`` with QoS 1; ``keys`` (a dict key -> value, or keys) go into the ledger."""
-        info = self.client.publish(topic, body, qos=1)
+        """Publish ``body`` with QoS 1; ``keys`` (a dict key -> value, or keys) go into the ledger.
+
+        Waits while ``max_outstanding`` messages are unacknowledged; never counts a message paho dropped."""
+        if self.published - self.acked_count() >= self.max_outstanding:
+            self._wait_for_acks(self.published - self.max_outstanding + 1)
+        while True:
+            info = self.client.publish(topic, body, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                break
+            # every message id is held by an unacknowledged message (acknowledged out of order, or
+            # max_queued_messages): paho dropped this one; publish it again once an ack frees an id
+            self._wait_for_acks(self.acked_count() + 1)
+        if info.rc not in _HELD:
+            raise RuntimeError(f"paho refused to publish on {topic[:80]!r}: {mqtt.error_string(info.rc)}")
         self.published += 1
         if keys:
+            if info.mid in self.mid_keys:
+                raise RuntimeError(f"the ledger already holds message id {info.mid}: it keeps at most "
+                                   f"{MAX_MESSAGE_IDS} keyed messages")
             self.mid_keys[info.mid] = list(keys)
             if isinstance(keys, dict):
                 self.sent_keys.update(keys)
@@ -68,6 +103,21 @@ class AckingPublisher:
     def acked_count(self) -> int:
         with self._lock:
             return self.acked
+
+    def _wait_for_acks(self, target: int, poll_s: float = 0.001) -> None:
+        """Sleep (releasing the GIL to paho's network thread) until ``target`` messages are acknowledged;
+        TimeoutError after ``outstanding_timeout_s`` without any acknowledgement."""
+        self.flow_waits += 1
+        last, last_change = self.acked_count(), time.monotonic()
+        while (acked := self.acked_count()) < target:
+            now = time.monotonic()
+            if acked != last:
+                last, last_change = acked, now
+            elif now - last_change > self.outstanding_timeout_s:
+                raise TimeoutError(f"no acknowledgement for {self.outstanding_timeout_s:g} s with "
+                                   f"{self.published - acked} messages unacknowledged (acked {acked} of "
+                                   f"{self.published})")
+            time.sleep(poll_s)
 
     def acked_keys(self) -> set[Any]:
         """The keys of the messages the broker acknowledged."""
