@@ -33,7 +33,9 @@ def _imports(folders: list[str]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for folder in folders:
         for path in sorted((ROOT / folder).rglob("*.py")):
-            if "node_modules" in path.parts:
+            # installed packages are not our code: npm's, and virtual environments a benchmark builds for a
+            # contender (bench/peers/.venv-tb, the ThingsBoard gateway's)
+            if "node_modules" in path.parts or any(p.startswith(".venv") or p == "site-packages" for p in path.parts):
                 continue
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Import):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -74,9 +75,15 @@ class _Runner:
                     while len(self.models) > 4:
                         self.models.pop(next(iter(self.models)))
                 if fn_name == "evaluate":
-                    res = await asyncio.to_thread(model.evaluate, states[0])
-                    return res.as_json()
-                return await asyncio.to_thread(model.compare, states[0], states[1])
+                    out = (await asyncio.to_thread(model.evaluate, states[0])).as_json()
+                else:
+                    out = await asyncio.to_thread(model.compare, states[0], states[1])
+                try:  # a solver that gave up part-way can leave NaN or inf: not JSON, and no answer
+                    json.dumps(out, allow_nan=False)
+                except ValueError:
+                    raise HTTPException(422, detail="the cell model gave no finite answer for this cathode "
+                                                    "(the solver failed part-way)") from None
+                return out
         except CellInputError as err:
             raise HTTPException(422, detail=str(err)) from None
         except HTTPException:
