@@ -98,13 +98,13 @@ class LineParams:
     airflow_ref_m3_h: float = 600.0
     # calendering: Meyer's law (seed 003, eq. 8) with an onset, and a saturating spring-back, calibrated on the
     # physics reference v2 by twin.simline.calibrate (docs/physics.md §7.11, bench/results/simline_calibration.json)
-    meyer_onset: float = 0.763  # s: porosity at which the layer starts to carry load, as a fraction of eps0
-    meyer_onset_q_N_mm: float = 0.68  # line load over which the loose dried layer settles to s eps0
-    meyer_p: float = 0.563  # compaction factor: eps_min = p eps0
-    meyer_mu0: float = 27.5  # N/mm per (mg/cm2), at 0 degC
-    meyer_xi: float = 0.0705  # N/mm per (mg/cm2) per degC
-    springback_max: float = 0.243  # relative spring-back at high line load
-    springback_q_s: float = 1192.0  # N/mm: line load of 63 % of the saturation
+    meyer_onset: float = 0.764  # s: porosity at which the layer starts to carry load, as a fraction of eps0
+    meyer_onset_q_N_mm: float = 0.63  # line load over which the loose dried layer settles to s eps0
+    meyer_p: float = 0.565  # compaction factor: eps_min = p eps0
+    meyer_mu0: float = 27.6  # N/mm per (mg/cm2), at 0 degC
+    meyer_xi: float = 0.0708  # N/mm per (mg/cm2) per degC
+    springback_max: float = 0.261  # relative spring-back at high line load
+    springback_q_s: float = 1303.0  # N/mm: line load of 63 % of the saturation
     roll_displacement_um_per_N_mm: float = 0.004  # the load pushes the rolls apart (linear)
     gap_thermal_um_per_K: float = 0.01  # thermal closing of the gap per K above 25 degC left after compensation
     max_line_load_N_mm: float = 3000.0  # force limit of the calender
