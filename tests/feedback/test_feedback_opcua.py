@@ -135,7 +135,7 @@ async def test_closed_loop_brings_porosity_back_after_a_loading_disturbance(tmp_
     """Incoming areal loading +8 % (ramp 60-660 s of line time) drives porosity 2 points below target. With
     auto-apply, the twin brings it back within tolerance in at most 3 proposals after the disturbance has
     settled; the open-loop line stays out of tolerance."""
-    target, tol, seed, scale, end_s = 0.31, 0.01, 3, 20.0, 1100.0
+    target, tol, seed, scale, end_s = 0.32, 0.01, 3, 20.0, 1100.0
     ramp_end = 660.0
     base = open_loop_porosity(seed, end_s, 0.1 * scale)
     last = base[base[:, 0] > end_s - 60.0, 1].mean() / 100.0
@@ -193,19 +193,18 @@ async def test_closed_loop_brings_porosity_back_after_a_loading_disturbance(tmp_
 
 
 async def test_closed_loop_from_an_off_target_start(tmp_path: Path) -> None:
-    """A steady line runs ~2.5 points of porosity above the recipe's target: with auto-apply the twin brings it
+    """A steady line runs 2.5 points of porosity above the recipe's target: with auto-apply the twin brings it
     within tolerance in at most 3 applied proposals, and the gain it learns on the way stays within [0.5, 2]
     (issue #16: the surrogate trained on the v2 reference and the line calibrated on it agree)."""
-    target, tol, scale, end_s = 0.285, 0.01, 20.0, 700.0
+    tol, scale, end_s = 0.01, 20.0, 700.0
+    start = float(open_loop_porosity(5, 60.0, 1.0)[:, 1].mean()) / 100.0  # the steady line (before any ramp)
+    target = round(start - 0.025, 3)  # the recipe asks for a denser electrode than the line makes
     gap = {"name": "gap", "setpoint_tag": "calendering.gap_setpoint", "min": 40.0, "max": 200.0, "max_step": 5.0,
            "auto_apply": True, "settle_s": 15.0}
     async with line_and_twin(tmp_path, scenario="steady", time_scale=scale, seed=5, feedback={
             "targets": {"porosity": {"target": target, "tolerance": tol, "weight": 1.0, "unit": "1"}},
             "manipulables": [gap], "auto_apply_min_interval_s": 0.0}) as (srv, daemon):
         svc = fb(daemon)
-        await asyncio.sleep(1.0)
-        start = srv.sim.outputs.values["calendering.porosity_online"] / 100.0
-        assert start - target > 2 * tol, f"the line starts at {start:.4f}: not off target"
         trace, applied_at = [], {}
         inside_since: float | None = None
         while srv.sim.t_s < end_s:
@@ -225,6 +224,7 @@ async def test_closed_loop_from_an_off_target_start(tmp_path: Path) -> None:
         reasons = [svc.proposals[pid].reasons for pid in svc.order]
     report = {"start": start, "target": target, "applied": n_applied, "gain": gain, "inside_since": inside_since,
               "reasons": reasons}
+    print("off-target start:", json.dumps(report, default=str))
     assert inside_since is not None, report
     assert 1 <= n_applied <= 3, report
     assert 0.5 <= gain.get("porosity", 1.0) <= 2.0, report

@@ -45,9 +45,13 @@ def test_card_is_reproducible_from_the_v2_data(ev: dict, card: dict) -> None:
 
 #: acceptance points the shipped (preliminary) v2 model does not meet yet, each with why (docs/surrogates.md): a
 #: strict xfail, so a retrained model that meets one makes this test fail until the entry is removed
+_WHY = ("the data set is a fifth generated (123 runs, 18 test runs) and its dense third carries the compression-rate "
+        "bias of physics.md §7.13")
 NOT_MET_YET = {
-    "tortuosity_factor": "R2 0.926 against 0.97 on 18 test runs with a noise ceiling of 0.975: the data set is a "
-                         "fifth generated and its dense third carries the compression-rate bias of physics.md §7.13",
+    "porosity": "R2 0.973 against 0.99; ceiling 0.963 from the raw replicate scatter but 0.993 given the measured "
+                "inputs: " + _WHY,
+    "thickness_after_um": "R2 0.989 against 0.99; ceiling 0.981 raw, 0.996 given the measured inputs: " + _WHY,
+    "tortuosity_factor": "R2 0.926 against 0.97; ceiling 0.975 raw, 0.994 given the measured inputs: " + _WHY,
 }
 
 
@@ -58,8 +62,10 @@ def test_every_target_met_or_shown_above_the_noise_ceiling(card: dict, out: str,
         request.applymarker(pytest.mark.xfail(reason=NOT_MET_YET[out], strict=True))
     assert card["targets"] == D.TARGETS_V2
     row = next(r for r in card["acceptance"]["rows"] if r["output"] == out and r["metric"] == "r2")
-    # a target the DEM's scatter allows must be met; one it does not is flagged, not tuned for
-    assert row["met"] or row["target_above_ceiling"], row
+    # a target the DEM's scatter allows must be met; one it does not is flagged, not tuned for (beyond the ceiling
+    # of the raw replicate scatter and beyond the one left after the part the measured inputs explain)
+    above = row["target_above_ceiling"] and row.get("ceiling_given_measured_inputs", 0.0) < row["target"]
+    assert row["met"] or above, row
 
 
 def test_pooled_coverage_in_band(card: dict) -> None:
