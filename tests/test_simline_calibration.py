@@ -1,6 +1,6 @@
 """The simulated line's calendering law comes from the physics reference v2 (issue #16, item 6).
 
-The committed ``LineParams`` must be what ``twin.simline.calibrate`` fits on the committed data set, and the line's
+The committed ``LineParams`` must be what ``bench.simline_calibration`` fits on the committed data set, and the line's
 response to the gap and to the line load must match the DEM's with a small stated offset (docs/physics.md §7.11).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from twin.simline import calibrate as C
+from bench import simline_calibration as C
 from twin.simline.model import LineParams
 
 pytest.importorskip("scipy")

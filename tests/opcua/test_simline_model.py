@@ -99,7 +99,7 @@ def test_steady_state_is_a_plausible_nmc_cathode() -> None:
     assert 80 <= v["coating.dry_thickness"] <= 105
     assert 20 <= v["calendering.compaction_degree"] <= 30  # DEM/seed range 20-50 %
     assert 25 <= v["calendering.porosity_online"] <= 35
-    # real calenders: hundreds to ~2,000 N/mm (seed 003); the line's law is the DEM reference's (twin.simline.calibrate)
+    # real calenders: hundreds to ~2,000 N/mm (seed 003); the line's law is the DEM reference's (bench.simline_calibration)
     assert 200 <= v["calendering.line_load"] <= 2000
     # the real gap exceeds the setpoint by the roll displacement under load
     disp = P.roll_displacement_um_per_N_mm * v["calendering.line_load"]

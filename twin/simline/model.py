@@ -97,7 +97,7 @@ class LineParams:
     dryer_ref_C: float = 100.0
     airflow_ref_m3_h: float = 600.0
     # calendering: Meyer's law (seed 003, eq. 8) with an onset, and a saturating spring-back, calibrated on the
-    # physics reference v2 by twin.simline.calibrate (docs/physics.md §7.11, bench/results/simline_calibration.json)
+    # physics reference v2 by bench.simline_calibration (docs/physics.md §7.11, bench/results/simline_calibration.json)
     meyer_onset: float = 0.764  # s: porosity at which the layer starts to carry load, as a fraction of eps0
     meyer_onset_q_N_mm: float = 0.63  # line load over which the loose dried layer settles to s eps0
     meyer_p: float = 0.565  # compaction factor: eps_min = p eps0

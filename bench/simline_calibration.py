@@ -21,7 +21,9 @@ dried layer is a loose packing that densifies at almost no load before Meyer's e
 ``s = 1`` is Meyer's original law. ``M`` is the areal loading of the solids (the line's beta gauge), as the line
 uses it.
 
-    python -m twin.simline.calibrate [--data data/dem_v2] [--json bench/results/simline_calibration.json]
+    python -m bench.simline_calibration [--data data/dem_v2] [--json bench/results/simline_calibration.json]
+
+(A benchmark-side tool, not part of the daemon: it needs scipy, which only the [physics] and [train] extras bring.)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 from ontology.definitions import Recipe
 from twin.simline.model import LineParams, meyer_porosity, springback
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "data" / "dem_v2"
 DEFAULT_JSON = ROOT / "bench" / "results" / "simline_calibration.json"
 #: the onset is the settling of a loose layer at small loads: its scale is bounded so that it cannot take over the
