@@ -219,7 +219,7 @@ def fit_meyer_min(q_L, eps, eps0, T_R, M_C) -> FitResult:
 
 
 def fit_meyer_onset(q_L, eps, eps0, T_R, M_C, q0_max: float = 20.0) -> FitResult:
-    """Meyer's eq. 8 with an onset (the simulated line's law, twin.simline.calibrate): a loose dried layer first
+    """Meyer's eq. 8 with an onset (the simulated line's law, bench.simline_calibration): a loose dried layer first
     settles from eps0 to s eps0 over a small load q0 (<= ``q0_max``), then follows the exponential:
     eps = eps0 (p + (s - p) exp(-q_L / ((mu0 - xi T_R) M_C)) + (1 - s) exp(-q_L / q0)). With s = 1 it is eq. 8."""
     X = np.vstack([q_L, eps0, T_R, M_C]).astype(float)

@@ -252,6 +252,8 @@ def evaluate_model(model_dir: Path | str, data: Path | None = None) -> dict[str,
                            "dataset_matches_card": sha == card["dataset"]["sha256"], "metrics": {}, "relative": {}}
     for name in ("test", "corner", "ood"):
         idx = getattr(split, name)
+        if len(idx) == 0:  # e.g. no light-compaction runs in a v2 data set yet
+            continue
         x, y = D.matrices(d, idx)
         p = m.predict(x)
         key = name if name != "ood" else "ood_lowcd"

@@ -385,9 +385,17 @@ def test_model_card_raw_and_corrected_and_conventions(tour: dict[str, Any]) -> N
     results = {a["metric"]: a["cells"][5] for a in acc}
     assert set(results.values()) <= {"pass", "fail"} and "fail" in results.values() and "pass" in results.values()
     assert all((a["met"] == "true") == (a["cells"][5] == "pass") for a in acc), acc
-    # porosity's MAE in % points (the card states a fraction: 0.005 -> 0.5)
-    mae = next(a for a in acc if a["metric"] == "porosity:mae")
-    assert mae["cells"][4] == "% points" and float(mae["cells"][2].split()[-1]) == 0.5, mae
+    # values in the page's units: a porosity MAE in % points (a v1 card states a fraction: 0.005 -> 0.5), the
+    # coverage band in % (the v2 card of issue #16 bounds it on both sides: >= 90 and <= 97)
+    mae = next((a for a in acc if a["metric"] == "porosity:mae"), None)
+    if mae is not None:
+        assert mae["cells"][4] == "% points" and float(mae["cells"][2].split()[-1]) == 0.5, mae
+    cov = {a["metric"]: a for a in acc if a["metric"].startswith("all outputs")}
+    lo = cov["all outputs, all test runs:coverage_2sigma"]
+    assert lo["cells"][4] == "%" and lo["cells"][2].split() == [">=", "90"], lo
+    hi = cov.get("all outputs, all test runs:coverage_2sigma_max")
+    if hi is not None:
+        assert hi["cells"][4] == "%" and hi["cells"][2].split() == ["<=", "97"] and hi["cells"][1] == "±2σ coverage", hi
     assert live["card_json_open"] is False
     assert live["prediction_head"].startswith("raw model output"), live["prediction_head"]
     por = live["prediction_rows"]["porosity"]

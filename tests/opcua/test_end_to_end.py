@@ -81,7 +81,8 @@ async def test_simulator_to_store_with_a_gap(tmp_path: Path) -> None:
         assert store.count("calendering.gap_actual") >= 30  # 10 Hz, ~3.5 s connected
         latest = {s.tag_id: s for s in store.latest("pilot-1")}
         assert latest["calendering.line_load"].unit == "N/mm"
-        assert 500 < latest["calendering.line_load"].value < 2500
+        # seed 003: hundreds to ~2,000 N/mm; the line calenders with the v2 reference's law (~490 N/mm at the default gap)
+        assert 200 < latest["calendering.line_load"].value < 2500
         gap = latest["connector.simline_gap"]
         assert gap.source_ts_ns == conn.gaps[0].start_ns and 1.0 <= gap.value <= 10.0
         assert store.count("connector.simline_gap") == 1

@@ -66,16 +66,26 @@ def test_meyer_law_limits_and_temperature() -> None:
     assert meyer_porosity(eps0, 0.0, m, 50.0, P) == pytest.approx(eps0)
     assert meyer_porosity(eps0, 1e7, m, 50.0, P) == pytest.approx(P.meyer_p * eps0)
     gamma = (P.meyer_mu0 - P.meyer_xi * 50.0) * m
-    assert meyer_porosity(eps0, gamma, m, 50.0, P) == pytest.approx(eps0 * (P.meyer_p + (1 - P.meyer_p) / math.e))
+    onset = (1 - P.meyer_onset) * math.exp(-gamma / P.meyer_onset_q_N_mm)
+    assert meyer_porosity(eps0, gamma, m, 50.0, P) == pytest.approx(
+        eps0 * (P.meyer_p + (P.meyer_onset - P.meyer_p) / math.e + onset))
+    # Meyer's original law is the onset-free case
+    meyer = dataclasses.replace(P, meyer_onset=1.0)
+    assert meyer_porosity(eps0, gamma, m, 50.0, meyer) == pytest.approx(eps0 * (P.meyer_p + (1 - P.meyer_p) / math.e))
     # hotter rolls compact more at the same line load; more loading compacts less
     assert meyer_porosity(eps0, 1000, m, 90.0, P) < meyer_porosity(eps0, 1000, m, 30.0, P)
     assert meyer_porosity(eps0, 1000, 30.0, 50.0, P) > meyer_porosity(eps0, 1000, 20.0, 50.0, P)
+    # monotone in the line load
+    qs = [0.0, 0.5, 5.0, 50.0, 500.0, 5000.0]
+    eps = [meyer_porosity(eps0, q, m, 50.0, P) for q in qs]
+    assert all(b < a for a, b in zip(eps, eps[1:]))
 
 
-def test_springback_rises_with_load_and_falls_with_loading() -> None:
+def test_springback_rises_with_load_and_saturates() -> None:
     assert springback(0.0, 22, P) == 0.0
     assert springback(2000, 22, P) > springback(1000, 22, P) > 0
-    assert springback(1000, 28, P) < springback(1000, 18, P)
+    assert springback(1e6, 22, P) == pytest.approx(P.springback_max)
+    assert springback(P.springback_q_s, 22, P) == pytest.approx(P.springback_max * (1 - 1 / math.e))
 
 
 def test_steady_state_is_a_plausible_nmc_cathode() -> None:
@@ -89,7 +99,8 @@ def test_steady_state_is_a_plausible_nmc_cathode() -> None:
     assert 80 <= v["coating.dry_thickness"] <= 105
     assert 20 <= v["calendering.compaction_degree"] <= 30  # DEM/seed range 20-50 %
     assert 25 <= v["calendering.porosity_online"] <= 35
-    assert 500 <= v["calendering.line_load"] <= 2000
+    # real calenders: hundreds to ~2,000 N/mm (seed 003); the line's law is the DEM reference's (bench.simline_calibration)
+    assert 200 <= v["calendering.line_load"] <= 2000
     # the real gap exceeds the setpoint by the roll displacement under load
     disp = P.roll_displacement_um_per_N_mm * v["calendering.line_load"]
     thermal = P.gap_thermal_um_per_K * (50 - 25)
@@ -129,8 +140,9 @@ def test_gap_write_reaches_the_downstream_gauge_after_the_transport_lag() -> Non
     assert t_gap is not None and t_gap < 1.5  # the actuator moves at once (tau 2 s)
     assert t_h is not None and lag <= t_h <= lag + 2.0  # the gauge sees it one transport lag later
     after_h = sim.outputs.values["calendering.thickness_after"]
-    # 5 um less gap: thinner by less than 5 um (more load, more roll displacement and spring-back)
-    assert before_h - 5 < after_h < before_h - 2
+    # 5 um less gap: thinner by less than 5 um (more load, more roll displacement and spring-back: with the DEM
+    # reference's spring-back of ~15 % at these loads about 2 um), and visibly thinner
+    assert before_h - 5 < after_h < before_h - 1
 
 
 def test_force_limit_opens_the_gap() -> None:
@@ -141,16 +153,26 @@ def test_force_limit_opens_the_gap() -> None:
     assert outs[-1].values["calendering.gap_actual"] > 40
 
 
+QUIET = dataclasses.replace(P, noise_thickness_um=0.0, noise_loading_mg_cm2=0.0, noise_gap_um=0.0,
+                            noise_line_load_rel=0.0, loading_drift_sd=0.0, eps0_drift_sd=0.0, roll_loading_sd=0.0,
+                            roll_eps0_sd=0.0)
+
+
 def test_line_load_mode_and_roll_temperature() -> None:
     sp = Setpoints(calender_mode=int(CalenderMode.LINE_LOAD), line_load_N_per_mm=1000.0)
-    sim = LineSimulation(setpoints=sp, seed=6)
+    sim = LineSimulation(setpoints=sp, seed=6, params=QUIET)
     run(sim, 20)
     cold = mean([o.values["calendering.porosity_online"] for o in run(sim, 10)])
     assert mean([o.values["calendering.line_load"] for o in run(sim, 2)]) == pytest.approx(1000, rel=0.01)
+    seg = sim.state.in_nip
+    # the calibrated law's roll-temperature effect at this load (gamma_C falls with the reference's yield stress)
+    expected = 100 * (meyer_porosity(seg.eps0, 1000, seg.loading, 50.0, QUIET)
+                      - meyer_porosity(seg.eps0, 1000, seg.loading, 120.0, QUIET))
+    assert expected > 0.2  # hotter rolls, same load: denser, by a measurable amount
     sim.write("roll_temp_C", 120.0)
     run(sim, 900)  # several roll-temperature time constants
     hot = mean([o.values["calendering.porosity_online"] for o in run(sim, 10)])
-    assert hot < cold - 1.0  # hotter rolls, same load: denser (gamma_C falls)
+    assert cold - hot == pytest.approx(expected, rel=0.1)
 
 
 def test_roll_temperature_step_scenario_in_gap_mode() -> None:
@@ -163,7 +185,9 @@ def test_roll_temperature_step_scenario_in_gap_mode() -> None:
     assert sim.setpoints.roll_temp_C == 90
     run(sim, 4 * P.tau_roll_temp_s, dt=1.0)
     load1 = mean([o.values["calendering.line_load"] for o in run(sim, 5, dt=0.5)])
-    assert load1 < load0 * 0.95  # at a fixed gap the warmer coating needs less load
+    # at a fixed gap the warmer coating needs less load (the reference's yield stress falls ~0.27 %/K: over 40 K
+    # gamma_C falls by ~11 %, and the load with it, less the part the rolls' deflection gives back)
+    assert load1 < load0 * 0.97
 
 
 def test_loading_drift_scenario() -> None:

@@ -52,13 +52,14 @@ async def test_setpoint_write_round_trip_reaches_the_line_after_the_lag(caplog: 
     sp = [r for r in after if r.address == GAP_SP]
     assert sp and sp[0].value == 80.0 and sp[0].source_ts_ns >= t_write - 1_000_000_000
     gap_moved = next(r.source_ts_ns for r in after if r.address == GAP and r.value < gap0 - 1.5)
-    h_moved = next(r.source_ts_ns for r in after if r.address == H_AFTER and r.value < h0 - 2.0)
+    h_moved = next(r.source_ts_ns for r in after if r.address == H_AFTER and r.value < h0 - 1.0)
     assert (gap_moved - t_write) / 1e9 < lag_wall  # the roll gap moves at once
     assert (h_moved - t_write) / 1e9 >= lag_wall * 0.9  # the gauge downstream sees it one lag later
     h1 = mean([r.value for r in after if r.address == H_AFTER][-10:])
     load0 = mean([r.value for r in before if r.address == LOAD][-10:])
     load1 = mean([r.value for r in after if r.address == LOAD][-10:])
-    assert h0 - 5 < h1 < h0 - 2 and load1 > load0 * 1.1
+    # 5 um less gap: thinner by less than 5 um; with the v2 reference's spring-back (~15 %) about 2 um
+    assert h0 - 5 < h1 < h0 - 1 and load1 > load0 * 1.1
 
 
 async def test_writes_are_type_checked_limited_and_logged(simline: SimLineServer) -> None:

@@ -13,8 +13,20 @@ MODELS = ROOT / "surrogates" / "models"
 FAMILY = "calendering"
 
 
+#: the v1 model (trained on the v1 reference, data/dem; wall speed an input), kept in the registry beside the v2
+#: models: the tests of the runtime and of the v1 card are pinned to it
+V1_VERSION = "20261202T134314Z"
+
+
 @pytest.fixture(scope="session")
 def committed_dir() -> Path:
+    """The v1 model (see V1_VERSION)."""
+    return MODELS / FAMILY / V1_VERSION
+
+
+@pytest.fixture(scope="session")
+def latest_dir() -> Path:
+    """The model the daemon loads: the newest of the family (the v2 reference's)."""
     from surrogates.runtime import ModelRegistry
 
     return ModelRegistry(MODELS).path(FAMILY)

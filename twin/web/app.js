@@ -892,14 +892,14 @@ function renderNoPrediction() {
 }
 
 const METRICS = {r2: ["R²", ">="], mae: ["MAE", "<="], rmse: ["RMSE", "<="], mape_pct: ["MAPE", "<="],
-                 coverage_2sigma: ["±2σ coverage", ">="]};
+                 coverage_2sigma: ["±2σ coverage", ">="], coverage_2sigma_max: ["±2σ coverage", "<="]};
 
 function acceptanceTable(acc) {
   const rows = (acc.rows || []).map(r => {
     const [name, cmp] = METRICS[r.metric] || [r.metric, ""];
     // values in the page's units: porosity errors in % points, coverage and MAPE in %
     let f = 1, unit = "";
-    if (r.metric === "coverage_2sigma") { f = 100; unit = "%"; }
+    if (r.metric === "coverage_2sigma" || r.metric === "coverage_2sigma_max") { f = 100; unit = "%"; }
     else if (r.metric === "mape_pct") unit = "%";
     else if (r.metric === "mae" || r.metric === "rmse") {
       const d = outputDisplay(r.output); f = d.factor; unit = d.unit === "percent" ? "% points" : targetUnitLabel(d.unit);
