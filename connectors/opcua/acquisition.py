@@ -226,16 +226,20 @@ class AcquisitionMixin:
         self.errors_log.error(f"{stage}:{type(err).__name__}", "opcua %s: unexpected %s; %s", self.name,
                               error_text(err, 200), what, exc=err)
 
+    def _internal_dead_letter(self, it: _Item, raw: object, err: Exception, recv: int) -> DeadLetter:
+        """A value whose conversion raised: counted once, kept as an ``internal_error`` dead letter."""
+        self._count_internal("opcua_callback", err, f"the value of {it.address} is kept as an internal_error "
+                                                    "dead letter")
+        return DeadLetter(_SOURCE, storable_text(it.address, 512), storable_text(raw, 4096),
+                          "internal error while converting this value: " + error_text(err, 450),
+                          "internal_error", recv, self.name, self.line_id)
+
     def _safe_reading(self, it: _Item, dv: ua.DataValue | None, recv: int) -> RawReading | DeadLetter:
         """:meth:`_reading`, or an ``internal_error`` dead letter if it raises (never raises)."""
         try:
             return self._reading(it, dv, recv)
         except Exception as err:  # noqa: BLE001 - one value must not cost the publish or the subscription
-            self._count_internal("opcua_callback", err, f"the value of {it.address} is kept as an internal_error "
-                                                        "dead letter")
-            return DeadLetter(_SOURCE, storable_text(it.address, 512), storable_text(dv, 4096),
-                              "internal error while converting this value: " + error_text(err, 450),
-                              "internal_error", recv, self.name, self.line_id)
+            return self._internal_dead_letter(it, dv, err, recv)
 
     def _reading(self, it: _Item, dv: ua.DataValue | None, recv: int) -> RawReading | DeadLetter:
         st = dv.StatusCode if dv is not None else None
@@ -310,11 +314,7 @@ class AcquisitionMixin:
         try:
             return self._change_reading(it, ch, recv)
         except Exception as err:  # noqa: BLE001 - one value must not cost the publish or the subscription
-            self._count_internal("opcua_callback", err, f"the value of {it.address} is kept as an internal_error "
-                                                        "dead letter")
-            return DeadLetter(_SOURCE, storable_text(it.address, 512), storable_text(ch, 4096),
-                              "internal error while converting this value: " + error_text(err, 450),
-                              "internal_error", recv, self.name, self.line_id)
+            return self._internal_dead_letter(it, ch, err, recv)
 
     def _change_reading(self, it: _Item, ch: tuple[int, Any, int, int | None, int | None],
                         recv: int) -> RawReading | DeadLetter:
