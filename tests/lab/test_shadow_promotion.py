@@ -49,6 +49,9 @@ async def test_replay_late_lab_results_shadow_compare_promote_rollback(tmp_path:
         await replay(d, keep=lambda i: i < R1_ROWS)
         assert p.count > 100
         async with client(d) as c, client(d, LEAD) as lead:
+            # with the lab on, the active model changes only through an approved promotion, never a bare reload
+            r = await lead.post("/api/v1/models/reload")
+            assert r.status_code == 409 and "promotion" in r.json()["detail"] and p.model.version == committed
             r1 = lab_rows("R-0001")
             rep = (await c.post("/api/v1/lab/results", json={"rows": r1, "origin": "lims R-0001"})).json()
             assert rep["stored"] == len(r1) and rep["dead_letters"] == 0

@@ -107,5 +107,10 @@ def test_models_listed_and_reloaded_without_restart(tmp_path: Path, registry_cop
         assert r.status_code == 200 and r.json() == {"loaded": "99990101T000000Z"}
         r = c.get("/api/v1/models", headers=auth).json()
         assert r["loaded"]["version"] == "99990101T000000Z" and len(r["models"]) == 2
+        # the switch is audited: who, from which version to which, with the new card's test metrics
+        rec = d.store.audit("99990101T000000Z")[0]
+        assert rec["kind"] == "model.reload" and rec["actor"] == "eng"
+        assert rec["body"]["previous"] == committed_dir.name and rec["body"]["loaded"] == "99990101T000000Z"
+        assert rec["body"]["test_metrics"]["porosity"]["r2"] > 0
     finally:
         d.store.close()
