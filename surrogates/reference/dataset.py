@@ -298,6 +298,10 @@ def run_one(row: dict, frames_dir: Path | None = None, model: str = "v1") -> dic
                                                            res.thickness_before_um, row["compaction_degree"])),
             "yield_MPa_at_T": ex.get("yield_MPa_at_T", float("nan")),
         })
+        if ex.get("two_stage"):  # the two-stage compression (docs/physics.md §7.15): where the wall slowed down
+            out.update({"slow_travel_um": float(ex["two_stage"]["slow_travel_um"]),
+                        "slow_switch_um": float(ex["two_stage"]["switch_um"]),
+                        "slow_speed_mm_s": float(ex["two_stage"]["slow_speed_mm_s"])})
     if frames_dir is not None:
         frames_dir.mkdir(parents=True, exist_ok=True)
         save_time_series(res, frames_dir / f"{row['run_id']}.npz", nz=nz, voxels=model == "v1")
@@ -452,6 +456,8 @@ def generate(
             pass
     prov.setdefault("invocations", []).append({"command": command, "started_utc": prov["created_utc"]})
     old_path.write_text(json.dumps(prov, indent=2))
+    if model == "v2" and resume:
+        set_aside_one_speed_runs(out)
     done_ids = _finished_ids(out) if resume else set()
     attempts = {k: v["attempts"] for k, v in _failed_runs(out).items()} if resume else {}
     todo = [r for r in design if r["run_id"] not in done_ids]
@@ -532,12 +538,46 @@ def _failed_runs(out: Path | str) -> dict[str, dict]:
     return failed
 
 
+def superseded_one_speed(row: dict) -> bool:
+    """A v2 run recorded with the one-speed compression at a point the two-stage protocol slows down (gap solid
+    fraction above V2_PROTOCOL's switch): its porosity carries the rate bias of docs/physics.md §7.13, so the
+    generator runs it again and keeps the old record in ``runs_one_speed/`` (the rate bias over the domain)."""
+    switch = float(V2_PROTOCOL.get("slow_from_solid_fraction", 0.0))
+    if switch <= 0 or row.get("reference_model") != "v2" or "error" in row or "slow_travel_um" in row:
+        return False
+    if row.get("in_domain") is False or row.get("out_of_domain") or "thickness_before_um" not in row:
+        return False
+    phi = row.get("gap_solid_fraction")
+    if phi is None or (isinstance(phi, float) and math.isnan(phi)):
+        phi = gap_solid_fraction(row["initial_thickness_um"], row["initial_porosity"], row["thickness_before_um"],
+                                 row["compaction_degree"])
+    return bool(float(phi) > switch)
+
+
+def set_aside_one_speed_runs(out: Path | str) -> list[str]:
+    """Move superseded one-speed run records to ``runs_one_speed/`` (their frames are overwritten by the rerun)."""
+    runs_dir, aside = Path(out) / "runs", Path(out) / "runs_one_speed"
+    moved = []
+    for f in sorted(runs_dir.glob("*.json")):
+        try:
+            d = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            continue
+        if superseded_one_speed(d):
+            aside.mkdir(exist_ok=True)
+            f.replace(aside / f.name)
+            moved.append(d["run_id"])
+    return moved
+
+
 def _finished_ids(out: Path | str) -> set[str]:
-    ids = {r["run_id"] for r in _table_rows(out)}
+    ids = {r["run_id"] for r in _table_rows(out) if not superseded_one_speed(r)}
     for f in (Path(out) / "runs").glob("*.json"):
         try:
             d = json.loads(f.read_text())
         except json.JSONDecodeError:
+            continue
+        if superseded_one_speed(d):
             continue
         if "error" not in d or int(d.get("attempts", 1)) >= MAX_ATTEMPTS:
             ids.add(d["run_id"])
@@ -546,13 +586,13 @@ def _finished_ids(out: Path | str) -> set[str]:
 
 def collect_rows(out: Path | str) -> list[dict]:
     """All finished rows: the existing table, updated by the per-run JSON files."""
-    rows = {r["run_id"]: r for r in _table_rows(out)}
+    rows = {r["run_id"]: r for r in _table_rows(out) if not superseded_one_speed(r)}
     for f in sorted((Path(out) / "runs").glob("*.json")):
         try:
             d = json.loads(f.read_text())
         except json.JSONDecodeError:
             continue
-        if "error" not in d:
+        if "error" not in d and not superseded_one_speed(d):
             rows[d["run_id"]] = d
     return [rows[k] for k in sorted(rows)]
 
@@ -582,6 +622,15 @@ def write_table(out: Path | str) -> Path:
         prov["runs_finished"] = len(rows)
         prov["cpu_hours_total"] = round(sum(float(r.get("cpu_s", 0.0)) for r in rows) / 3600.0, 3)
         prov["cpu_note"] = "sum of the runs' process_time (DEM + voxel metrics), one core per run"
+        aside = []
+        for f in sorted((Path(out) / "runs_one_speed").glob("*.json")):
+            try:
+                aside.append(float(json.loads(f.read_text()).get("cpu_s", 0.0)))
+            except json.JSONDecodeError:
+                continue
+        if aside:  # CPU spent on one-speed runs the two-stage protocol superseded (kept in runs_one_speed/)
+            prov["superseded_one_speed_runs"] = len(aside)
+            prov["cpu_hours_superseded"] = round(sum(aside) / 3600.0, 3)
         prov["failed_runs"] = _failed_runs(out)
         prov["max_attempts"] = MAX_ATTEMPTS
         prov_path.write_text(json.dumps(prov, indent=2))

@@ -582,7 +582,9 @@ def run_calendering(params: DEMParams | None = None, _sim_cls=None,
         h_after = sim.column_thickness(final)
         # inertial number at the end of compression (quasi-static check)
         p_end = max(comp_curve[-1, 2], 1e-6) * 1e3  # MPa -> kPa (micro units)
-        gamma_dot = v / gap
+        ts = getattr(sim, "_two_stage", None)  # v2's two-stage compression ends at the slower speed
+        v_end = v * p.slow_speed_factor if ts and ts["slow_travel_um"] > 0 else v  # type: ignore[attr-defined]
+        gamma_dot = v_end / gap
         S = getattr(sim, "mass_scale_eff", p.mass_scale)  # v2 scales the masses with its stress level
         I = gamma_dot * p.material.d50_am_um * math.sqrt(p.material.rho_am * S / p_end)  # noqa: E741 - inertial number
         q_L = _line_load(comp_curve[:, 1], comp_curve[:, 2], h_before, gap, p.roll_radius_mm)

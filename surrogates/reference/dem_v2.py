@@ -96,6 +96,12 @@ class DEMParamsV2(DEMParams):
     release_wait_us: float = 0.0
     release_wait_max_us: float = 2000.0
     release_chunk_um: float = 0.02
+    # two-stage compression (docs/physics.md §7.13, §7.15): the wall moves at wall_speed_mm_s until the layer's
+    # solid fraction under it (h_solid / wall height, h_solid = h0 (1 - eps0) as in dataset.gap_solid_fraction)
+    # reaches slow_from_solid_fraction, then at slow_speed_factor of it to the gap; 0 = one speed (as before).
+    # Frames keep the same spacing in wall travel through both stages.
+    slow_from_solid_fraction: float = 0.0
+    slow_speed_factor: float = 0.25
 
 
 class _SimV2(_Sim):
@@ -255,9 +261,57 @@ class _SimV2(_Sim):
                 "delta_over_Reff_p95": float(np.percentile(rel, 95)),
                 "delta_over_Reff_max": float(rel.max())}
 
+    def _compress_two_stage(self, z_target: float, speed: float, record: bool, phase: str, frame_every: int,
+                            chunk: int) -> None:
+        """Compression at `speed` down to the switch height h_solid / slow_from_solid_fraction, then at
+        slow_speed_factor * speed to z_target; curve points every chunk (in steps of the fast stage, scaled so
+        that they keep their spacing in wall travel), frames every frame_every fast-stage steps of travel."""
+        p = self.p
+        h_solid = p.initial_thickness_um * (1.0 - p.initial_porosity)
+        z_start = self.wall_z
+        z_sw = min(z_start, max(z_target, h_solid / p.slow_from_solid_fraction))
+        f = p.slow_speed_factor
+        chunk = chunk or 1
+        d_frame = speed * frame_every * self.dt if frame_every else float("inf")
+        next_frame = z_start - d_frame
+        legs = [(z_sw, speed, chunk), (z_target, speed * f, max(1, int(round(chunk / f))))]
+        z0, zw, last_frame_z = z_start, z_start, float("nan")
+        self._two_stage = {"switch_um": z_sw, "h_solid_um": h_solid, "switch_solid_fraction": p.slow_from_solid_fraction,
+                           "slow_speed_mm_s": speed * f * 1e3, "fast_travel_um": z_start - z_sw,
+                           "slow_travel_um": z_sw - z_target, "step_at_switch": None}
+        for z_end, v, ch in legs:
+            if z0 - z_end < 1e-9:
+                continue
+            if v < speed:
+                self._two_stage["step_at_switch"] = int(self.step)
+            nsteps = int(math.ceil((z0 - z_end) / (v * self.dt)))
+            self._set_wall_motion(z0, -v)
+            done = 0
+            while done < nsteps:
+                k = min(ch, nsteps - done)
+                if record and frame_every:  # land on the next frame's wall height (within one step)
+                    k = min(k, max(1, int(math.ceil((zw - next_frame) / (v * self.dt) - 1e-6))))
+                self.run(k)
+                done += k
+                zw = z0 - v * done * self.dt
+                self.curve.append((self.time_us(), zw, self.wall_pressure_MPa()))
+                if record and zw <= next_frame + 1e-9:
+                    self._frame(phase, zw)
+                    last_frame_z = zw
+                    while next_frame >= zw - 1e-9:
+                        next_frame -= d_frame
+            z0 = zw
+        if record and frame_every and last_frame_z != zw:
+            self._frame(phase, zw)  # the last compression frame at the gap, as the one-speed protocol
+        self.wall_z = z_target
+        self.cmd(f"variable dz equal {z_target - self.wall_z0:.8g}")
+
     def _move_wall_to(self, z_target: float, speed: float, record: bool, phase: str = "", frame_every: int = 0,
                       chunk: int = 0, frames_while_loaded: bool = False) -> None:
         p = self.p
+        if phase == "compress" and p.slow_from_solid_fraction > 0:
+            self._compress_two_stage(z_target, speed, record, phase, frame_every, chunk)
+            return
         if phase != "release" or p.release_mode != "servo":
             super()._move_wall_to(z_target, speed, record, phase, frame_every, chunk, frames_while_loaded)
             return
@@ -344,6 +398,7 @@ class _SimV2(_Sim):
                 "relax_trace": getattr(self, "_relax_trace", []),
                 "release_travel_um": getattr(self, "_release_travel_um", None),
                 "release_end": getattr(self, "_release_end", None),
+                "two_stage": getattr(self, "_two_stage", None),
                 "yield_MPa_at_T": self.p.contact.yield_MPa_at(self.p.roll_temperature_C)}
 
 

@@ -131,6 +131,30 @@ def specs(kind: str) -> list[dict]:
                             params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25)))
         out.append(dict(key="qs8_dense_dt2", model="v2", params=dict(base, dt_safety=0.075), contact=dict(V2_CONTACT)))
         return out
+    if kind == "qs9":  # two-stage compression (30 mm/s to solid fraction 0.8, then 7.5) vs the same schedule at a quarter
+        out = []
+        for name, copies in (("dense", (0, 1, 2)), ("centre", (0,))):
+            base = {**QS_POINTS[name], **V2_PROTOCOL, "wall_speed_mm_s": 30.0, "slow_from_solid_fraction": 0.8,
+                    "slow_speed_factor": 0.25}
+            for j in copies:
+                cj = dict(V2_CONTACT, stress_scale=V2_CONTACT.get("stress_scale", 1.0) * (1 + j * 1e-4))
+                out.append(dict(key=f"qs9_{name}_v30_p{j}", model="v2", params=base, contact=cj))
+                out.append(dict(key=f"qs9_{name}_v7.5_p{j}", model="v2", contact=cj,
+                                params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25)))
+        return out
+    if kind == "qs10":  # which makes the dense point rate-sensitive: its loose hot layer or its dense gap?
+        # the dense point's layer (eps0 0.50, 90 degC) pressed less (CD 0.30: gap solid fraction ~0.81), and the
+        # centre's layer (eps0 0.46, 62.5 degC) pressed harder (CD 0.42: ~0.91); one speed, 30 vs 7.5 mm/s
+        out = []
+        for name, pt in (("denselayer_cd30", dict(QS_POINTS["dense"], compaction_degree=0.30)),
+                         ("centrelayer_cd42", dict(QS_POINTS["centre"], compaction_degree=0.42))):
+            base = {**pt, **V2_PROTOCOL, "wall_speed_mm_s": 30.0}
+            out.append(dict(key=f"qs10_{name}_v30_p0", model="v2", params=base, contact=dict(V2_CONTACT)))
+            out.append(dict(key=f"qs10_{name}_v7.5_p0", model="v2", contact=dict(V2_CONTACT),
+                            params=dict(base, wall_speed_mm_s=7.5, release_speed_mm_s=1.25)))
+        return out
+    if kind == "ratemap":  # the compression-rate bias over the design: committed 30 mm/s runs again at 7.5 mm/s
+        return ratemap_specs()
     if kind == "qs4":  # the servo release waits for the layer at p_end (release_wait_us 20): 30 vs 7.5 mm/s
 
         out = []
@@ -178,6 +202,47 @@ def _load(path: Path) -> dict[str, dict]:
             if line.strip():
                 d = json.loads(line)
                 out[d["key"]] = d
+    return out
+
+
+RATEMAP_CELLS = {"phi": (0.75, 0.85, 0.92, 1.0), "eps0": (0.40, 0.44, 0.48, 0.53)}
+
+
+def ratemap_specs(runs_dir: Path = Path("data/dem_v2/runs"), per_cell: int = 2) -> list[dict]:
+    """Committed in-domain Sobol runs, stratified by gap solid fraction x initial porosity (per_cell each, the
+    roll temperatures spread), plus the loosest layers below phi 0.75; ordered round-robin over the cells so that a
+    partial run already covers the design. Each is run again at a quarter of the wall and release speeds."""
+    from .dataset import GAP_SOLID_FRACTION_MAX, gap_solid_fraction
+    rows = []
+    for f in sorted(runs_dir.glob("*.json")):
+        d = json.loads(f.read_text())
+        if d.get("design") != "sobol" or "error" in d or "porosity" not in d or d.get("in_domain") is False:
+            continue
+        d["phi"] = float(gap_solid_fraction(d["initial_thickness_um"], d["initial_porosity"],
+                                            d["thickness_before_um"], d["compaction_degree"]))
+        if d["phi"] <= GAP_SOLID_FRACTION_MAX:
+            rows.append(d)
+    pb, eb = RATEMAP_CELLS["phi"], RATEMAP_CELLS["eps0"]
+    cells: list[list[dict]] = []
+    for i in range(len(pb) - 1):
+        for j in range(len(eb) - 1):
+            cells.append([r for r in rows if pb[i] < r["phi"] <= pb[i + 1] and eb[j] <= r["initial_porosity"] < eb[j + 1]])
+    cells.append([r for r in rows if r["phi"] <= pb[0] and r["initial_porosity"] >= eb[-2]])
+    picked: list[list[dict]] = []
+    for c in cells:
+        c = sorted(c, key=lambda r: r["roll_temperature_C"])
+        idx = np.linspace(0, len(c) - 1, per_cell).round().astype(int) if len(c) >= per_cell else range(len(c))
+        picked.append([c[k] for k in dict.fromkeys(int(i) for i in idx)])
+    order = [c[k] for k in range(per_cell) for c in picked if k < len(c)]
+    inputs = ("am_fraction", "initial_porosity", "initial_thickness_um", "compaction_degree", "roll_temperature_C")
+    out = []
+    for r in order:
+        params = {**{k: r[k] for k in inputs}, "seed": int(r["seed"]), **V2_PROTOCOL, "wall_speed_mm_s": 7.5,
+                  "release_speed_mm_s": 1.25}
+        ref = {k: r[k] for k in ("porosity", "tortuosity_factor", "d_eff", "springback_pct", "max_pressure_MPa",
+                                 "thickness_after_um", "cpu_s")}
+        out.append(dict(key=f"ratemap_{r['run_id']}", model="v2", params=params, contact=dict(V2_CONTACT),
+                        run_id=r["run_id"], phi_gap=r["phi"], at_30=ref))
     return out
 
 
@@ -236,7 +301,7 @@ def main(argv: list[str]) -> None:
     kind = argv[0]
     if kind == "table":  # python -m surrogates.reference.v2_checks table qs3|qs2
         which = argv[1] if len(argv) > 1 else "qs3"
-        tags = {"qs3": ("v30", "v7.5"), "qs2": ("base", "v4"), "qs8": ("v30", "v7.5")}[which]
+        tags = {"qs3": ("v30", "v7.5"), "qs2": ("base", "v4"), "qs8": ("v30", "v7.5"), "qs9": ("v30", "v7.5")}[which]
         print(qs_table(Path(f"bench/results/physics_v2_{which}.jsonl"), which, *tags))
         return
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path(f"bench/results/physics_v2_{kind}.jsonl")

@@ -201,3 +201,38 @@ def test_a_failing_run_is_retried_once_then_given_up_and_listed(tmp_path):
     rec = json.loads((tmp_path / "runs" / f"{rows[0]['run_id']}.json").read_text())
     assert rec["attempts"] == ds.MAX_ATTEMPTS and "initial_porosity" in rec["error"]
     assert ds._failed_runs(tmp_path)[rows[0]["run_id"]]["attempts"] == ds.MAX_ATTEMPTS
+
+
+def test_two_stage_protocol_reruns_dense_one_speed_runs_and_keeps_the_old_record(tmp_path, monkeypatch):
+    """Switching the data set to the two-stage compression (docs/physics.md §7.15): a resumed generation runs
+    again only the in-domain points whose gap solid fraction is above the switch, keeps their one-speed records in
+    runs_one_speed/ (the rate bias over the domain) and counts their CPU in provenance; lighter points stay."""
+    rows = ds.sobol_design(2, model="v2")
+    tiny = dict(footprint_um=20.0, initial_thickness_um=30.0, initial_porosity=0.45, am_fraction=0.95,
+                roll_temperature_C=40.0)
+    rows[0].update(tiny, compaction_degree=0.15)  # gap solid fraction ~0.65: never slowed
+    rows[1].update(tiny, compaction_degree=0.40)  # ~0.9: slowed for the last part of the stroke
+    monkeypatch.setitem(ds.V2_PROTOCOL, "slow_from_solid_fraction", 0.0)
+    ds.generate(out=tmp_path, rows=rows, workers=1, frames_subset=0, progress=False, model="v2", command="one speed")
+    first = {r["run_id"]: json.loads((tmp_path / "runs" / f"{r['run_id']}.json").read_text()) for r in rows}
+    assert all("slow_travel_um" not in d for d in first.values())
+    phi = {k: d["gap_solid_fraction"] for k, d in first.items()}
+    assert phi[rows[0]["run_id"]] < 0.8 < phi[rows[1]["run_id"]] <= ds.GAP_SOLID_FRACTION_MAX
+    table_before = ds.write_table(tmp_path)
+    monkeypatch.setitem(ds.V2_PROTOCOL, "slow_from_solid_fraction", 0.8)
+    monkeypatch.setitem(ds.V2_PROTOCOL, "slow_speed_factor", 0.25)
+    assert ds._finished_ids(tmp_path) == {rows[0]["run_id"]}  # the table's dense row is stale too
+    seen: list[dict] = []
+    ds.generate(out=tmp_path, rows=rows, workers=1, frames_subset=0, progress=False, model="v2",
+                on_result=seen.append, command="two stage")
+    assert [r["run_id"] for r in seen] == [rows[1]["run_id"]]
+    new = seen[0]
+    assert new["slow_travel_um"] > 0.5 and new["slow_speed_mm_s"] == pytest.approx(0.25 * ds.V2_PROTOCOL["wall_speed_mm_s"])
+    assert new["dem_steps"] > first[rows[1]["run_id"]]["dem_steps"]
+    old = json.loads((tmp_path / "runs_one_speed" / f"{rows[1]['run_id']}.json").read_text())
+    assert old == first[rows[1]["run_id"]]
+    data = ds.load_dataset(table_before)
+    assert sorted(data["run_id"]) == sorted(r["run_id"] for r in rows)
+    assert data["slow_travel_um"][list(data["run_id"]).index(rows[1]["run_id"])] == pytest.approx(new["slow_travel_um"])
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["superseded_one_speed_runs"] == 1 and prov["cpu_hours_superseded"] > 0

@@ -60,3 +60,31 @@ def test_v2_compaction_is_mostly_permanent(pair):
 def test_v2_cost(pair):
     _, _, t1, t2 = pair
     assert t2 < 45.0, t2  # 15 s CPU alone on one core (v1 2.4 s); shared-machine margin
+
+
+def test_two_stage_compression_slows_the_wall_past_the_switch_and_keeps_frame_spacing():
+    """The dense stage at a quarter of the speed (docs/physics.md §7.15): the wall passes the switch height
+    h_solid / phi_switch at the full speed, then a quarter of it; frames stay evenly spaced in wall travel."""
+    phi_sw = 0.8
+    r = run_calendering_v2(DEMParamsV2(**dict(TINY, wall_speed_mm_s=120.0, release_frames=1),
+                                       slow_from_solid_fraction=phi_sw, slow_speed_factor=0.25))
+    ts = r.extras["two_stage"]
+    h_solid = TINY["initial_thickness_um"] * (1 - TINY["initial_porosity"])
+    assert ts["switch_um"] == pytest.approx(h_solid / phi_sw)
+    assert ts["slow_travel_um"] == pytest.approx(h_solid / phi_sw - r.gap_um, abs=1e-6) and ts["slow_travel_um"] > 1.0
+    assert ts["slow_speed_mm_s"] == pytest.approx(30.0)
+    # wall speed from the recorded curve on either side of the switch: 120 then 30 mm/s (um/us = 1e3 mm/s)
+    curve = np.array(r.curve)
+    t, z = curve[:, 0], curve[:, 1]
+    comp = np.nonzero(np.diff(z) < 0)[0]  # compression samples (wall moving down)
+    fast = comp[z[comp + 1] > ts["switch_um"] + 0.2]
+    slow = comp[z[comp] < ts["switch_um"] - 0.2]
+    v_fast = -np.median(np.diff(z)[fast] / np.diff(t)[fast]) * 1e3
+    v_slow = -np.median(np.diff(z)[slow] / np.diff(t)[slow]) * 1e3
+    assert v_fast == pytest.approx(120.0, rel=0.02) and v_slow == pytest.approx(30.0, rel=0.02)
+    # compression frames: evenly spaced in wall travel across the switch, the last one at the gap
+    walls = np.array([w for w, ph in zip(r.frame_wall_um, r.frame_phase) if ph == "compress"])
+    steps = -np.diff(walls)
+    assert walls[-1] == pytest.approx(r.gap_um, abs=0.05)
+    assert np.all(steps[:-1] == pytest.approx(steps[0], rel=0.05)), steps
+    assert r.lost_particles == 0 and 2.0 <= r.springback_pct <= 15.0
