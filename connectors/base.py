@@ -33,8 +33,9 @@ import abc
 import asyncio
 import enum
 import logging
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from core.retry import Backoff
@@ -73,9 +74,11 @@ class OverflowPolicy(str, enum.Enum):
 
     - ``block``: the producer waits (back-pressure to the source; MQTT stops reading its socket, so
       the broker keeps the messages; replay simply waits). Nothing is dropped. The default.
-    - ``drop_oldest``: the oldest queued batch is discarded and counted as dropped (not acknowledged,
-      so an MQTT broker redelivers it after a reconnect).
-    - ``drop_newest``: the new batch is discarded and counted as dropped (likewise unacknowledged).
+    - ``drop_oldest``: the oldest queued batch is discarded and counted as dropped, and handed to the queue's
+      ``on_drop`` (the MQTT connector acknowledges it: unacknowledged drops fill the broker's in-flight window
+      and stop delivery; docs/reliability.md).
+    - ``drop_newest``: the new batch is discarded, counted and handed to ``on_drop`` likewise.
+    Either drop makes /healthz say degraded for a minute (``twin.daemon.DROP_DEGRADED_S``).
     """
 
     BLOCK = "block"
@@ -92,6 +95,7 @@ class ConnectorCounters:
     connected: bool = False
     extra: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None  # the last unexpected exception (task or delivery), one line
+    last_drop_ns: int = 0  # wall-clock time of the last delivery the overflow policy dropped (0: never)
 
 
 class BoundedBatchQueue:
@@ -113,6 +117,16 @@ class BoundedBatchQueue:
         self._not_full.set()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # called with each batch a drop policy discards (after counting it); MQTT acknowledges it there: a
+        # delivery held unacknowledged fills the broker's in-flight window and stops all delivery (see
+        # connectors.mqtt.connector)
+        self.on_drop: Callable[[RawBatch], None] | None = None
+
+    def _dropped(self, batch: RawBatch) -> None:
+        self.counters.dropped += len(batch.readings)
+        self.counters.last_drop_ns = time.time_ns()
+        if self.on_drop is not None:
+            self.on_drop(batch)
 
     def bind_loop(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -130,10 +144,9 @@ class BoundedBatchQueue:
                 self._not_full.clear()
                 await self._not_full.wait()
             elif self.policy is OverflowPolicy.DROP_OLDEST:
-                old = self._items.popleft()
-                self.counters.dropped += len(old.readings)
+                self._dropped(self._items.popleft())
             else:
-                self.counters.dropped += len(batch.readings)
+                self._dropped(batch)
                 return
         self._items.append(batch)
         self._not_empty.set()

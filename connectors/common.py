@@ -12,7 +12,9 @@ class QueueConfig(BaseModel):
     max_batches: int = Field(1000, ge=1, le=1_000_000,
                              description="bounded queue between the connector and the pipeline, in deliveries")
     overflow: OverflowPolicy = Field(OverflowPolicy.BLOCK,
-                                     description="block (back-pressure), drop_oldest or drop_newest; drops are counted")
+                                     description="block (back-pressure into the source; nothing dropped), drop_oldest or drop_newest "
+                                                 "(shed load: drops are counted, and an MQTT delivery dropped is "
+                                                 "acknowledged, so the broker does not send it again)")
 
 
 class BackoffConfig(BaseModel):

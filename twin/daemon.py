@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ from twin.store.base import Store, open_store
 
 log = logging.getLogger("twin.daemon")
 
+#: /healthz says degraded while a connector's overflow policy dropped a delivery within this many seconds
+DROP_DEGRADED_S = 60.0
 # connector counters (counters.extra) that are faults -> stage of twin_internal_errors_total
 _CONNECTOR_STAGES = {"internal_errors": "{kind}_callback", "task_restarts": "connector_task",
                      "loop_errors": "{kind}_loop"}
@@ -238,6 +241,10 @@ class Daemon:
             if state in ("disconnected", "failed"):
                 err = getattr(c, "last_error", None) or c.counters.extra.get("last_error")
                 out.append(f"source {c.name} ({c.kind}) {state}" + (f": {err}" if err else ""))
+            last_drop = c.counters.last_drop_ns
+            if last_drop and time.time_ns() - last_drop < DROP_DEGRADED_S * 1e9:
+                out.append(f"source {c.name} ({c.kind}) shedding load: {c.counters.dropped} readings dropped by its "
+                           f"{c.queue.policy.value} policy so far, the last {(time.time_ns() - last_drop) / 1e9:.0f} s ago")
         out.extend(self.supervisor.degraded())
         for name, ext in self.extensions.items():  # predictor, feedback: a round failed recently
             t = ext.last_error_ns

@@ -73,6 +73,8 @@ from connectors.mqtt.writes import (
 from core.samples import DeadLetter, RawBatch, Redelivery, SourceKind, now_ns, ns_to_iso
 
 log = logging.getLogger("twin.connectors.mqtt")
+#: messages staged between paho's thread and the event loop at most (the hand-over's group size)
+STAGE_MAX = 64
 
 
 def _writes_stay_on_the_network_thread(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -94,7 +96,7 @@ class MqttConnector(Connector):
         self._connected_evt: asyncio.Event | None = None
         self._closing = False
         self.last_error: str | None = None
-        self.counters.extra.update({"messages": 0, "acked": 0, "stale_acks_skipped": 0, "loop_errors": 0,
+        self.counters.extra.update({"messages": 0, "acked": 0, "dropped_acknowledged": 0, "stale_acks_skipped": 0, "loop_errors": 0,
                                     "ack_errors": 0, "writes": 0, "write_failures": 0})
         # payload field mappings (None: every topic uses the built-in format; one check per message)
         self._mapper = (PayloadMapper(config.payloads, config.missing_timestamp) if config.payloads else None)
@@ -113,17 +115,26 @@ class MqttConnector(Connector):
         self._waiters: dict[str, list[tuple[asyncio.Future[Any], Any, bool]]] = {}
         self.write_log: deque[WriteResult] = deque(maxlen=1000)
         # hand-over from paho's thread to the event loop (issue #23): messages are staged under a lock and the loop
-        # is woken once per group, not once per message (a cross-thread round trip each); at most max_batches
-        # staged, beyond that paho's thread waits (back-pressure: it stops reading the socket)
+        # is woken once per group, not once per message (a cross-thread round trip each); at most STAGE_MAX
+        # staged, beyond that paho's thread waits (back-pressure: it stops reading the socket). The stage is a
+        # hand-over, not a second queue: what the connector holds stays max_batches + STAGE_MAX deliveries (with
+        # the stage as large as the queue, a 5x overload held twice the queue's readings: 530 MiB, see
+        # docs/reliability.md)
         self._stage_lock = threading.Lock()
         self._staged: list[RawBatch] = []
         self._stage_woken = False
-        self._stage_max = config.queue.max_batches
+        self._stage_max = max(1, min(config.queue.max_batches, STAGE_MAX))
         self._room = threading.Event()
         self._room.set()
         self._staged_evt: asyncio.Event | None = None
         self._handover_task: asyncio.Task[None] | None = None
         self._client = self._make_client()
+        # a delivery the overflow policy drops is acknowledged: dropped means shed and counted. Held unacknowledged
+        # (so that the broker redelivers it after a restart) it would occupy a slot of the broker's in-flight window
+        # for this session (mosquitto's max_inflight_messages, 20 by default) until the next reconnect; once the
+        # window is full of dropped messages the broker sends nothing more and ingestion stops, silently (measured:
+        # bench/results/faults_overload_drop_*_slow.json before this change). ``block`` (the default) drops nothing.
+        self.queue.on_drop = self._ack_dropped
 
     # -- client set-up -----------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -261,6 +272,10 @@ class MqttConnector(Connector):
             self._room.set()
         for b in items:
             await self.queue.put(b)
+
+    def _ack_dropped(self, batch: RawBatch) -> None:
+        self.counters.extra["dropped_acknowledged"] += 1
+        batch.ack()
 
     def _make_ack(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> Callable[[], None]:
         gen, mid, qos = self._generation, msg.mid, msg.qos

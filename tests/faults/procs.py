@@ -409,6 +409,25 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05)
         time.sleep(interval)
 
 
+def wait_settled(count: Callable[[], int], target: int, timeout: float, quiet_s: float = 5.0,
+                 interval: float = 0.1) -> tuple[float | None, int]:
+    """Wait until ``count()`` reaches ``target`` or stops changing for ``quiet_s`` (what a broker lost never
+    arrives: waiting the whole timeout for it proves nothing). Returns (seconds until the target was reached, or
+    None, and the last count)."""
+    t0 = last_change = time.monotonic()
+    last = count()
+    while True:
+        now = time.monotonic()
+        if last >= target:
+            return now - t0, last
+        if now - last_change > quiet_s or now - t0 > timeout:
+            return None, last
+        time.sleep(interval)
+        c = count()
+        if c != last:
+            last, last_change = c, time.monotonic()
+
+
 class HealthProbe:
     """Polls /healthz in a thread and records (seconds since start, status, answer time, body)."""
 

@@ -9,8 +9,10 @@ readings, for a bounded time; then the backlog must drain. Once with the default
 Exact accounting from the daemon's own counters: received = stored + dead-lettered + dropped (+
 duplicates), and every reading the broker acknowledged is stored or counted as dropped; the daemon
 answers /healthz throughout (200, or 503 when it says it is degraded); its peak RSS stays under the
-stated bound. A reading a drop policy dropped was not acknowledged: the broker keeps it for the
-session and redelivers it when the daemon comes back (checked by a restart after the run).
+stated bound. A delivery a drop policy dropped is acknowledged (shed and counted, never redelivered: held
+unacknowledged it would fill the broker's in-flight window and stop all delivery until a reconnect, which the
+10 s runs measured: ingestion stalled at 1.8-2.1 M of 3.3 M readings); a restart after the run stores nothing
+new.
 Results: bench/results/faults_overload_<policy>.json (+ _slow).
 """
 
@@ -51,8 +53,10 @@ BATCH = 500
 FACTOR = 5
 DROP_QUEUE_BATCHES = 4  # connector queue for the drop policies: small, so that the policy acts at every run
 # Stated peak RSS bound of the daemon under this overload. What the daemon holds is bounded by its
-# connector queue (1,000 deliveries by default, 4 here for the drop policies) and max_pending (50,000
-# samples); measured 98-105 MiB for 1 s and 129 MiB for 10 s of 5x load (2 vCPUs, Python 3.11).
+# connector queue (1,000 deliveries by default, 4 here for the drop policies), the hand-over stage between
+# paho's thread and the event loop (64 deliveries, connectors.mqtt.connector.STAGE_MAX) and max_pending (50,000
+# samples); measured 98-105 MiB for 1 s and 129-249 MiB for 10 s of 5x load (2 vCPUs, Python 3.11). With the
+# stage as large as the queue (1,000) the 10 s run once held 530 MiB: the bound caught it.
 RSS_BOUND_MB = 512
 
 
@@ -132,13 +136,12 @@ def run_overload(tmp_path: Path, broker: Mosquitto, *, policy: str, offer_s: flo
         dropped = int(conn["dropped"])
         after_restart = None
         if dropped:
-            # what a drop policy dropped was never acknowledged: the broker still holds it for the
-            # session and redelivers it when the daemon comes back (restarted here with ``block``)
+            # what a drop policy dropped was acknowledged: the broker does not send it again when the daemon
+            # comes back (restarted here with ``block``); nothing else was left unacknowledged
             daemon_config(tmp_path / "daemon", api_port=api,
                           connectors=mqtt_connector(broker.port, f"twin-faults-{policy}", overflow="block"))
             d.start()
-            wait_until(lambda: stored_count(store) >= n, 60, 0.2)
-            time.sleep(0.5)
+            wait_until(lambda: stored_count(store) > len(got), 5, 0.2)
             after_restart = stored_count(store)
             d.stop()
         res = {
@@ -166,15 +169,17 @@ def run_overload(tmp_path: Path, broker: Mosquitto, *, policy: str, offer_s: flo
                         "max_answer_s": round(probe.max_answer_s(), 3)},
             "commit_errors": metric_sum(m, "twin_store_commit_errors"), "daemon_exit_code": rc,
             "stored_after_restart_with_block": after_restart,
-            "dropped_redelivered_after_restart": None if after_restart is None else after_restart - len(got),
+            "dropped_acknowledged_messages": conn.get("dropped_acknowledged"),
+            "stored_after_restart_beyond_the_run": None if after_restart is None else after_restart - len(got),
         }
         res["table_row"] = table_row(
             f"{FACTOR}x overload, {policy}", f"{n:,} readings offered at {n / offer_wall:,.0f}/s for "
             f"{offer_wall:.1f} s (stated capacity {cap['readings_per_s']:,.0f}/s)", n, len(got), pipe["rejected"],
             dropped, policy if dropped else None, res["backlog_drained_after_offer_s"],
             "end of the offer -> backlog drained",
-            f"peak RSS {res['peak_rss_mb']} MiB; dropped readings stored after a restart: "
-            f"{res['dropped_redelivered_after_restart']}")
+            f"peak RSS {res['peak_rss_mb']} MiB; dropped deliveries acknowledged: "
+            f"{res['dropped_acknowledged_messages'] if dropped else 0}; stored after a restart: "
+            f"{res['stored_after_restart_beyond_the_run']}")
         path = write_result(case, res)
         with outcome(path):
             assert len(acked) == n
@@ -195,8 +200,12 @@ def run_overload(tmp_path: Path, broker: Mosquitto, *, policy: str, offer_s: flo
                 assert dropped == 0 and len(got) == n, acct
             else:
                 assert dropped > 0, f"the drop policy did not act: {acct}"
-                assert after_restart == n, (f"after a restart {after_restart} of {n} stored: the dropped readings "
-                                            "were not all held by the broker for the next session")
+                assert conn["dropped_acknowledged"] > 0, acct
+                # shedding load is degraded operation: /healthz said so while it happened
+                assert any("shedding load" in p for b in probe.bodies() for p in b.get("problems", [])), \
+                    "no /healthz answer named the dropping source"
+                assert after_restart == len(got), (f"after a restart {after_restart} stored, {len(got)} before: the "
+                                                   "broker redelivered dropped (acknowledged) readings")
             assert d.peak_rss_kb / 1024 < RSS_BOUND_MB, f"peak RSS {d.peak_rss_kb / 1024:.0f} MiB"
             assert res["healthz"]["not_answered"] == 0 and set(statuses) <= {200, 503}, \
                 f"/healthz during the overload: {res['healthz']}"
@@ -214,6 +223,7 @@ def test_5x_overload_exact_accounting(tmp_path: Path, mosquitto: Mosquitto, poli
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 3.3 M readings, drained, then (drop policies) stored again after a restart: 2-5 min loaded
 @pytest.mark.parametrize("policy", ["block", "drop_oldest", "drop_newest"])
 def test_5x_overload_10_s(tmp_path: Path, mosquitto: Mosquitto, policy: str) -> None:
     run_overload(tmp_path, mosquitto, policy=policy, offer_s=10.0, case=f"overload_{policy}_slow")
