@@ -203,6 +203,7 @@ def test_a_failing_run_is_retried_once_then_given_up_and_listed(tmp_path):
     assert ds._failed_runs(tmp_path)[rows[0]["run_id"]]["attempts"] == ds.MAX_ATTEMPTS
 
 
+@pytest.mark.slow  # three tiny DEM runs (about a minute); the two-stage protocol is off in V2_PROTOCOL (§7.15)
 def test_two_stage_protocol_reruns_dense_one_speed_runs_and_keeps_the_old_record(tmp_path, monkeypatch):
     """Switching the data set to the two-stage compression (docs/physics.md §7.15): a resumed generation runs
     again only the in-domain points whose gap solid fraction is above the switch, keeps their one-speed records in
