@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import V2_CONTACT, V2_PROTOCOL
+from .dataset import GAP_SOLID_FRACTION_MAX, V2_CONTACT, V2_PROTOCOL, gap_solid_fraction
 from .dem import DEMParams, run_calendering
 from .dem_v2 import ContactV2, DEMParamsV2, run_calendering_v2
 from .voxel import metrics, voxelize
@@ -212,7 +212,6 @@ def ratemap_specs(runs_dir: Path = Path("data/dem_v2/runs"), per_cell: int = 2) 
     """Committed in-domain Sobol runs, stratified by gap solid fraction x initial porosity (per_cell each, the
     roll temperatures spread), plus the loosest layers below phi 0.75; ordered round-robin over the cells so that a
     partial run already covers the design. Each is run again at a quarter of the wall and release speeds."""
-    from .dataset import GAP_SOLID_FRACTION_MAX, gap_solid_fraction
     rows = []
     for f in sorted(runs_dir.glob("*.json")):
         d = json.loads(f.read_text())
@@ -244,6 +243,41 @@ def ratemap_specs(runs_dir: Path = Path("data/dem_v2/runs"), per_cell: int = 2) 
         out.append(dict(key=f"ratemap_{r['run_id']}", model="v2", params=params, contact=dict(V2_CONTACT),
                         run_id=r["run_id"], phi_gap=r["phi"], at_30=ref))
     return out
+
+
+def ratemap_table(path: Path = Path("bench/results/physics_v2_ratemap.jsonl")) -> str:
+    """Markdown: each design point at 30 and 7.5 mm/s, and a least-squares fit of the differences on the standardised
+    inputs (gap solid fraction, initial porosity, roll temperature) with its coefficients' standard errors."""
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if "error" not in r]
+    rows.sort(key=lambda r: r["phi_gap"])
+    out = ["| run | φ_gap | ε0 | roll T °C | CD | ε at 30 / 7.5 | Δε | τ at 30 / 7.5 | Δτ | DEM CPU s 30 / 7.5 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        a, p = r["at_30"], r["params"]
+        out.append(f"| {r['run_id']} | {r['phi_gap']:.3f} | {p['initial_porosity']:.3f} | {p['roll_temperature_C']:.0f} | "
+                   f"{p['compaction_degree']:.3f} | {a['porosity']:.4f} / {r['porosity']:.4f} | "
+                   f"{r['porosity'] - a['porosity']:+.4f} | {a['tortuosity_factor']:.3f} / {r['tortuosity_factor']:.3f} | "
+                   f"{r['tortuosity_factor'] - a['tortuosity_factor']:+.3f} | {a['cpu_s']:.0f} / {r['dem_cpu_s']:.0f} |")
+    if len(rows) < 5:
+        return "\n".join(out)
+    de = np.array([r["porosity"] - r["at_30"]["porosity"] for r in rows])
+    dt = np.array([r["tortuosity_factor"] - r["at_30"]["tortuosity_factor"] for r in rows])
+    X = np.array([[r["phi_gap"], r["params"]["initial_porosity"], r["params"]["roll_temperature_C"]] for r in rows])
+    Z = (X - X.mean(0)) / X.std(0)
+    A = np.column_stack([np.ones(len(rows)), Z])
+    lines = ["", f"n = {len(rows)}: mean Δε {de.mean():+.4f} (sd {de.std(ddof=1):.4f}), |Δε| > 0.003 in "
+             f"{int((np.abs(de) > 0.003).sum())}; mean Δτ {dt.mean():+.3f} (sd {dt.std(ddof=1):.3f}), |Δτ| > 0.02 in "
+             f"{int((np.abs(dt) > 0.02).sum())}.", "",
+             "| fit of Δ on standardised inputs | intercept | φ_gap | ε0 | roll T | residual sd |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, y in (("Δε", de), ("Δτ", dt)):
+        coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+        res = y - A @ coef
+        dof = max(1, len(y) - A.shape[1])
+        s2 = float(res @ res) / dof
+        se = np.sqrt(np.diag(s2 * np.linalg.inv(A.T @ A)))
+        lines.append(f"| {name} | " + " | ".join(f"{c:+.4f} ± {e:.4f}" for c, e in zip(coef, se)) + f" | {np.sqrt(s2):.4f} |")
+    return "\n".join(out + lines)
 
 
 def qs_table(path: Path, prefix: str = "qs3", base: str = "v30", slow: str = "v7.5") -> str:
@@ -299,6 +333,9 @@ def qs_table(path: Path, prefix: str = "qs3", base: str = "v30", slow: str = "v7
 
 def main(argv: list[str]) -> None:
     kind = argv[0]
+    if kind == "table" and argv[1:2] == ["ratemap"]:
+        print(ratemap_table())
+        return
     if kind == "table":  # python -m surrogates.reference.v2_checks table qs3|qs2
         which = argv[1] if len(argv) > 1 else "qs3"
         tags = {"qs3": ("v30", "v7.5"), "qs2": ("base", "v4"), "qs8": ("v30", "v7.5"), "qs9": ("v30", "v7.5")}[which]
