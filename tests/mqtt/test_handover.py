@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from connectors.mqtt.config import MqttConnectorConfig
 from connectors.mqtt.connector import MqttConnector
@@ -73,3 +74,42 @@ async def test_pahos_thread_waits_while_the_stage_is_full() -> None:
     await c._flush_staged()
     got += await _drain(c)
     assert [r.value for b in got for r in b.readings] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+async def test_while_messages_flow_the_loop_is_not_woken_per_message_and_falls_asleep_after() -> None:
+    """The linger (HANDOVER_LINGER_S): a burst of single messages from paho's thread wakes the loop a few times, not once
+    per message; every message reaches the queue in order; once the stage stays empty the hand-over sleeps and the
+    next message wakes it again."""
+    c = _connector(max_batches=5000)  # the queue takes the whole burst (drained after it)
+    c._loop = asyncio.get_running_loop()
+    c._staged_evt = asyncio.Event()
+    task = asyncio.create_task(c._handover())
+    acked: list[int] = []
+    n = 1000
+
+    def paho() -> None:  # single messages a few hundred microseconds apart, as a busy line sends them
+        for i in range(n):
+            c._stage(_msg(acked, i, [i]))
+            time.sleep(0.0002)
+
+    try:
+        await asyncio.to_thread(paho)
+        for _ in range(200):
+            if c.queue.qsize() >= n:
+                break
+            await asyncio.sleep(0.01)
+        got = await _drain(c)
+        assert [r.value for b in got for r in b.readings] == [float(i) for i in range(n)]
+        wakes = c.counters.extra["handover_wakes"]
+        assert 1 <= wakes < n / 3, wakes  # without the linger: one per message (measured 1000 of 1000)
+        await asyncio.sleep(0.05)
+        assert not c._stage_woken  # idle: the next message must wake the loop
+        await asyncio.to_thread(c._stage, _msg(acked, n, [n]))
+        for _ in range(100):
+            if c.queue.qsize():
+                break
+            await asyncio.sleep(0.01)
+        assert [r.value for b in await _drain(c) for r in b.readings] == [float(n)]
+        assert c.counters.extra["handover_wakes"] == wakes + 1
+    finally:
+        task.cancel()
