@@ -78,8 +78,14 @@ def health_windows(probe: HealthProbe, down: float, up: float, recovered: float 
     """Statuses of /healthz: during the outage (after ``grace_s`` to notice it) and after recovery."""
     during = probe.between(down + grace_s, up)
     after = probe.between(recovered + 2.0, recovered + 1e9) if recovered is not None else []
+    t0 = probe._t0
+    # when a probe in the window did not say 503: seconds after the fault began and before it ended, with its body
+    other = [(round(t + t0 - down, 3), round(up - (t + t0), 3), c, (b or {}).get("problems"))
+             for (t, c, _, b) in probe.samples if down + grace_s - t0 <= t <= up - t0 and c != 503]
     return {"during_outage": sorted(set(during)), "during_outage_probes": len(during),
             "during_outage_503": sum(1 for c in during if c == 503),
+            "during_outage_not_503": [{"after_fault_s": a, "before_end_s": e, "status": c, "problems": p}
+                                      for a, e, c, p in other],
             "after_recovery": sorted(set(after)), "after_recovery_probes": len(after),
             "max_answer_s": round(probe.max_answer_s(), 3), "grace_s": grace_s}
 
